@@ -1,0 +1,1 @@
+"""Shared core of the toolkit: data, models, training engine, checkpoints and distribution."""
