@@ -1,0 +1,136 @@
+"""Command-line plumbing shared by the entry scripts: one-line errors and the common flag groups."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+from typing import Callable
+
+from lth.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with defaults shown in ``--help`` and errors on one line (exit status 2)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
+             argv: list[str] | None = None) -> None:
+    """Parse, run, and turn a ``UserError`` into ``error: ...`` on stderr with exit status 2."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch's checkpoint is intact; continue with --resume",
+              file=sys.stderr)
+        sys.exit(130)
+
+
+def milestones(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 91,136, got '{text}'")
+
+
+def optional_int(text: str) -> int | None:
+    if text in ("", "None", "none"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'")
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The run's seed: the one given (0 included) or a fresh one that is then recorded."""
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+        print(f"notice: no --seed given; using seed {seed} (recorded in run.json)", file=sys.stderr)
+    return seed
+
+
+def add_data_args(parser: argparse.ArgumentParser, datasets: list[str], default: str) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default="../data",
+                       help="folder holding the data set in torchvision's on-disk layout "
+                            "(ignored for the built-in digits set)")
+    group.add_argument("--dataset", default=default, choices=datasets,
+                       help="which data set; 'digits' is scikit-learn's 8x8 handwritten digits, "
+                            "shipped inside the package (no files needed)")
+    group.add_argument("--download", action="store_true",
+                       help="let torchvision download the data set into --data if it is missing "
+                            "(never done otherwise)")
+
+
+def add_model_args(parser: argparse.ArgumentParser, archs: tuple[str, ...]) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--arch", default="resnet50", choices=archs,
+                       help="ResNet depth (torchvision definition with the CIFAR 3x3 stem, no max-pool)")
+    group.add_argument("--conv1", action="store_true",
+                       help="also prune the stem conv1 and load it from pre-trained weights "
+                            "(by default it stays dense and keeps its random init)")
+    group.add_argument("--fc", action="store_true",
+                       help="also load the classifier fc from pre-trained weights (needs the same "
+                            "number of classes)")
+
+
+def add_optim_args(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    group = parser.add_argument_group("optimisation (the original's defaults)")
+    group.add_argument("--batch_size", type=int, default=batch_size, help="training batch size (per process)")
+    group.add_argument("--eval_batch_size", type=int, default=None,
+                       help="evaluation batch size (default: 4x --batch_size; no gradients are kept)")
+    group.add_argument("--lr", type=float, default=0.1, help="initial learning rate of SGD")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    group.add_argument("--weight_decay", type=float, default=2e-4, help="SGD weight decay")
+    group.add_argument("--epochs", type=int, default=182, help="training epochs per round")
+    group.add_argument("--warmup", type=int, default=1,
+                       help="epochs of linear per-step learning-rate warm-up at the start of each round")
+    group.add_argument("--decreasing_lr", type=milestones, default=milestones("91,136"),
+                       help="epochs at which the learning rate is multiplied by 0.1")
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--save_dir", default=None, required=True,
+                       help="folder for checkpoints, tickets, metrics.jsonl and plots; must not "
+                            "hold another run unless --resume")
+    group.add_argument("--resume", action="store_true",
+                       help="continue the run in --save_dir from its latest checkpoint")
+    group.add_argument("--seed", type=optional_int, default=None,
+                       help="random seed (0 is a valid seed); without it a seed is drawn and recorded")
+    group.add_argument("--gpu", default="0",
+                       help="CUDA device number for a single-process run (ignored on a CPU-only "
+                            "machine and under torchrun, where each process takes LOCAL_RANK)")
+    group.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    group.add_argument("--print_freq", type=int, default=50,
+                       help="update the progress bar's loss/accuracy every this many steps")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
+                       help="memory layout of activations; auto: on for CUDA, off on CPU")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (recompiled once per round, after re-pruning)")
+    group.add_argument("--workers", "-j", type=int, default=0,
+                       help="accepted for compatibility; small data sets live in memory and need no workers")
+
+
+def check_common(args: argparse.Namespace) -> None:
+    """Value checks that argparse's types cannot express."""
+    for name in ("batch_size", "epochs"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.lr <= 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
+    if args.eval_batch_size is not None and args.eval_batch_size < 1:
+        raise UserError(f"--eval_batch_size must be at least 1, got {args.eval_batch_size}")

@@ -1,0 +1,501 @@
+"""Data sets kept as uint8 tensors on the training device, with batch-wise augmentation and loading."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lth.errors import UserError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Static facts about one data set: shape, normalisation constants, augmentation, disk layout."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: str
+    layout: str
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec(
+        name="cifar10",
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2023, 0.1994, 0.2010),
+        augment="crop_flip",
+        layout="root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+    ),
+    "cifar100": DatasetSpec(
+        name="cifar100",
+        num_classes=100,
+        in_channels=3,
+        image_size=32,
+        mean=(0.5071, 0.4866, 0.4409),
+        std=(0.2009, 0.1984, 0.2023),
+        augment="crop_flip",
+        layout="root/cifar-100-python/{train,test,meta}",
+    ),
+    "svhn": DatasetSpec(
+        name="svhn",
+        num_classes=10,
+        in_channels=3,
+        image_size=32,
+        mean=(0.4377, 0.4438, 0.4728),
+        std=(0.1201, 0.1231, 0.1052),
+        augment="none",
+        layout="root/{train_32x32.mat,test_32x32.mat}",
+    ),
+    "fmnist": DatasetSpec(
+        name="fmnist",
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        mean=(0.1436,),
+        std=(0.1609,),
+        augment="none",
+        layout="root/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+    ),
+    # mean/std measured once over all 1,797 images as stored (uint8 / 255), population std.
+    "digits": DatasetSpec(
+        name="digits",
+        num_classes=10,
+        in_channels=1,
+        image_size=8,
+        mean=(0.3053,),
+        std=(0.3759,),
+        augment="none",
+        layout="nothing: bundled with scikit-learn (--data is ignored)",
+    ),
+}
+
+CROP_PADDING = 4
+LARGE_VAL_COUNT = 5000
+LARGE_TRAIN_THRESHOLD = 50000
+DIGITS_TEST_COUNT = 360
+DIGITS_MAX_VALUE = 16
+
+# Files that must exist, relative to root, before reading from disk is attempted.
+_REQUIRED_FILES: dict[str, tuple[str, ...]] = {
+    "cifar10": tuple(
+        os.path.join("cifar-10-batches-py", f)
+        for f in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
+    ),
+    "cifar100": (os.path.join("cifar-100-python", "train"), os.path.join("cifar-100-python", "test")),
+    "svhn": ("train_32x32.mat", "test_32x32.mat"),
+    "fmnist": tuple(
+        os.path.join("FashionMNIST", "raw", f"{split}-{kind}-ubyte")
+        for split in ("train", "t10k")
+        for kind in ("images-idx3", "labels-idx1")
+    ),
+}
+
+
+@dataclass
+class Splits:
+    """Train/validation/test tensors of one data set: images uint8 (N, C, H, W), labels int64 (N,)."""
+
+    spec: DatasetSpec
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading from disk
+# ---------------------------------------------------------------------------------------------
+
+
+def validation_count(n_train: int) -> int:
+    """How many of the last training images form the validation set.
+
+    The full-size data sets (50,000 or more training images) hold out their last 5,000, as in the
+    original code; smaller sets (digits, test fixtures) hold out their last 10%, at least one image.
+    """
+    if n_train >= LARGE_TRAIN_THRESHOLD:
+        return LARGE_VAL_COUNT
+    return max(1, n_train // 10)
+
+
+def load_splits(name: str, root: str | os.PathLike | None, download: bool = False) -> Splits:
+    """Read a data set into uint8 tensors and split its training set into train and validation."""
+    spec = _spec_for(name)
+    if name == "digits":
+        train_pool_x, train_pool_y, test_x, test_y = _read_digits()
+    else:
+        root_dir = _checked_root(spec, root, download)
+        train_pool_x, train_pool_y, test_x, test_y = _read_torchvision(spec, root_dir, download)
+    _check_images(spec, train_pool_x, train_pool_y, "training set")
+    _check_images(spec, test_x, test_y, "test set")
+    n_train = len(train_pool_x)
+    if n_train < 2:
+        raise UserError(
+            f"{name}: the training set has {n_train} image(s); at least 2 are needed to hold out a validation set"
+        )
+    n_fit = n_train - validation_count(n_train)
+    return Splits(
+        spec=spec,
+        train_x=train_pool_x[:n_fit].contiguous(),
+        train_y=train_pool_y[:n_fit].contiguous(),
+        val_x=train_pool_x[n_fit:].contiguous(),
+        val_y=train_pool_y[n_fit:].contiguous(),
+        test_x=test_x.contiguous(),
+        test_y=test_y.contiguous(),
+    )
+
+
+def _spec_for(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise UserError(f"unknown data set '{name}': choose one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def _not_found(spec: DatasetSpec, root: str) -> UserError:
+    return UserError(
+        f"{spec.name} data not found under '{root}': expected {spec.layout} (pass --download to fetch it)"
+    )
+
+
+def _checked_root(spec: DatasetSpec, root: str | os.PathLike | None, download: bool) -> str:
+    if root is None:
+        raise UserError(f"{spec.name} needs a data folder (--data) holding {spec.layout}")
+    root_dir = os.fspath(root)
+    if download:
+        # torchvision creates the folder and fetches what is missing.
+        return root_dir
+    if not os.path.isdir(root_dir):
+        raise _not_found(spec, root_dir)
+    if _missing_files(spec.name, root_dir):
+        raise _not_found(spec, root_dir)
+    return root_dir
+
+
+def _missing_files(name: str, root: str) -> list[str]:
+    return [rel for rel in _REQUIRED_FILES[name] if not os.path.isfile(os.path.join(root, rel))]
+
+
+def _read_digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = np.round(bunch.images * 255.0 / DIGITS_MAX_VALUE).astype(np.uint8)
+    images = torch.from_numpy(pixels).unsqueeze(1).contiguous()
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    # A fixed seed, not the run seed: every run must evaluate on the same held-out images.
+    order = torch.from_numpy(np.random.default_rng(0).permutation(len(images)))
+    test_idx, train_idx = order[:DIGITS_TEST_COUNT], order[DIGITS_TEST_COUNT:]
+    return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
+
+
+def _read_torchvision(
+    spec: DatasetSpec, root: str, download: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    train_x, train_y, train_verified = _read_split(spec, root, train=True, download=download)
+    test_x, test_y, test_verified = _read_split(spec, root, train=False, download=download)
+    if not (train_verified and test_verified):
+        print(
+            f"warning: {spec.name} files under '{root}' do not match torchvision's checksums "
+            "(a subset or modified copy?); reading them anyway",
+            file=sys.stderr,
+        )
+    return train_x, train_y, test_x, test_y
+
+
+def _read_split(
+    spec: DatasetSpec, root: str, *, train: bool, download: bool
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Returns images, labels and whether torchvision's checksum test passed."""
+    dataset_class = _torchvision_class(spec.name)
+    try:
+        dataset = _construct(dataset_class, spec.name, root, train=train, download=download)
+        return (*_to_tensors(spec.name, dataset), True)
+    except RuntimeError:
+        # torchvision's "not found or corrupted": when the files are there, their md5 differs.
+        if _missing_files(spec.name, root):
+            raise _not_found(spec, root) from None
+    except Exception as error:
+        raise _unreadable(spec, root, train, error, download) from error
+    try:
+        dataset = _construct(_without_integrity_check(dataset_class), spec.name, root, train=train, download=False)
+    except Exception as error:
+        raise _unreadable(spec, root, train, error, download=False) from error
+    return (*_to_tensors(spec.name, dataset), False)
+
+
+def _torchvision_class(name: str) -> type:
+    from torchvision import datasets
+
+    classes = {
+        "cifar10": datasets.CIFAR10,
+        "cifar100": datasets.CIFAR100,
+        "svhn": datasets.SVHN,
+        "fmnist": datasets.FashionMNIST,
+    }
+    return classes[name]
+
+
+def _construct(dataset_class: type, name: str, root: str, *, train: bool, download: bool):
+    if name == "svhn":
+        return dataset_class(root, split="train" if train else "test", download=download)
+    return dataset_class(root, train=train, download=download)
+
+
+def _without_integrity_check(dataset_class: type) -> type:
+    """A subclass of a torchvision data set that reads files whose md5 differs from the official one."""
+
+    def skip_meta(self) -> None:
+        # Class names are never used here; a meta file that is missing or differs must not block loading.
+        self.classes = []
+        self.class_to_idx = {}
+
+    overrides: dict[str, Callable] = {"_check_integrity": lambda self: True}
+    if hasattr(dataset_class, "_load_meta"):
+        overrides["_load_meta"] = skip_meta
+    # Same class name on purpose: FashionMNIST derives its folder name from type(self).__name__.
+    return type(dataset_class.__name__, (dataset_class,), overrides)
+
+
+def _to_tensors(name: str, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    if name in ("cifar10", "cifar100"):
+        images = torch.from_numpy(np.asarray(dataset.data)).permute(0, 3, 1, 2)  # stored NHWC
+        labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+    elif name == "svhn":
+        images = torch.from_numpy(np.ascontiguousarray(dataset.data))  # already NCHW
+        labels = torch.as_tensor(dataset.labels, dtype=torch.int64)
+    else:
+        images = torch.as_tensor(dataset.data).unsqueeze(1)  # (N, H, W) grey
+        labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+    return images.to(torch.uint8).contiguous(), labels.reshape(-1)
+
+
+def _unreadable(spec: DatasetSpec, root: str, train: bool, error: Exception, download: bool) -> UserError:
+    reason = _one_line(f"{type(error).__name__}: {error}")
+    if download:
+        return UserError(f"could not download or read {spec.name} under '{root}': {reason}")
+    bad_file = _first_unreadable_file(spec.name, root, train)
+    where = f"'{bad_file}'" if bad_file else f"the files under '{root}'"
+    return UserError(f"cannot read {spec.name} {where} (expected layout {spec.layout}): {reason}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _first_unreadable_file(name: str, root: str, train: bool) -> str | None:
+    """Re-reads each file of the split on its own to name the one that torchvision choked on."""
+    for path, reader in _split_files(name, root, train):
+        try:
+            reader(path)
+        except Exception:
+            return path
+    return None
+
+
+def _split_files(name: str, root: str, train: bool) -> list[tuple[str, Callable[[str], object]]]:
+    split_prefix = "train" if train else "t10k"
+    split_word = "train" if train else "test"
+    relative: list[str]
+    if name == "cifar10":
+        relative = _REQUIRED_FILES[name][:5] if train else _REQUIRED_FILES[name][5:]
+        reader = _read_cifar_batch
+    elif name == "cifar100":
+        relative = [os.path.join("cifar-100-python", split_word)]
+        reader = _read_cifar_batch
+    elif name == "svhn":
+        relative = [f"{split_word}_32x32.mat"]
+        reader = _read_mat
+    else:
+        from torchvision.datasets.mnist import read_image_file, read_label_file
+
+        raw = os.path.join("FashionMNIST", "raw")
+        return [
+            (os.path.join(root, raw, f"{split_prefix}-images-idx3-ubyte"), read_image_file),
+            (os.path.join(root, raw, f"{split_prefix}-labels-idx1-ubyte"), read_label_file),
+        ]
+    return [(os.path.join(root, rel), reader) for rel in relative]
+
+
+def _read_cifar_batch(path: str) -> None:
+    with open(path, "rb") as handle:
+        entry = pickle.load(handle, encoding="latin1")
+    np.asarray(entry["data"]).reshape(-1, 3, 32, 32)
+    if "labels" not in entry and "fine_labels" not in entry:
+        raise KeyError("labels")
+
+
+def _read_mat(path: str) -> None:
+    import scipy.io
+
+    contents = scipy.io.loadmat(path)
+    contents["X"], contents["y"]
+
+
+def _check_images(spec: DatasetSpec, images: torch.Tensor, labels: torch.Tensor, what: str) -> None:
+    expected = (spec.in_channels, spec.image_size, spec.image_size)
+    if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+        expected_text = ", ".join(map(str, expected))
+        raise UserError(f"{spec.name} {what}: images have shape {tuple(images.shape)}, expected (N, {expected_text})")
+    if len(images) != len(labels):
+        raise UserError(f"{spec.name} {what}: {len(images)} images but {len(labels)} labels")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= spec.num_classes):
+        raise UserError(f"{spec.name} {what}: labels outside 0..{spec.num_classes - 1}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch transforms on the device
+# ---------------------------------------------------------------------------------------------
+
+
+def normalize_batch(x: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """uint8 images (..., C, H, W) -> float32 ``(x / 255 - mean) / std``, as ToTensor + Normalize."""
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    return x.to(torch.float32).div(255).sub_(mean).div_(std)
+
+
+def crop_flip(
+    x: torch.Tensor, padding: int, tops: torch.Tensor, lefts: torch.Tensor, flips: torch.Tensor
+) -> torch.Tensor:
+    """Zero-pad each image by ``padding``, crop its H x W window at (tops[i], lefts[i]), mirror where flips[i].
+
+    Equals torchvision's ``hflip(crop(pad(img, padding, fill=0), top, left, H, W))`` per sample.
+    """
+    batch, channels, height, width = x.shape
+    padded_width = width + 2 * padding
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = tops.view(-1, 1) + torch.arange(height, device=x.device)
+    cols = lefts.view(-1, 1) + torch.arange(width, device=x.device)
+    cols = torch.where(flips.view(-1, 1), cols.flip(1), cols)
+    # One gather over flattened pixels is several times faster on CPU than 4-way advanced indexing.
+    flat_index = (rows.unsqueeze(2) * padded_width + cols.unsqueeze(1)).view(batch, 1, height * width)
+    flat_pixels = padded.reshape(batch, channels, -1)
+    picked = flat_pixels.gather(2, flat_index.expand(batch, channels, height * width))
+    return picked.view(batch, channels, height, width)
+
+
+def augment_batch(x: torch.Tensor, spec: DatasetSpec, generator: torch.Generator) -> torch.Tensor:
+    """Training-time transform of a uint8 batch: the spec's augmentation, then normalisation.
+
+    Random draws come from a CPU generator so that one seed gives the same crops on every device.
+    """
+    if spec.augment == "crop_flip":
+        batch = x.shape[0]
+        offsets = 2 * CROP_PADDING + 1
+        tops = torch.randint(0, offsets, (batch,), generator=generator)
+        lefts = torch.randint(0, offsets, (batch,), generator=generator)
+        flips = torch.rand(batch, generator=generator) < 0.5
+        x = crop_flip(x, CROP_PADDING, tops.to(x.device), lefts.to(x.device), flips.to(x.device))
+    elif spec.augment != "none":
+        raise ValueError(f"unknown augmentation '{spec.augment}' in the spec of {spec.name}")
+    return normalize_batch(x, spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loader
+# ---------------------------------------------------------------------------------------------
+
+_EPOCH_SEED_STRIDE = 1_000_003
+_AUGMENT_SEED_OFFSET = 500_009
+
+
+class TensorLoader:
+    """Batches from a data set held whole on the device; order and augmentation depend only on (seed, epoch).
+
+    Sharding across ranks follows torch's DistributedSampler for training (every rank sees the same
+    number of samples, padded by repeating the start) but is unpadded for evaluation, so that summed
+    counts over ranks are exact.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        spec: DatasetSpec,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int,
+        device: torch.device | str,
+        drop_last: bool | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+        if train and len(x) == 0:
+            raise UserError(f"{spec.name}: the training set is empty")
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device, torch.int64)
+        self.spec = spec
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.drop_last = train if drop_last is None else drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.channels_last = channels_last
+        self.epoch = 0
+        self.num_samples = self._count_samples(len(x))
+
+    def _count_samples(self, total: int) -> int:
+        if self.train:
+            return math.ceil(total / self.world_size)
+        return len(range(self.rank, total, self.world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _epoch_generator(self, offset: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * _EPOCH_SEED_STRIDE + self.epoch + offset)
+
+    def _shard_indices(self) -> torch.Tensor:
+        total = len(self.x)
+        if not self.train:
+            return torch.arange(self.rank, total, self.world_size)
+        order = torch.randperm(total, generator=self._epoch_generator(0))
+        padded_total = self.num_samples * self.world_size
+        repeats = math.ceil(padded_total / total)
+        return order.repeat(repeats)[:padded_total][self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = self._shard_indices().to(self.device)
+        augment_generator = self._epoch_generator(_AUGMENT_SEED_OFFSET) if self.train else None
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            batch_indices = indices[start : start + self.batch_size]
+            images = self.x[batch_indices]
+            if augment_generator is not None:
+                inputs = augment_batch(images, self.spec, augment_generator)
+            else:
+                inputs = normalize_batch(images, self.spec)
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            yield inputs, self.y[batch_indices]

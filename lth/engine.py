@@ -1,0 +1,153 @@
+"""The one train/eval loop every script uses: optimizer, LR schedule, precision, progress, metrics."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lth.distributed import Context, all_reduce_sum
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How math runs: ``bf16`` autocast (CUDA default) or plain ``fp32``; optional channels_last."""
+    dtype: torch.dtype | None
+    channels_last: bool
+
+    @classmethod
+    def choose(cls, name: str, device: torch.device, channels_last: str = "auto") -> "Precision":
+        on_cuda = device.type == "cuda"
+        if name == "auto":
+            name = "bf16" if on_cuda else "fp32"
+        dtype = {"fp32": None, "bf16": torch.bfloat16}[name]
+        use_cl = on_cuda if channels_last == "auto" else channels_last == "on"
+        return cls(dtype=dtype, channels_last=use_cl)
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+
+def make_optimizer(params, lr: float, momentum: float, weight_decay: float, device: torch.device
+                   ) -> torch.optim.Optimizer:
+    """SGD with the fused kernel on CUDA and the multi-tensor (foreach) one on CPU."""
+    if device.type == "cuda":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_epochs: int,
+                   milestones: Sequence[int], gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LR factor: linear warm-up over ``warmup_epochs``, then x``gamma`` at each milestone epoch.
+
+    Stepped once per optimizer step, so its state (``last_epoch``) resumes exactly mid-run.
+    """
+    warmup_steps = max(0, warmup_epochs) * steps_per_epoch
+    milestones = sorted(milestones)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return gamma ** bisect.bisect_right(milestones, step // max(1, steps_per_epoch))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP and/or torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                    scheduler, ctx: Context, precision: Precision, desc: str = "train",
+                    print_freq: int = 50, after_step: Callable[[], None] | None = None) -> dict:
+    """One pass over ``loader``; returns mean loss, accuracy (%) and images/s.
+
+    Loss and accuracy are accumulated on the device and read once at the end (and every
+    ``print_freq`` steps for the progress bar), so the step never waits on the host.
+    """
+    model.train()
+    device = ctx.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if ctx.is_main else True, dynamic_ncols=True)
+    for step, (inputs, labels) in enumerate(bar):
+        with precision.autocast(device):
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach() * labels.size(0)
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += labels.size(0)
+        if ctx.is_main and print_freq and (step + 1) % print_freq == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
+    totals = all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
+                                         torch.tensor(float(seen), device=device)]))
+    loss_total, correct_total, count = totals.tolist()
+    elapsed = time.perf_counter() - start
+    return {"loss": loss_total / max(count, 1), "acc": 100.0 * correct_total / max(count, 1),
+            "images_per_s": count / max(elapsed, 1e-9)}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable, ctx: Context, precision: Precision,
+             num_classes: int, desc: str = "eval") -> dict:
+    """Top-1, top-5 (when there are more than 5 classes), mean loss and per-class accuracy (%).
+
+    Every rank evaluates its shard; counts are summed over ranks, so the result is exact.
+    Per-class accuracy and its mean are the VisDA metric.
+    """
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    device = ctx.device
+    loss_sum = torch.zeros((), device=device)
+    top5 = torch.zeros((), device=device)
+    class_correct = torch.zeros(num_classes, device=device)
+    class_total = torch.zeros(num_classes, device=device)
+    for inputs, labels in tqdm(loader, desc=desc, leave=False, disable=None if ctx.is_main else True, dynamic_ncols=True):
+        with precision.autocast(device):
+            logits = model(inputs)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        hit = logits.argmax(1) == labels
+        class_total += torch.bincount(labels, minlength=num_classes)[:num_classes].float()
+        class_correct += torch.bincount(labels[hit], minlength=num_classes)[:num_classes].float()
+        if num_classes > 5:
+            top5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
+    totals = all_reduce_sum(torch.cat([class_correct, class_total, loss_sum[None], top5[None]]))
+    class_correct, class_total = totals[:num_classes], totals[num_classes:2 * num_classes]
+    count = class_total.sum().item()
+    per_class = torch.where(class_total > 0, 100.0 * class_correct / class_total.clamp(min=1),
+                            torch.full_like(class_total, float("nan")))
+    model.train(was_training)
+    result = {"acc": 100.0 * class_correct.sum().item() / max(count, 1),
+              "loss": totals[-2].item() / max(count, 1),
+              "per_class": [round(value, 4) for value in per_class.tolist()],
+              "mean_class_acc": float(per_class[class_total > 0].mean().item()) if count else float("nan")}
+    if num_classes > 5:
+        result["top5"] = 100.0 * totals[-1].item() / max(count, 1)
+    return result

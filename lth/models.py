@@ -1,0 +1,116 @@
+"""ResNets (torchvision's definitions) with the stems the paper uses, and pre-trained weight loading."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+import torchvision
+
+import pruning_utils
+from lth.checkpoint import load_file
+from lth.errors import UserError
+
+ARCHS = ("resnet18", "resnet50", "resnet152")
+
+
+def build_model(arch: str, num_classes: int, in_channels: int = 3, stem: str = "cifar") -> nn.Module:
+    """A torchvision ResNet; ``stem="cifar"`` swaps in a 3x3 stride-1 conv1 and drops the max-pool.
+
+    Parameter names stay torchvision's, so ImageNet, SimCLR and MoCo weights load by name and
+    masks move between the CIFAR and ImageNet variants (only conv1 and fc differ in shape).
+    """
+    if arch not in ARCHS:
+        raise UserError(f"unknown architecture '{arch}': choose one of {', '.join(ARCHS)}")
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if stem == "cifar":
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.maxpool = nn.Identity()
+    elif stem == "imagenet":
+        if in_channels != 3:
+            model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    else:
+        raise UserError(f"unknown stem '{stem}': choose 'cifar' or 'imagenet'")
+    return model
+
+
+@dataclass
+class LoadReport:
+    """What a weight file contributed to a model."""
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    left_at_init: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        kept = ", ".join(self.left_at_init[:6]) + (" ..." if len(self.left_at_init) > 6 else "")
+        return (f"loaded {len(self.loaded)} tensors from {self.path}; "
+                f"{len(self.left_at_init)} model tensors left at init" + (f" ({kept})" if kept else ""))
+
+
+def select_state_dict(obj, path: str, dict_key: str | None) -> Mapping[str, torch.Tensor]:
+    """The state_dict inside a loaded file.
+
+    ``dict_key`` picks an entry (the original's ``--dict_key state_dict``); ``None``/``"None"``
+    uses the whole file, except that a file with a ``state_dict`` entry is unwrapped so that both
+    ``imagenet_weight.pt`` (plain) and ``simclr_weight.pt`` (wrapped) load without flags.
+    """
+    if not isinstance(obj, Mapping):
+        raise UserError(f"'{path}' holds a {type(obj).__name__}, not a dict of weights")
+    if dict_key not in (None, "", "None"):
+        if dict_key not in obj:
+            keys = ", ".join(list(obj)[:8])
+            raise UserError(f"'{path}' has no entry '{dict_key}' (its top-level keys: {keys}); "
+                            f"pass --dict_key None to use the whole file")
+        obj = obj[dict_key]
+    elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not any(isinstance(value, torch.Tensor) for value in obj.values()):
+        raise UserError(f"'{path}' holds no weight tensors under the chosen key")
+    return obj
+
+
+def load_pretrained(model: nn.Module, path: str, dict_key: str | None = None, fc: bool = False,
+                    conv1: bool = False, quiet: bool = False) -> LoadReport:
+    """Load the transferable weights of any released format into ``model`` (in place).
+
+    Accepts torchvision state_dicts (``imagenet_weight.pt``, ``moco.pt``), ``simclr_weight.pt``
+    (``state_dict``), MoCo v2 checkpoints (``module.encoder_q.*``, with ``encoder_k`` and the
+    queue ignored) and IMP checkpoints (``*.weight_orig``). fc and conv1 are skipped unless asked
+    for. Every remaining key must exist in the model with the same shape, otherwise a
+    ``UserError`` names the first key that does not fit.
+    """
+    state = select_state_dict(load_file(path, "pre-trained weight"), path, dict_key)
+    weights = pruning_utils.transferable_weights(state, fc=fc, conv1=conv1)
+    target = pruning_utils.dense_state_dict(model)
+    for key, value in weights.items():
+        if key not in target:
+            raise UserError(f"'{path}' has weight '{key}' that this {type(model).__name__} does not "
+                            f"have; is it for another architecture? (e.g. a MoCo MLP head needs fc "
+                            f"dropped: leave --fc off)")
+        if not isinstance(value, torch.Tensor) or value.shape != target[key].shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise UserError(f"'{path}' weight '{key}' has shape {shape} but the model expects "
+                            f"{tuple(target[key].shape)}")
+    if not weights:
+        raise UserError(f"'{path}' holds no weights that fit a {type(model).__name__}")
+    _copy_into(model, weights)
+    report = LoadReport(path=path, loaded=sorted(weights),
+                        left_at_init=[key for key in target if key not in weights])
+    if not quiet:
+        print(report.summary(), file=sys.stderr)
+    return report
+
+
+def _copy_into(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """Copy dense weights into a model that may already be pruned (then into ``weight_orig``)."""
+    own = model.state_dict()
+    with torch.no_grad():
+        for key, value in weights.items():
+            if key not in own and key.endswith(".weight") and key[:-7] + ".weight_orig" in own:
+                key = key[:-7] + ".weight_orig"
+            own[key].copy_(value.to(own[key].dtype))

@@ -1,0 +1,60 @@
+"""PNG plots of a run: accuracy against remaining weights, and per-round training curves."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers, and no GUI backend import cost
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_accuracy_vs_remaining(curves: Mapping[str, Sequence[tuple[float, float]]], path: str,
+                               title: str = "", ylabel: str = "test accuracy (%)") -> None:
+    """One line per curve of ``(remaining %, accuracy %)`` points, remaining weights on a log axis
+    that runs from dense (left) to sparse (right), as in the paper's figures."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, points in curves.items():
+        points = sorted(points, key=lambda point: -point[0])
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ticks = [100, 51.2, 26.2, 13.4, 6.9, 3.5, 1.8]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("remaining weights (%)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, title: str = "") -> None:
+    """Train, validation and test accuracy per epoch of one round (the original's ``net_train.png``)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    names = {"train": "train", "ta": "validation", "test_ta": "test"}
+    for key, values in history.items():
+        ax.plot(range(len(values)), values, label=names.get(key, key))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,356 @@
+"""Global magnitude pruning, masks, rewinding and tickets, on top of ``torch.nn.utils.prune``.
+
+Vocabulary used throughout:
+
+* *prunable convs*: every ``nn.Conv2d`` of a model except the stem (the first ``nn.Conv2d`` in
+  ``model.modules()``, ``conv1`` in a ResNet), which is pruned only when ``conv1=True``.
+  Linear layers, batch norms and biases are never pruned.
+* *mask dict*: ``{"layer1.0.conv1.weight_mask": 0/1 float tensor}``, keyed like the buffers that
+  ``torch.nn.utils.prune`` registers, with no ``module.``/``encoder_q.`` prefix.
+* *ticket file*: a small stand-alone file holding a mask dict packed as bits plus metadata
+  (architecture, data set, prune type, round, remaining %); ``--mask_dir`` reads it directly.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as prune
+
+from lth.checkpoint import atomic_save, load_file
+from lth.errors import UserError
+
+MASK_SUFFIX = ".weight_mask"
+ORIG_SUFFIX = ".weight_orig"
+TICKET_FORMAT = "lth-ticket"
+TICKET_VERSION = 1
+
+# Prefixes that wrap a backbone in the checkpoints users have: DataParallel/DDP (``module.``) and
+# MoCo's query encoder. The momentum encoder and the queue are not part of a ticket.
+_WRAPPER_PREFIXES = ("module.encoder_q.", "encoder_q.", "module.")
+_FOREIGN_PREFIXES = ("module.encoder_k.", "encoder_k.", "module.queue", "queue")
+
+
+# --------------------------------------------------------------------------------------------
+# Which layers are pruned
+# --------------------------------------------------------------------------------------------
+
+def stem_conv_name(model: nn.Module) -> str | None:
+    """Name of the first ``nn.Conv2d`` in ``model.modules()`` order: the stem that is kept dense."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name
+    return None
+
+
+def prunable_convs(model: nn.Module, conv1: bool = False) -> list[tuple[str, nn.Conv2d]]:
+    """``(name, module)`` of every conv that IMP prunes, in ``named_modules`` order."""
+    stem = stem_conv_name(model)
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, nn.Conv2d) and (conv1 or name != stem)]
+
+
+def is_pruned(module: nn.Module) -> bool:
+    return prune.is_pruned(module) and hasattr(module, "weight_mask")
+
+
+# --------------------------------------------------------------------------------------------
+# Pruning, masks, rewinding
+# --------------------------------------------------------------------------------------------
+
+def check_rate(rate: float) -> float:
+    if not 0.0 < rate < 1.0:
+        raise UserError(f"pruning rate must lie strictly between 0 and 1, got {rate}")
+    return rate
+
+
+def global_prune(model: nn.Module, rate: float, random: bool = False, conv1: bool = False,
+                 generator_seed: int | None = None) -> None:
+    """Remove ``rate`` of the conv weights that still remain, ranked globally across layers.
+
+    L1 magnitude (``prune.L1Unstructured``) or uniformly at random (``prune.RandomUnstructured``).
+    On layers that already hold a mask, PyTorch's ``PruningContainer`` ranks only the surviving
+    weights, so after k calls exactly ``round``-by-round 80 % of the previous count remains.
+    ``generator_seed`` makes random pruning reproducible (RandomUnstructured draws from torch's
+    global generator).
+    """
+    check_rate(rate)
+    params = [(module, "weight") for _, module in prunable_convs(model, conv1)]
+    if not params:
+        raise UserError(f"{type(model).__name__} has no conv layer to prune")
+    method = prune.RandomUnstructured if random else prune.L1Unstructured
+    if random and generator_seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator_seed)
+            prune.global_unstructured(params, pruning_method=method, amount=rate)
+    else:
+        prune.global_unstructured(params, pruning_method=method, amount=rate)
+
+
+def extract_mask(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The mask dict of a pruned model or of a state_dict (prefixes stripped, other keys dropped)."""
+    state = source.state_dict() if isinstance(source, nn.Module) else source
+    masks = {}
+    for key, value in strip_prefixes(state).items():
+        if key.endswith(MASK_SUFFIX):
+            masks[key] = value.detach().clone()
+    return masks
+
+
+def reverse_mask(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The complement of each layer's mask (1 - mask): keeps exactly what the ticket removed."""
+    return {key: 1 - mask for key, mask in masks.items()}
+
+
+def remove_prune(model: nn.Module) -> None:
+    """Bake every mask into its weight and drop the reparametrisation (``prune.remove``)."""
+    for module in model.modules():
+        if is_pruned(module):
+            prune.remove(module, "weight")
+
+
+def apply_mask(model: nn.Module, masks: Mapping[str, torch.Tensor], conv1: bool = False) -> None:
+    """Prune ``model`` with exactly ``masks`` (``prune.CustomFromMask``), replacing any old mask.
+
+    The masks are first checked against the model's prunable convs: a key or a shape that does
+    not fit raises a ``UserError`` naming the first offending key and both shapes.
+    """
+    masks = fit_masks(model, masks, conv1)
+    modules = dict(model.named_modules())
+    for key, mask in masks.items():
+        module = modules[key[: -len(MASK_SUFFIX)]]
+        if is_pruned(module):
+            prune.remove(module, "weight")
+        mask = mask.to(device=module.weight.device, dtype=module.weight.dtype)
+        prune.custom_from_mask(module, "weight", mask)
+
+
+def fit_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], conv1: bool = False
+              ) -> dict[str, torch.Tensor]:
+    """The subset of ``masks`` meant for ``model``'s prunable convs, after checking it fits.
+
+    A stem mask is dropped unless ``conv1`` (the original never masks the stem downstream, and
+    CIFAR and ImageNet stems differ in shape); every other key must name a prunable conv of the
+    model with the same shape, and every prunable conv must have a mask.
+    """
+    masks = strip_prefixes(masks)
+    expected = {name + MASK_SUFFIX: module.weight.shape for name, module in prunable_convs(model, conv1)}
+    stem = stem_conv_name(model)
+    fitted = {}
+    for key, mask in masks.items():
+        if not key.endswith(MASK_SUFFIX):
+            continue
+        if not conv1 and key == f"{stem}{MASK_SUFFIX}":
+            continue
+        if key not in expected:
+            raise UserError(f"mask key '{key}' (shape {tuple(mask.shape)}) matches no prunable conv "
+                            f"of this model; is the mask for another architecture?")
+        if tuple(mask.shape) != tuple(expected[key]):
+            raise UserError(f"mask '{key}' has shape {tuple(mask.shape)} but the model's weight has "
+                            f"shape {tuple(expected[key])}; is the mask for another architecture?")
+        fitted[key] = mask
+    missing = [key for key in expected if key not in fitted]
+    if missing:
+        raise UserError(f"the mask has no entry for '{missing[0]}' (shape {tuple(expected[missing[0]])})"
+                        f" nor for {len(missing) - 1} more prunable layers; is it for another architecture?")
+    return fitted
+
+
+def rewind(model: nn.Module, weights: Mapping[str, torch.Tensor], conv1: bool = False) -> None:
+    """Reset every weight to ``weights`` while keeping the current masks.
+
+    Follows the original's order: take the masks, remove the reparametrisation, load the dense
+    rewind weights (strictly: a rewind point must describe the whole model), re-apply the masks.
+    Unmasked positions therefore hold the rewind values bit for bit.
+    """
+    masks = extract_mask(model)
+    remove_prune(model)
+    model.load_state_dict(dense_state_dict(weights), strict=True)
+    if masks:
+        apply_mask(model, masks, conv1=conv1 or _has_stem_mask(model, masks))
+
+
+def _has_stem_mask(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> bool:
+    return f"{stem_conv_name(model)}{MASK_SUFFIX}" in masks
+
+
+def dense_state_dict(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Effective weights under plain names (``weight = weight_orig * weight_mask``), as copies.
+
+    Accepts a model or a state_dict; the result loads into an unpruned model of the same shape.
+    """
+    state = source.state_dict() if isinstance(source, nn.Module) else source
+    dense = {}
+    for key, value in state.items():
+        if key.endswith(MASK_SUFFIX):
+            continue
+        if key.endswith(ORIG_SUFFIX):
+            prefix = key[: -len(ORIG_SUFFIX)]
+            dense[prefix + ".weight"] = value * state[prefix + MASK_SUFFIX]
+        else:
+            dense[key] = value
+    return {key: value.detach().clone() for key, value in dense.items()}
+
+
+def sync_masks(model: nn.Module, src: int = 0) -> None:
+    """Broadcast every mask from rank ``src`` so all DDP ranks prune identically (random too)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for module in model.modules():
+        if is_pruned(module):
+            torch.distributed.broadcast(module.weight_mask, src)
+
+
+# --------------------------------------------------------------------------------------------
+# Sparsity, from the masks
+# --------------------------------------------------------------------------------------------
+
+def sparsity(model: nn.Module, conv1: bool = False) -> dict:
+    """Remaining weights of the prunable convs, computed from the masks (a dense layer counts 100 %).
+
+    Returns ``{"remaining": percent, "kept": int, "total": int, "layers": {name: percent}}``.
+    Counting masks rather than zeros keeps the figure honest when a trained weight is exactly 0.
+    """
+    kept = total = 0
+    layers = {}
+    for name, module in prunable_convs(model, conv1 or _stem_is_pruned(model)):
+        numel = module.weight.numel()
+        layer_kept = int(module.weight_mask.sum().item()) if is_pruned(module) else numel
+        layers[name] = 100.0 * layer_kept / numel
+        kept += layer_kept
+        total += numel
+    return {"remaining": 100.0 * kept / max(total, 1), "kept": kept, "total": total, "layers": layers}
+
+
+def _stem_is_pruned(model: nn.Module) -> bool:
+    stem = stem_conv_name(model)
+    return stem is not None and is_pruned(model.get_submodule(stem))
+
+
+def mask_remaining(masks: Mapping[str, torch.Tensor]) -> float:
+    """Remaining percent over the layers of a mask dict."""
+    kept = sum(int(mask.sum().item()) for mask in masks.values())
+    total = sum(mask.numel() for mask in masks.values())
+    return 100.0 * kept / max(total, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint keys: prefixes, transferable weights
+# --------------------------------------------------------------------------------------------
+
+def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop MoCo's momentum encoder and queue, and strip ``module.``/``encoder_q.`` prefixes."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(_FOREIGN_PREFIXES):
+            continue
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        out[key] = value
+    return out
+
+
+def transferable_weights(state: Mapping[str, torch.Tensor], fc: bool = False, conv1: bool = False
+                         ) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint that move to a new task.
+
+    Prefixes are stripped; masks and the original's ``normalize.*`` buffers are dropped;
+    ``X.weight_orig`` becomes ``X.weight`` (so an IMP checkpoint is accepted); the classifier
+    (``fc.*``) and the stem (``conv1.weight``) are dropped unless asked for, since their shapes
+    depend on the task and the input resolution.
+    """
+    out = {}
+    for key, value in strip_prefixes(state).items():
+        if key.endswith(MASK_SUFFIX) or key.startswith("normalize."):
+            continue
+        if key.endswith(ORIG_SUFFIX):
+            key = key[: -len(ORIG_SUFFIX)] + ".weight"
+        if not fc and (key == "fc" or key.startswith("fc.")):
+            continue
+        if not conv1 and key.startswith("conv1."):
+            continue
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tickets: compact stand-alone mask files
+# --------------------------------------------------------------------------------------------
+
+def pack_masks(masks: Mapping[str, torch.Tensor]) -> dict:
+    """Masks as one bit per weight (uint8 tensors) plus their shapes."""
+    packed, shapes = {}, {}
+    for key, mask in masks.items():
+        bits = mask.detach().to("cpu").reshape(-1).ne(0).numpy()
+        packed[key] = torch.from_numpy(np.packbits(bits))
+        shapes[key] = list(mask.shape)
+    return {"bits": packed, "shapes": shapes}
+
+
+def unpack_masks(packed: Mapping) -> dict[str, torch.Tensor]:
+    masks = {}
+    for key, bits in packed["bits"].items():
+        shape = packed["shapes"][key]
+        count = int(np.prod(shape))
+        flat = np.unpackbits(bits.numpy(), count=count)
+        masks[key] = torch.from_numpy(flat.astype(np.float32)).reshape(shape)
+    return masks
+
+
+def save_ticket(path: str, masks: Mapping[str, torch.Tensor], **meta) -> None:
+    """Write a ticket file: packed masks plus metadata (remaining % is computed here)."""
+    meta = dict(meta)
+    meta["remaining"] = mask_remaining(masks)
+    meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    atomic_save({"format": TICKET_FORMAT, "version": TICKET_VERSION, "meta": meta, **pack_masks(masks)}, path)
+
+
+def is_ticket(obj) -> bool:
+    return isinstance(obj, Mapping) and obj.get("format") == TICKET_FORMAT
+
+
+def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dict]:
+    """Masks and metadata from any mask source a user has.
+
+    ``source`` is a path or an already loaded object: a ticket file of this toolkit, a checkpoint
+    of this toolkit or of the original code (``state_dict`` holding ``*.weight_mask``), or a plain
+    ``{layer.weight_mask: tensor}`` dict (the original's ``mask-{i}.pt``). ``module.``,
+    ``encoder_q.`` and ``module.encoder_q.`` prefixes are stripped.
+    """
+    name = source if isinstance(source, (str, os.PathLike)) else "the given object"
+    obj = load_file(source, what) if isinstance(source, (str, os.PathLike)) else source
+    if is_ticket(obj):
+        if obj.get("version", 0) > TICKET_VERSION:
+            raise UserError(f"{name} is a ticket of format version {obj['version']}, newer than this "
+                            f"toolkit reads ({TICKET_VERSION})")
+        return unpack_masks(obj), dict(obj.get("meta", {}))
+    state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise UserError(f"{name} holds no mask: expected a ticket file, a checkpoint with a "
+                        f"'state_dict', or a dict of '*.weight_mask' tensors")
+    masks = {k: v.float() for k, v in extract_mask(state).items() if isinstance(v, torch.Tensor)}
+    if not masks:
+        raise UserError(f"{name} holds no '*.weight_mask' tensor: it is not a pruned checkpoint "
+                        f"or mask file")
+    meta = {"source": str(name)}
+    for key in ("state", "round", "arch", "dataset", "prune_type"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], (int, str, float)):
+            meta[key] = obj[key]
+    return masks, meta
+
+
+def masks_to(masks: Mapping[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {key: mask.to(device) for key, mask in masks.items()}
+
+
+def current_masks(model: nn.Module, conv1: bool = False) -> dict[str, torch.Tensor]:
+    """The mask dict in effect on ``model``'s prunable convs (all ones for a layer not pruned yet)."""
+    return {name + MASK_SUFFIX: (module.weight_mask if is_pruned(module) else torch.ones_like(module.weight))
+            .detach().to("cpu", copy=True) for name, module in prunable_convs(model, conv1)}
