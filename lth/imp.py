@@ -6,7 +6,6 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -19,7 +18,7 @@ from lth.engine import Precision
 from lth.errors import UserError
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
 from lth.runs import RunDir
-from lth.trainer import Loaders, StageProgress, TrainConfig, train_stage
+from lth.trainer import Loaders, StageProgress, TrainConfig, restore_stage, train_stage
 
 PRUNE_TYPES = ("lt", "pt", "rewind_lt", "pt_trans")
 REWIND_TARGETS = {
@@ -29,10 +28,6 @@ REWIND_TARGETS = {
     "pt_trans": "the pre-trained weights (--pretrained)",
 }
 CHECKPOINT_FORMAT = "lth-imp"
-# Flags whose change would make a resumed run a different experiment.
-IDENTITY_FLAGS = ("dataset", "arch", "prune_type", "rate", "random_prune", "conv1", "fc", "seed",
-                  "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
-                  "decreasing_lr", "rewind_epoch", "pretrained")
 
 
 @dataclass
@@ -89,23 +84,10 @@ class ImpRun:
         self._train_from(0, StageProgress(), None, None)
 
     def resume(self, checkpoint_path: str | None = None) -> None:
-        checkpoints = self.run.checkpoints()
-        path = checkpoint_path or checkpoints[max(checkpoints)]
-        checkpoint = load_file(path, "checkpoint")
-        check_resumable(checkpoint, path, self.args)
-        state = int(checkpoint["state"])
-        masks = pruning_utils.extract_mask(checkpoint["state_dict"])
-        if masks:
-            pruning_utils.apply_mask(self.model, masks, conv1=self.cfg.conv1)
-        try:
-            self.model.load_state_dict(checkpoint["state_dict"], strict=True)
-        except RuntimeError as error:
-            raise UserError(f"checkpoint '{path}' does not fit this model: "
-                            f"{str(error).splitlines()[0]}") from None
+        checkpoint, progress = restore_stage(self.model, self.run, CHECKPOINT_FORMAT, self.args,
+                                             self.cfg.conv1, checkpoint_path)
         self.rewind_weights = checkpoint.get("init_weight")
-        progress = StageProgress.from_checkpoint(checkpoint)
-        self.run.rewind_logs(state, progress.next_epoch)
-        print(f"resuming round {state} at epoch {progress.next_epoch} from {path}", file=sys.stderr)
+        state = int(checkpoint["state"])
         self._train_from(state, progress, checkpoint.get("optimizer"), checkpoint.get("scheduler"))
 
     def _train_from(self, first_round: int, progress: StageProgress, optimizer_state, scheduler_state) -> None:
@@ -161,15 +143,3 @@ class ImpRun:
         plot_accuracy_vs_remaining({label: [(row["remaining"], row["test_acc_at_best_val"]) for row in rows]},
                                    self.run.file("accuracy_vs_remaining.png"),
                                    title=f"{self.cfg.meta.get('arch')} on {self.cfg.meta.get('dataset')}")
-
-
-def check_resumable(checkpoint: Mapping, path: str, args: dict) -> None:
-    """The checkpoint must be one of ours and belong to the same experiment as the flags given."""
-    if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"'{path}' is not a checkpoint written by this toolkit's IMP; cannot resume it")
-    saved = checkpoint.get("args", {})
-    for flag in IDENTITY_FLAGS:
-        if flag in saved and flag in args and saved[flag] != args[flag]:
-            if flag == "seed" and args[flag] is None:
-                continue
-            raise UserError(f"--{flag} is {args[flag]!r} but the run being resumed used {saved[flag]!r}")

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+import sys
+from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
 
 import pruning_utils
-from lth.checkpoint import atomic_save
+from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
+from lth.errors import UserError
 from lth.engine import Precision, evaluate, make_optimizer, make_scheduler, train_one_epoch
 from lth.runs import RunDir
 
@@ -137,3 +139,44 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
 def _meta(extra: dict) -> dict:
     """Small descriptive entries of a checkpoint (the best-model file skips the big rewind weights)."""
     return {key: value for key, value in extra.items() if key != "init_weight"}
+
+
+# Flags whose change would make a resumed run a different experiment.
+IDENTITY_FLAGS = ("dataset", "arch", "prune_type", "rate", "random_prune", "conv1", "fc", "seed",
+                  "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
+                  "decreasing_lr", "rewind_epoch", "pretrained", "mask_dir", "reverse_mask", "load_all")
+
+
+def restore_stage(model: nn.Module, run: RunDir, fmt: str, args: dict, conv1: bool,
+                  path: str | None = None) -> tuple[dict, StageProgress]:
+    """Load the latest (or the given) checkpoint of ``run`` into ``model``, masks included.
+
+    Checks that the checkpoint was written by the same kind of run with the same identity flags,
+    and drops log lines newer than it. Returns the raw checkpoint and the stage progress.
+    """
+    checkpoints = run.checkpoints()
+    path = path or checkpoints[max(checkpoints)]
+    checkpoint = load_file(path, "checkpoint")
+    check_resumable(checkpoint, path, fmt, args)
+    masks = pruning_utils.extract_mask(checkpoint["state_dict"])
+    if masks:
+        pruning_utils.apply_mask(model, masks, conv1=conv1)
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as error:
+        raise UserError(f"checkpoint '{path}' does not fit this model: "
+                        f"{str(error).splitlines()[0]}") from None
+    progress = StageProgress.from_checkpoint(checkpoint)
+    run.rewind_logs(int(checkpoint["state"]), progress.next_epoch)
+    print(f"resuming round {checkpoint['state']} at epoch {progress.next_epoch} from {path}", file=sys.stderr)
+    return checkpoint, progress
+
+
+def check_resumable(checkpoint: Mapping, path: str, fmt: str, args: dict) -> None:
+    """The checkpoint must be of kind ``fmt`` and belong to the same experiment as the flags given."""
+    if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != fmt:
+        raise UserError(f"'{path}' is not a '{fmt}' checkpoint written by this toolkit; cannot resume it")
+    saved = checkpoint.get("args", {})
+    for flag in IDENTITY_FLAGS:
+        if flag in saved and flag in args and saved[flag] != args[flag]:
+            raise UserError(f"--{flag} is {args[flag]!r} but the run being resumed used {saved[flag]!r}")

@@ -1,0 +1,105 @@
+"""Train one ticket (pre-trained weights + a mask) on a small data set: the transfer experiment.
+
+Weights come from --pretrained (an entry picked by --dict_key), the mask from --mask_dir (a ticket
+file, an IMP checkpoint of this toolkit or of the original code, or a plain mask dict), optionally
+reversed. Example:
+
+    python -u main_eval_downstream.py --data ../data --dataset cifar10 --arch resnet50 \\
+        --save_dir eval_ticket --pretrained imagenet_weight.pt --mask_dir imp/ticket_05.pt
+"""
+
+import sys
+
+import pruning_utils
+from lth import cli, data, distributed
+from lth.checkpoint import write_json
+from lth.classification import load_task, make_model
+from lth.engine import Precision
+from lth.errors import UserError
+from lth.models import ARCHS, load_pretrained
+from lth.plots import plot_training_curves
+from lth.runs import RunDir
+from lth.trainer import StageProgress, TrainConfig, restore_stage, train_stage
+
+CHECKPOINT_FORMAT = "lth-eval"
+
+
+def get_args_parser():
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_data_args(parser, list(data.DATASETS), default="cifar10")
+    cli.add_model_args(parser, ARCHS)
+    cli.add_optim_args(parser, batch_size=128)
+    group = parser.add_argument_group("ticket")
+    group.add_argument("--pretrained", default=None,
+                       help="weights to start from (torchvision state_dict, simclr_weight.pt, moco.pt, "
+                            "MoCo v2 checkpoint, or an IMP checkpoint); random init when omitted")
+    group.add_argument("--dict_key", default=None,
+                       help="entry of the --pretrained file holding the weights; 'None' uses the whole "
+                            "file (default: 'state_dict' when present, else the whole file)")
+    group.add_argument("--mask_dir", default=None,
+                       help="the ticket's mask: a ticket_XX.pt, an IMP checkpoint "
+                            "({round}model_SA_best.pth.tar, MoCo/SimCLR checkpoints) or a "
+                            "{layer.weight_mask: tensor} file; dense training when omitted")
+    group.add_argument("--reverse_mask", action="store_true",
+                       help="train the complement of the mask (1 - mask): the reversed-mask control")
+    group.add_argument("--load_all", action="store_true",
+                       help="load every weight of --pretrained, fc and conv1 included (shapes must fit)")
+    group.add_argument("--save_model", action="store_true",
+                       help="also keep the best-validation model as model_SA_best.pth.tar")
+    cli.add_runtime_args(parser)
+    return parser
+
+
+def main(args) -> None:
+    cli.check_common(args)
+    if args.reverse_mask and not args.mask_dir:
+        raise UserError("--reverse_mask needs a mask to reverse: give --mask_dir")
+    run = RunDir(args.save_dir)
+    run.check(args.resume)
+    ctx = distributed.setup(args.gpu, args.cpu)
+    run.is_main = ctx.is_main
+    args.seed = cli.resolve_seed(args.seed if not args.resume else run.recorded_seed(args.seed))
+    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
+    task = load_task(args, ctx, precision, args.seed)
+    model = make_model(args, task.spec, ctx, precision, args.seed)
+    if args.pretrained:
+        load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc or args.load_all,
+                        conv1=args.conv1 or args.load_all, quiet=not ctx.is_main)
+    mask_meta = {}
+    if args.mask_dir:
+        masks, mask_meta = pruning_utils.read_masks(args.mask_dir)
+        if args.reverse_mask:
+            masks = pruning_utils.reverse_mask(masks)
+        pruning_utils.apply_mask(model, masks, conv1=args.conv1)
+    remaining = pruning_utils.sparsity(model, args.conv1)["remaining"]
+    if ctx.is_main:
+        print(f"training {'the reverse of ' if args.reverse_mask else ''}"
+              f"{args.mask_dir or 'a dense network'}: {remaining:.2f}% of conv weights remain", file=sys.stderr)
+    distributed.barrier()
+    run.start(vars(args), args.resume)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                      warmup=args.warmup, milestones=args.decreasing_lr, print_freq=args.print_freq,
+                      compile=args.compile)
+    progress, optimizer_state, scheduler_state = StageProgress(), None, None
+    if args.resume:
+        checkpoint, progress = restore_stage(model, run, CHECKPOINT_FORMAT, vars(args), args.conv1)
+        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
+    extra = {"format": CHECKPOINT_FORMAT, "args": vars(args), "mask_meta": mask_meta}
+    progress = train_stage(model, task.loaders, cfg, precision, ctx, run, stage=0, prefix="",
+                           progress=progress, optimizer_state=optimizer_state, scheduler_state=scheduler_state,
+                           checkpoint_extra=lambda: extra, save_best=args.save_model, conv1=args.conv1)
+    if ctx.is_main:
+        summary = {"remaining": remaining, "reverse_mask": args.reverse_mask, "mask": args.mask_dir,
+                   "pretrained": args.pretrained, "best_epoch": progress.best_epoch,
+                   "best_val_acc": progress.best_val, "test_acc_at_best_val": progress.test_at_best,
+                   "final_test_acc": progress.history["test_ta"][-1]}
+        write_json(summary, run.file("summary.json"))
+        plot_training_curves(progress.history, run.file("net_train.png"),
+                             title=f"{remaining:.2f}% of conv weights remain")
+        print(f"done: test accuracy {progress.test_at_best:.2f}% at the best validation epoch "
+              f"({progress.best_epoch}); results in {args.save_dir}")
+    distributed.teardown()
+
+
+if __name__ == "__main__":
+    cli.run_main(main, get_args_parser())
