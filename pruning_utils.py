@@ -125,7 +125,11 @@ def apply_mask(model: nn.Module, masks: Mapping[str, torch.Tensor], conv1: bool 
     for key, mask in masks.items():
         module = modules[key[: -len(MASK_SUFFIX)]]
         if is_pruned(module):
+            # Replace the mask, not the weights: bring back the values the old mask hid.
+            orig = module.weight_orig.detach().clone()
             prune.remove(module, "weight")
+            with torch.no_grad():
+                module.weight.copy_(orig)
         mask = mask.to(device=module.weight.device, dtype=module.weight.dtype)
         prune.custom_from_mask(module, "weight", mask)
 

@@ -9,7 +9,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import zipfile
 from typing import Any
 
 import torch
@@ -32,7 +31,7 @@ def atomic_save(obj: Any, path: str) -> None:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -43,8 +42,21 @@ def atomic_write_text(text: str, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        _publish(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _publish(tmp: str, path: str) -> None:
+    """Give the finished temp file the usual permissions (mkstemp makes it 0600) and move it in."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 
@@ -67,7 +79,7 @@ def load_file(path: str, what: str = "checkpoint") -> Any:
         if "weights_only" not in str(error) and "Weights only load failed" not in str(error):
             raise UserError(f"cannot read {what} file '{path}': not a PyTorch file or corrupt "
                             f"({_first_line(error)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - corrupt bytes fail in many ways (KeyError, IndexError)
         raise UserError(f"cannot read {what} file '{path}': truncated, corrupt or not a PyTorch "
                         f"file ({_first_line(error)})") from None
     print(f"notice: {what} file '{path}' holds Python objects besides tensors; loading it fully "

@@ -69,7 +69,7 @@ def select_state_dict(obj, path: str, dict_key: str | None) -> Mapping[str, torc
         obj = obj[dict_key]
     elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
-    if not any(isinstance(value, torch.Tensor) for value in obj.values()):
+    if not isinstance(obj, Mapping) or not any(isinstance(value, torch.Tensor) for value in obj.values()):
         raise UserError(f"'{path}' holds no weight tensors under the chosen key")
     return obj
 
