@@ -168,3 +168,25 @@ def test_eval_accepts_the_original_checkpoint_as_mask(lt_run, tmp_path):
     summary = json.loads((tmp_path / "orig" / "summary.json").read_text())
     assert summary["remaining"] == pytest.approx(80, abs=1e-3)
     assert not (tmp_path / "orig" / "model_SA_best.pth.tar").exists()  # only with --save_model
+
+
+def test_each_round_starts_from_the_rewind_point_with_the_new_mask(tmp_path, monkeypatch):
+    from lth import imp as imp_module
+    starts = {}
+    real = imp_module.train_stage
+
+    def record_start(model, *args, stage, **kwargs):
+        starts[stage] = (pruning_utils.dense_state_dict(model), pruning_utils.current_masks(model))
+        return real(model, *args, stage=stage, **kwargs)
+
+    monkeypatch.setattr(imp_module, "train_stage", record_start)
+    imp(tmp_path / "lt", "--pruning_times", "2", "--epochs", "1")
+    torch.manual_seed(0)
+    init = build_model("resnet18", 10, 1, "cifar").state_dict()
+    weights, masks = starts[1]
+    ticket, _ = pruning_utils.read_masks(str(tmp_path / "lt" / "ticket_01.pt"))
+    for key, value in init.items():
+        mask_key = key[: -len(".weight")] + ".weight_mask"
+        expected = value * ticket[mask_key] if mask_key in ticket else value
+        assert torch.equal(weights[key], expected), key
+    assert all(torch.equal(masks[key], ticket[key]) for key in ticket)
