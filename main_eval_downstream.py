@@ -19,9 +19,10 @@ from lth.errors import UserError
 from lth.models import ARCHS, load_pretrained
 from lth.plots import plot_training_curves
 from lth.runs import RunDir
-from lth.trainer import StageProgress, TrainConfig, restore_stage, train_stage
+from lth.trainer import StageFiles, StageProgress, TrainConfig, restore_stage, train_stage
 
 CHECKPOINT_FORMAT = "lth-eval"
+EVAL_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_SA_best.pth.tar")
 
 
 def get_args_parser():
@@ -85,7 +86,7 @@ def main(args) -> None:
         checkpoint, progress = restore_stage(model, run, CHECKPOINT_FORMAT, vars(args), args.conv1)
         optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
     extra = {"format": CHECKPOINT_FORMAT, "args": vars(args), "mask_meta": mask_meta}
-    progress = train_stage(model, task.loaders, cfg, precision, ctx, run, stage=0, prefix="",
+    progress = train_stage(model, task.loaders, cfg, precision, ctx, run, stage=0, files=EVAL_FILES,
                            progress=progress, optimizer_state=optimizer_state, scheduler_state=scheduler_state,
                            checkpoint_extra=lambda: extra, save_best=args.save_model, conv1=args.conv1)
     if ctx.is_main:

@@ -6,7 +6,7 @@ import bisect
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -37,12 +37,16 @@ class Precision:
         return torch.autocast(device_type=device.type, dtype=self.dtype)
 
 
-def make_optimizer(params, lr: float, momentum: float, weight_decay: float, device: torch.device
-                   ) -> torch.optim.Optimizer:
-    """SGD with the fused kernel on CUDA and the multi-tensor (foreach) one on CPU."""
-    if device.type == "cuda":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+def make_optimizer(params, lr: float, momentum: float, weight_decay: float, device: torch.device,
+                   name: str = "sgd") -> torch.optim.Optimizer:
+    """SGD (the fused kernel on CUDA, the multi-tensor one on CPU) or Adam."""
+    params = list(params)
+    if name == "sgd":
+        fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **fast)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}'")
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_epochs: int,
@@ -73,11 +77,29 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+class StepResult(NamedTuple):
+    """What one training step reports: the loss to minimise and how many of ``count`` it got right."""
+    loss: torch.Tensor
+    correct: torch.Tensor
+    count: int
+
+
+def classification_step(model: nn.Module, batch) -> StepResult:
+    """Cross-entropy on ``(inputs, labels)``; the default step of every classification script."""
+    inputs, labels = batch
+    logits = model(inputs)
+    return StepResult(F.cross_entropy(logits, labels), (logits.detach().argmax(1) == labels).sum(),
+                      labels.size(0))
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler, ctx: Context, precision: Precision, desc: str = "train",
-                    print_freq: int = 50, after_step: Callable[[], None] | None = None) -> dict:
+                    print_freq: int = 50, after_step: Callable[[], None] | None = None,
+                    step: Callable[[nn.Module, object], StepResult] = classification_step) -> dict:
     """One pass over ``loader``; returns mean loss, accuracy (%) and images/s.
 
+    ``step`` computes the loss of a batch (classification by default; SimCLR and MoCo pass their
+    contrastive steps). ``after_step`` runs after each optimizer step (MoCo's momentum update).
     Loss and accuracy are accumulated on the device and read once at the end (and every
     ``print_freq`` steps for the progress bar), so the step never waits on the host.
     """
@@ -88,21 +110,20 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     seen = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=None if ctx.is_main else True, dynamic_ncols=True)
-    for step, (inputs, labels) in enumerate(bar):
+    for index, batch in enumerate(bar):
         with precision.autocast(device):
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, labels)
+            result = step(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        result.loss.backward()
         optimizer.step()
         if after_step is not None:
             after_step()
         if scheduler is not None:
             scheduler.step()
-        loss_sum += loss.detach() * labels.size(0)
-        correct += (logits.detach().argmax(1) == labels).sum()
-        seen += labels.size(0)
-        if ctx.is_main and print_freq and (step + 1) % print_freq == 0:
+        loss_sum += result.loss.detach().float() * result.count
+        correct += result.correct
+        seen += result.count
+        if ctx.is_main and print_freq and (index + 1) % print_freq == 0:
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
     totals = all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
                                          torch.tensor(float(seen), device=device)]))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
-import torch
 import torch.nn as nn
 
 import pruning_utils
@@ -18,7 +18,8 @@ from lth.engine import Precision
 from lth.errors import UserError
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
 from lth.runs import RunDir
-from lth.trainer import Loaders, StageProgress, TrainConfig, restore_stage, train_stage
+from lth.trainer import (Loaders, StageFiles, StageProgress, TrainConfig, restore_stage,
+                         train_stage)
 
 PRUNE_TYPES = ("lt", "pt", "rewind_lt", "pt_trans")
 REWIND_TARGETS = {
@@ -37,9 +38,40 @@ class ImpConfig:
     prune_type: str
     random_prune: bool
     conv1: bool
-    rewind_epoch: int
     seed: int
     meta: dict  # copied into every ticket: arch, dataset, ...
+    rewind_epoch: int = 9
+    train_round0: bool = True  # False: round 0 only evaluates, then prunes one-shot (ImageNet, SimCLR, MoCo)
+    files: StageFiles = field(default_factory=StageFiles)
+
+
+class PruneStrategy:
+    """How a model is pruned, rewound and described by a mask; the default acts on the whole model.
+
+    Scripts whose model wraps the pruned network (MoCo's two encoders) subclass it.
+    """
+
+    def __init__(self, rate: float, random: bool, conv1: bool):
+        self.rate, self.random, self.conv1 = rate, random, conv1
+
+    def target(self, model: nn.Module) -> nn.Module:
+        """The network whose convs are pruned and whose masks make the ticket."""
+        return model
+
+    def prune(self, model: nn.Module, seed: int) -> None:
+        target = self.target(model)
+        pruning_utils.global_prune(target, self.rate, random=self.random, conv1=self.conv1,
+                                   generator_seed=seed)
+        pruning_utils.sync_masks(target)
+
+    def rewind(self, model: nn.Module, weights: dict) -> None:
+        pruning_utils.rewind(model, weights, conv1=self.conv1)
+
+    def masks(self, model: nn.Module) -> dict:
+        return pruning_utils.current_masks(self.target(model), self.conv1)
+
+    def remaining(self, model: nn.Module) -> float:
+        return pruning_utils.sparsity(self.target(model), self.conv1)["remaining"]
 
 
 def ticket_name(round_index: int) -> str:
@@ -53,19 +85,27 @@ class ImpRun:
     remaining conv weights are pruned globally, every weight is rewound to the target of the
     prune type, and the next round's ticket and checkpoint are written. The ticket made after
     the last round is written too (never trained, as in the original).
+
+    ``stage_kwargs`` go to every ``train_stage`` call (a contrastive ``step`` and ``evaluator``,
+    ``after_step_factory``); ``extra_state`` adds entries to every checkpoint.
     """
 
     def __init__(self, model: nn.Module, loaders: Loaders, train_cfg: TrainConfig, imp_cfg: ImpConfig,
-                 precision: Precision, ctx: Context, run: RunDir, args: dict):
+                 precision: Precision, ctx: Context, run: RunDir, args: dict,
+                 strategy: PruneStrategy | None = None, stage_kwargs: dict | None = None,
+                 extra_state: Callable[[], dict] = dict):
         self.model, self.loaders, self.train_cfg, self.cfg = model, loaders, train_cfg, imp_cfg
         self.precision, self.ctx, self.run, self.args = precision, ctx, run, args
+        self.strategy = strategy or PruneStrategy(imp_cfg.rate, imp_cfg.random_prune, imp_cfg.conv1)
+        self.stage_kwargs = stage_kwargs or {}
+        self.extra_state = extra_state
         self.rewind_weights: dict | None = None
 
     # -- checkpoint payload ------------------------------------------------------------------
     def _extra(self) -> dict:
         return {"format": CHECKPOINT_FORMAT, "init_weight": self.rewind_weights, "args": self.args,
-                "seed": self.cfg.seed, "prune_type": self.cfg.prune_type, "arch": self.cfg.meta.get("arch"),
-                "dataset": self.cfg.meta.get("dataset")}
+                "seed": self.cfg.seed, "prune_type": self.cfg.prune_type, **self.cfg.meta,
+                **self.extra_state()}
 
     def _on_epoch_end(self, stage: int):
         def capture(epoch: int) -> None:
@@ -74,6 +114,11 @@ class ImpRun:
                 if self.ctx.is_main:
                     atomic_save(self.rewind_weights, self.run.file(f"epoch_{epoch}_rewind_weight.pt"))
         return capture
+
+    def _stage_config(self, stage: int) -> TrainConfig:
+        if stage == 0 and not self.cfg.train_round0:
+            return dataclasses.replace(self.train_cfg, epochs=0)
+        return self.train_cfg
 
     # -- driving -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -87,59 +132,64 @@ class ImpRun:
         checkpoint, progress = restore_stage(self.model, self.run, CHECKPOINT_FORMAT, self.args,
                                              self.cfg.conv1, checkpoint_path)
         self.rewind_weights = checkpoint.get("init_weight")
-        state = int(checkpoint["state"])
-        self._train_from(state, progress, checkpoint.get("optimizer"), checkpoint.get("scheduler"))
+        self._train_from(int(checkpoint["state"]), progress, checkpoint.get("optimizer"),
+                         checkpoint.get("scheduler"))
 
     def _train_from(self, first_round: int, progress: StageProgress, optimizer_state, scheduler_state) -> None:
         for stage in range(first_round, self.cfg.rounds):
-            progress = train_stage(
-                self.model, self.loaders, self.train_cfg, self.precision, self.ctx, self.run,
-                stage=stage, prefix=str(stage), progress=progress, optimizer_state=optimizer_state,
-                scheduler_state=scheduler_state, checkpoint_extra=self._extra,
-                on_epoch_end=self._on_epoch_end(stage), conv1=self.cfg.conv1)
+            cfg = self._stage_config(stage)
+            if cfg.epochs == 0 or progress.next_epoch < cfg.epochs:
+                progress = train_stage(
+                    self.model, self.loaders, cfg, self.precision, self.ctx, self.run, stage=stage,
+                    progress=progress, files=self.cfg.files, optimizer_state=optimizer_state,
+                    scheduler_state=scheduler_state, checkpoint_extra=self._extra,
+                    on_epoch_end=self._on_epoch_end(stage), conv1=self.cfg.conv1,
+                    remaining=self.strategy.remaining(self.model), **self.stage_kwargs)
             self._finish_round(stage, progress)
             progress, optimizer_state, scheduler_state = StageProgress(), None, None
 
     def _finish_round(self, stage: int, progress: StageProgress) -> None:
         """Summarise the round, prune, rewind, and write the next round's ticket and checkpoint."""
-        remaining = pruning_utils.sparsity(self.model, self.cfg.conv1)["remaining"]
+        remaining = self.strategy.remaining(self.model)
         if self.ctx.is_main:
+            history = progress.history
             self.run.log_round({"round": stage, "remaining": round(remaining, 4),
+                                "trained_epochs": len(history["train"]),
                                 "best_epoch": progress.best_epoch, "best_val_acc": progress.best_val,
                                 "test_acc_at_best_val": progress.test_at_best,
-                                "final_test_acc": progress.history["test_ta"][-1] if progress.history["test_ta"] else math.nan})
-            plot_training_curves(progress.history, self.run.file(f"{stage}net_train.png"),
-                                 title=f"round {stage}: {remaining:.2f}% of conv weights remain")
+                                "reported_acc": progress.reported,
+                                "final_test_acc": history["test_ta"][-1] if history["test_ta"] else math.nan})
+            if history["train"]:
+                plot_training_curves(history, self.run.file(f"{stage}net_train.png"),
+                                     title=f"round {stage}: {remaining:.2f}% of conv weights remain")
             self._plot_summary()
         if stage == 0 and self.cfg.prune_type == "pt":
             distributed.barrier()
-            best = load_file(self.run.file("0model_SA_best.pth.tar"), "best round-0 model")
+            best = load_file(self.run.file(self.cfg.files.best_of(0)), "best round-0 model")
             self.rewind_weights = pruning_utils.dense_state_dict(best["state_dict"])
         if self.rewind_weights is None:
             raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must be "
                             "smaller than --epochs)")
-        pruning_utils.global_prune(self.model, self.cfg.rate, random=self.cfg.random_prune,
-                                   conv1=self.cfg.conv1, generator_seed=self.cfg.seed * 7919 + stage)
-        pruning_utils.sync_masks(self.model)
-        pruning_utils.rewind(self.model, self.rewind_weights, conv1=self.cfg.conv1)
+        self.strategy.prune(self.model, seed=self.cfg.seed * 7919 + stage)
+        self.strategy.rewind(self.model, self.rewind_weights)
         self._write_ticket(stage + 1)
         if stage + 1 < self.cfg.rounds and self.ctx.is_main:
             atomic_save({"state": stage + 1, "state_dict": self.model.state_dict(),
                          **StageProgress().to_checkpoint(), **self._extra()},
-                        self.run.file(f"{stage + 1}checkpoint.pth.tar"))
+                        self.run.file(self.cfg.files.checkpoint_of(stage + 1)))
 
     def _write_ticket(self, stage: int) -> None:
         if not self.ctx.is_main:
             return
-        masks = pruning_utils.current_masks(self.model, self.cfg.conv1)
-        pruning_utils.save_ticket(self.run.file(ticket_name(stage)), masks, round=stage,
-                                  prune_type=self.cfg.prune_type, random_prune=self.cfg.random_prune,
-                                  conv1=self.cfg.conv1, seed=self.cfg.seed,
-                                  source=os.path.abspath(self.run.path), **self.cfg.meta)
+        pruning_utils.save_ticket(self.run.file(ticket_name(stage)), self.strategy.masks(self.model),
+                                  round=stage, prune_type=self.cfg.prune_type,
+                                  random_prune=self.cfg.random_prune, conv1=self.cfg.conv1,
+                                  seed=self.cfg.seed, source=os.path.abspath(self.run.path), **self.cfg.meta)
 
     def _plot_summary(self) -> None:
         rows = self.run.summary()
         label = ("random pruning" if self.cfg.random_prune else "IMP") + f" ({self.cfg.prune_type})"
-        plot_accuracy_vs_remaining({label: [(row["remaining"], row["test_acc_at_best_val"]) for row in rows]},
+        plot_accuracy_vs_remaining({label: [(row["remaining"], row["reported_acc"]) for row in rows]},
                                    self.run.file("accuracy_vs_remaining.png"),
-                                   title=f"{self.cfg.meta.get('arch')} on {self.cfg.meta.get('dataset')}")
+                                   title=f"{self.cfg.meta.get('arch')} on {self.cfg.meta.get('dataset')}",
+                                   ylabel="accuracy (%)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 import sys
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
@@ -15,7 +15,8 @@ import pruning_utils
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
 from lth.errors import UserError
-from lth.engine import Precision, evaluate, make_optimizer, make_scheduler, train_one_epoch
+from lth.engine import (Precision, classification_step, evaluate, make_optimizer, make_scheduler,
+                        train_one_epoch)
 from lth.runs import RunDir
 
 
@@ -29,14 +30,28 @@ class TrainConfig:
     milestones: list[int]
     print_freq: int = 50
     compile: bool = False
+    optimizer: str = "sgd"
 
 
 @dataclass
 class Loaders:
     train: object
     val: object
-    test: object
+    test: object | None  # None where the task has no separate test split (ImageNet, VisDA)
     num_classes: int
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    """File names of a stage's resumable checkpoint and best model (the original scripts differ)."""
+    checkpoint: str = "{stage}checkpoint.pth.tar"
+    best: str = "{stage}model_SA_best.pth.tar"
+
+    def checkpoint_of(self, stage: int) -> str:
+        return self.checkpoint.format(stage=stage)
+
+    def best_of(self, stage: int) -> str:
+        return self.best.format(stage=stage)
 
 
 @dataclass
@@ -60,6 +75,23 @@ class StageProgress:
                    test_at_best=float(checkpoint.get("test_at_best", math.nan)),
                    history={key: list(value) for key, value in checkpoint["result"].items()})
 
+    def record(self, epoch: int, train_acc: float, val_acc: float, test_acc: float) -> bool:
+        """Add one epoch's accuracies; True when validation accuracy is the best so far."""
+        self.history["train"].append(train_acc)
+        self.history["ta"].append(val_acc)
+        self.history["test_ta"].append(test_acc)
+        self.next_epoch = epoch + 1
+        improved = val_acc > self.best_val
+        if improved:
+            self.best_val, self.best_epoch, self.test_at_best = val_acc, epoch, test_acc
+        return improved
+
+    @property
+    def reported(self) -> float:
+        """The figure a round is judged by: test accuracy at the best validation epoch, or the best
+        validation accuracy where there is no test split."""
+        return self.best_val if math.isnan(self.test_at_best) else self.test_at_best
+
 
 def wrap_for_training(model: nn.Module, ctx: Context, compile_model: bool) -> nn.Module:
     """DDP under torchrun, then optionally torch.compile; rebuilt after every re-pruning."""
@@ -72,68 +104,107 @@ def wrap_for_training(model: nn.Module, ctx: Context, compile_model: bool) -> nn
     return wrapped
 
 
+Evaluator = Callable[[nn.Module, object, str], dict]
+
+
+def classification_evaluator(ctx: Context, precision: Precision, num_classes: int) -> Evaluator:
+    def run(model: nn.Module, loader, desc: str) -> dict:
+        return evaluate(model, loader, ctx, precision, num_classes, desc=desc)
+    return run
+
+
 def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision: Precision,
-                ctx: Context, run: RunDir, *, stage: int, prefix: str, progress: StageProgress,
-                optimizer_state: dict | None = None, scheduler_state: dict | None = None,
-                checkpoint_extra: Callable[[], dict] = dict,
-                on_epoch_end: Callable[[int], None] | None = None,
-                save_best: bool = True, conv1: bool = False) -> StageProgress:
+                ctx: Context, run: RunDir, *, stage: int, progress: StageProgress,
+                files: StageFiles = StageFiles(), optimizer_state: dict | None = None,
+                scheduler_state: dict | None = None, checkpoint_extra: Callable[[], dict] = dict,
+                on_epoch_end: Callable[[int], None] | None = None, save_best: bool = True,
+                conv1: bool = False, step: Callable = classification_step,
+                after_step_factory: Callable[[nn.Module], Callable[[], None]] | None = None,
+                evaluator: Evaluator | None = None, remaining: float | None = None) -> StageProgress:
     """Train ``model`` from ``progress.next_epoch`` to ``cfg.epochs``.
 
-    Every epoch: train, evaluate on val and test, keep the best-validation model in
-    ``{prefix}model_SA_best.pth.tar``, append a line to ``metrics.jsonl`` and then write the
-    resumable ``{prefix}checkpoint.pth.tar`` (the log comes first: resuming drops log lines newer
-    than the checkpoint, so the two always agree). ``stage`` is the IMP round (0 for one-off
-    training); it numbers epochs globally so data order and augmentation never repeat a round's.
+    Every epoch: train, evaluate on val (and test, where the task has one), keep the
+    best-validation model in ``files.best_of(stage)``, append a line to ``metrics.jsonl`` and then
+    write the resumable ``files.checkpoint_of(stage)`` (the log comes first: resuming drops log
+    lines newer than the checkpoint, so the two always agree). A stage of 0 epochs only
+    evaluates (round 0 of the ImageNet and pre-training IMPs). ``stage`` is the IMP round (0 for
+    one-off training); it numbers epochs globally so data order and augmentation never repeat.
+    ``remaining`` (%) is computed from the model's masks unless the caller knows better.
     """
-    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, ctx.device)
+    evaluator = evaluator or classification_evaluator(ctx, precision, loaders.num_classes)
+    if remaining is None:
+        remaining = pruning_utils.sparsity(model, conv1)["remaining"]
+    if cfg.epochs == 0:
+        return _evaluate_only(model, loaders, evaluator, ctx, run, stage, progress, remaining)
+    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay, ctx.device,
+                               name=cfg.optimizer)
     scheduler = make_scheduler(optimizer, len(loaders.train), cfg.warmup, cfg.milestones)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
     if scheduler_state:
         scheduler.load_state_dict(scheduler_state)
     train_model = wrap_for_training(model, ctx, cfg.compile)
-    remaining = pruning_utils.sparsity(model, conv1)["remaining"]
+    after_step = after_step_factory(train_model) if after_step_factory else None
     for epoch in range(progress.next_epoch, cfg.epochs):
         start = time.perf_counter()
         loaders.train.set_epoch(stage * cfg.epochs + epoch)
         lr = optimizer.param_groups[0]["lr"]
-        desc = f"round {stage} epoch {epoch + 1}/{cfg.epochs}"
         train = train_one_epoch(train_model, loaders.train, optimizer, scheduler, ctx, precision,
-                                desc=desc, print_freq=cfg.print_freq)
-        val = evaluate(model, loaders.val, ctx, precision, loaders.num_classes, desc="val")
-        test = evaluate(model, loaders.test, ctx, precision, loaders.num_classes, desc="test")
-        progress.history["train"].append(train["acc"])
-        progress.history["ta"].append(val["acc"])
-        progress.history["test_ta"].append(test["acc"])
-        improved = val["acc"] > progress.best_val
-        if improved:
-            progress.best_val, progress.best_epoch, progress.test_at_best = val["acc"], epoch, test["acc"]
-        progress.next_epoch = epoch + 1
+                                desc=f"round {stage} epoch {epoch + 1}/{cfg.epochs}",
+                                print_freq=cfg.print_freq, after_step=after_step, step=step)
+        val, test = _evaluate_splits(model, loaders, evaluator)
+        improved = progress.record(epoch, train["acc"], val["acc"], test["acc"] if test else math.nan)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         if ctx.is_main:
             if improved and save_best:
                 atomic_save({"state": stage, "epoch": epoch, "state_dict": model.state_dict(),
-                             "best_sa": val["acc"], "test_ta": test["acc"], **_meta(checkpoint_extra())},
-                            run.file(f"{prefix}model_SA_best.pth.tar"))
+                             "best_sa": val["acc"], "test_ta": test["acc"] if test else None,
+                             **_meta(checkpoint_extra())}, run.file(files.best_of(stage)))
             row = {"round": stage, "epoch": epoch, "lr": lr, "remaining": round(remaining, 4),
                    "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 4),
-                   "val_acc": round(val["acc"], 4), "test_acc": round(test["acc"], 4),
-                   "test_mean_class_acc": round(test["mean_class_acc"], 4),
+                   **_split_row("val", val), **_split_row("test", test),
                    "train_images_per_s": round(train["images_per_s"], 1),
                    "seconds": round(time.perf_counter() - start, 3)}
-            if "top5" in test:
-                row["test_top5"] = round(test["top5"], 4)
             run.log_epoch(row)
             atomic_save({"state": stage, "state_dict": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          **progress.to_checkpoint(), **checkpoint_extra()},
-                        run.file(f"{prefix}checkpoint.pth.tar"))
+                        run.file(files.checkpoint_of(stage)))
+            shown = f" test {test['acc']:.2f}" if test else ""
             print(f"round {stage} epoch {epoch}: lr {lr:.4g} train {train['acc']:.2f} "
-                  f"val {val['acc']:.2f} test {test['acc']:.2f} remaining {remaining:.2f}% "
-                  f"({row['seconds']:.1f}s)", flush=True)
+                  f"val {val['acc']:.2f}{shown} remaining {remaining:.2f}% ({row['seconds']:.1f}s)", flush=True)
     return progress
+
+
+def _evaluate_splits(model, loaders: Loaders, evaluator: Evaluator) -> tuple[dict, dict | None]:
+    val = evaluator(model, loaders.val, "val")
+    test = evaluator(model, loaders.test, "test") if loaders.test is not None else None
+    return val, test
+
+
+def _evaluate_only(model, loaders, evaluator, ctx, run, stage, progress, remaining) -> StageProgress:
+    start = time.perf_counter()
+    val, test = _evaluate_splits(model, loaders, evaluator)
+    progress.best_val, progress.best_epoch = val["acc"], -1
+    progress.test_at_best = test["acc"] if test else math.nan
+    if ctx.is_main:
+        run.log_epoch({"round": stage, "epoch": -1, "trained": False, "remaining": round(remaining, 4),
+                       **_split_row("val", val), **_split_row("test", test),
+                       "seconds": round(time.perf_counter() - start, 3)})
+        print(f"round {stage} (evaluation only): val {val['acc']:.2f} remaining {remaining:.2f}%", flush=True)
+    return progress
+
+
+def _split_row(name: str, result: dict | None) -> dict:
+    """Metric columns of one split: accuracy, plus top-5 and mean class accuracy where computed."""
+    if result is None:
+        return {}
+    row = {f"{name}_acc": round(result["acc"], 4)}
+    for key, column in (("top5", "top5"), ("mean_class_acc", "mean_class_acc"), ("loss", "loss")):
+        if key in result and isinstance(result[key], float) and not math.isnan(result[key]):
+            row[f"{name}_{column}"] = round(result[key], 4)
+    return row
 
 
 def _meta(extra: dict) -> dict:
