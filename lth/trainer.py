@@ -201,9 +201,10 @@ def _split_row(name: str, result: dict | None) -> dict:
     if result is None:
         return {}
     row = {f"{name}_acc": round(result["acc"], 4)}
-    for key, column in (("top5", "top5"), ("mean_class_acc", "mean_class_acc"), ("loss", "loss")):
-        if key in result and isinstance(result[key], float) and not math.isnan(result[key]):
-            row[f"{name}_{column}"] = round(result[key], 4)
+    for key, value in result.items():
+        wanted = key.startswith("top") or key in ("mean_class_acc", "loss")
+        if wanted and isinstance(value, float) and not math.isnan(value):
+            row[f"{name}_{key}"] = round(value, 4)
     return row
 
 
