@@ -640,3 +640,31 @@ def test_transferable_weights_keeps_fc_and_conv1_when_asked(l1_run):
     assert "fc.weight" in only_fc and "fc.bias" in only_fc and "conv1.weight" not in only_fc
     only_conv1 = pu.transferable_weights(state, conv1=True)
     assert "conv1.weight" in only_conv1 and "fc.weight" not in only_conv1
+
+
+def test_global_prune_chooses_exactly_what_torch_global_unstructured_chooses():
+    import torch.nn.utils.prune as prune
+    torch.manual_seed(3)
+    ours = build_model("resnet18", 10, 3, "cifar")
+    reference = build_model("resnet18", 10, 3, "cifar")
+    reference.load_state_dict(ours.state_dict())
+    for _ in range(3):
+        pu.global_prune(ours, 0.2)
+        prune.global_unstructured([(m, "weight") for _, m in pu.prunable_convs(reference)],
+                                  pruning_method=prune.L1Unstructured, amount=0.2)
+        expected = pu.extract_mask(reference)
+        got = pu.extract_mask(ours)
+        assert all(torch.equal(got[key], expected[key]) for key in expected)
+
+
+def test_global_prune_removes_the_exact_count_when_all_weights_tie():
+    model = build_model("resnet18", 10, 3, "cifar")
+    with torch.no_grad():
+        for _, module in pu.prunable_convs(model):
+            module.weight.fill_(0.5)
+    total = sum(module.weight.numel() for _, module in pu.prunable_convs(model))
+    pu.global_prune(model, 0.2)
+    assert pu.sparsity(model)["kept"] == total - round(0.2 * total)
+    pu.global_prune(model, 0.2)
+    kept = total - round(0.2 * total)
+    assert pu.sparsity(model)["kept"] == kept - round(0.2 * kept)
