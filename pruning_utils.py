@@ -13,6 +13,7 @@ Vocabulary used throughout:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -251,6 +252,45 @@ def dense_state_dict(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str
         else:
             dense[key] = value
     return {key: value.detach().clone() for key, value in dense.items()}
+
+
+@contextlib.contextmanager
+def masks_in_place(model: nn.Module):
+    """Train without ``torch.nn.utils.prune``'s forward pre-hooks, with the same results.
+
+    Inside the block each pruned conv computes with ``weight_orig`` directly, after the mask has
+    been multiplied into it once; the block yields a function that re-applies every mask and must
+    run after each optimizer step. The effective weights, hence the training, are bit for bit
+    those of the hooks (``orig * 1 == orig``); only ``weight_orig`` at pruned positions reads 0
+    instead of a stale value nobody uses. ``weight_orig``/``weight_mask`` stay registered, so
+    checkpoints keep their format. On exit the hooks are back.
+    """
+    entries = []
+    for module in model.modules():
+        if not is_pruned(module):
+            continue
+        hooks = {key: hook for key, hook in module._forward_pre_hooks.items()
+                 if isinstance(hook, prune.BasePruningMethod)}
+        for key in hooks:
+            del module._forward_pre_hooks[key]
+        with torch.no_grad():
+            module.weight_orig.mul_(module.weight_mask)
+        module.__dict__["weight"] = module.weight_orig  # a plain attribute, as prune leaves it
+        entries.append((module, hooks))
+    weights = [module.weight_orig for module, _ in entries]
+    masks = [module.weight_mask for module, _ in entries]
+
+    @torch.no_grad()
+    def reapply() -> None:
+        if weights:
+            torch._foreach_mul_(weights, masks)
+
+    try:
+        yield reapply
+    finally:
+        for module, hooks in entries:
+            module._forward_pre_hooks.update(hooks)
+            module.__dict__["weight"] = module.weight_orig.detach() * module.weight_mask
 
 
 def sync_masks(model: nn.Module, src: int = 0) -> None:

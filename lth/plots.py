@@ -22,7 +22,7 @@ def plot_accuracy_vs_remaining(curves: Mapping[str, Sequence[tuple[float, float]
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, label=label)
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ticks = [100, 51.2, 26.2, 13.4, 6.9, 3.5, 1.8]
+    ticks = _remaining_ticks([p[0] for points in curves.values() for p in points])
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
     ax.minorticks_off()
@@ -34,6 +34,16 @@ def plot_accuracy_vs_remaining(curves: Mapping[str, Sequence[tuple[float, float]
     if len(curves) > 1:
         ax.legend()
     _save(fig, path)
+
+
+def _remaining_ticks(values: Sequence[float], most: int = 9) -> list[float]:
+    """Tick positions at the measured sparsities (rounded), thinned to at most ``most`` labels."""
+    levels = sorted({round(v, 2) for v in values if v > 0}, reverse=True) or [100.0]
+    step = max(1, -(-len(levels) // most))
+    ticks = levels[::step]
+    if levels[-1] not in ticks:
+        ticks.append(levels[-1])
+    return ticks
 
 
 def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, title: str = "") -> None:

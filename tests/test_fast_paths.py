@@ -1,0 +1,77 @@
+"""The fast paths change speed, never results: same seed, same weights and masks as the reference way."""
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pruning_utils
+from lth.models import build_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train_a_little(inplace_masks: bool, foreach: bool, steps: int = 4):
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, 1, "cifar")
+    pruning_utils.global_prune(model, 0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=foreach)
+    generator = torch.Generator().manual_seed(1)
+    block = pruning_utils.masks_in_place(model) if inplace_masks else contextlib.nullcontext(lambda: None)
+    with block as reapply:
+        for _ in range(steps):
+            inputs = torch.randn(8, 1, 8, 8, generator=generator)
+            labels = torch.randint(0, 10, (8,), generator=generator)
+            loss = F.cross_entropy(model(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            reapply()
+    return model
+
+
+def test_in_place_masks_and_foreach_sgd_train_exactly_like_the_hooks():
+    reference = pruning_utils.dense_state_dict(train_a_little(inplace_masks=False, foreach=False))
+    fast_model = train_a_little(inplace_masks=True, foreach=True)
+    fast = pruning_utils.dense_state_dict(fast_model)
+    assert reference.keys() == fast.keys()
+    for key in reference:
+        assert torch.equal(reference[key], fast[key]), key
+
+
+def test_in_place_masks_restore_the_hooks_and_the_checkpoint_format():
+    model = train_a_little(inplace_masks=True, foreach=True)
+    keys = set(model.state_dict())
+    assert "layer1.0.conv1.weight_orig" in keys and "layer1.0.conv1.weight_mask" in keys
+    assert "layer1.0.conv1.weight" not in keys
+    conv = model.layer1[0].conv1
+    assert any(isinstance(hook, torch.nn.utils.prune.BasePruningMethod) for hook in conv._forward_pre_hooks.values())
+    with torch.no_grad():
+        conv.weight_orig.add_(1.0)  # the hook is live again: the mask still zeroes pruned weights
+    model(torch.randn(2, 1, 8, 8))
+    assert bool((conv.weight[conv.weight_mask == 0] == 0).all())
+    assert bool((conv.weight[conv.weight_mask == 1] != 0).all())
+
+
+def test_in_place_masks_keep_pruned_weights_at_zero_during_training():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, 1, "cifar")
+    pruning_utils.global_prune(model, 0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    with pruning_utils.masks_in_place(model) as reapply:
+        for _ in range(2):
+            loss = F.cross_entropy(model(torch.randn(4, 1, 8, 8)), torch.randint(0, 10, (4,)))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            reapply()
+            for module in model.modules():
+                if pruning_utils.is_pruned(module):
+                    assert not bool((module.weight_orig[module.weight_mask == 0] != 0).any())
