@@ -61,7 +61,7 @@ def check_args(args) -> None:
         raise UserError("--checkpoint picks the file to resume from: use it with --resume")
 
 
-def main(args) -> None:
+def main(args) -> ImpRun:
     check_args(args)
     run = RunDir(args.save_dir)
     run.check(args.resume)
@@ -94,6 +94,7 @@ def main(args) -> None:
         print(f"done: tickets, checkpoints, metrics.jsonl, summary.jsonl and "
               f"accuracy_vs_remaining.png are in {args.save_dir}")
     distributed.teardown()
+    return imp
 
 
 if __name__ == "__main__":

@@ -1,0 +1,45 @@
+"""The DDP code path on CPU: 2 processes with gloo under torchrun end with identical masks."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pruning_utils
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("random_prune", [False, True])
+def test_two_gloo_ranks_hold_the_same_masks(tmp_path, random_prune):
+    save_dir = tmp_path / "run"
+    flags = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "1", "--batch_size", "128",
+             "--pruning_times", "2", "--seed", "0", "--cpu", "--print_freq", "0", "--save_dir", str(save_dir)]
+    if random_prune:
+        flags.append("--random_prune")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               os.path.join(ROOT, "tests", "ddp_worker.py"), str(tmp_path), *flags]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = torch.load(tmp_path / "masks_rank0.pt")
+    rank1 = torch.load(tmp_path / "masks_rank1.pt")
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[key], rank1[key]) for key in rank0)
+    ticket, meta = pruning_utils.read_masks(str(save_dir / "ticket_02.pt"))
+    assert all(torch.equal(ticket[key], rank0[key]) for key in ticket)
+    assert meta["remaining"] == pytest.approx(64, abs=1e-3)
+    # Rank 0 alone logs: one line per epoch, with figures over the whole (sharded) data set.
+    rows = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["round"], row["epoch"]) for row in rows] == [(0, 0), (1, 0)]
