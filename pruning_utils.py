@@ -61,6 +61,13 @@ def is_pruned(module: nn.Module) -> bool:
     return prune.is_pruned(module) and hasattr(module, "weight_mask")
 
 
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight a forward pass would use, computed from ``weight_orig`` and ``weight_mask`` when pruned."""
+    if is_pruned(module):
+        return (module.weight_orig * module.weight_mask).detach()
+    return module.weight.detach()
+
+
 # --------------------------------------------------------------------------------------------
 # Pruning, masks, rewinding
 # --------------------------------------------------------------------------------------------
@@ -97,7 +104,9 @@ def global_prune(model: nn.Module, rate: float, random: bool = False, conv1: boo
                 generator = torch.Generator(device=convs[0][1].weight.device).manual_seed(generator_seed)
             scores = [torch.rand(mask.shape, generator=generator, device=mask.device) for mask in old_masks]
         else:
-            scores = [module.weight.detach().abs() for _, module in convs]
+            # weight_orig * weight_mask, not module.weight: that attribute is refreshed only by a
+            # forward pass, so it is stale after a checkpoint is loaded (resume at a round's end).
+            scores = [effective_weight(module).abs() for _, module in convs]
         new_masks = _prune_lowest(scores, old_masks, rate)
     apply_mask(model, {name + MASK_SUFFIX: mask for (name, _), mask in zip(convs, new_masks)}, conv1=conv1)
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 from lth.errors import UserError
+
+# Extra option strings of the original ImageNet/VisDA/MoCo scripts (pytorch/examples style), by dest;
+# pass as ``names`` to the flag groups so that their command lines keep working.
+EXAMPLES_NAMES = {"batch_size": ("-b", "--batch-size"), "lr": ("--learning-rate",),
+                  "weight_decay": ("--wd", "--weight-decay"), "print_freq": ("-p", "--print-freq")}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -53,9 +59,14 @@ def optional_int(text: str) -> int | None:
 
 
 def resolve_seed(seed: int | None) -> int:
-    """The run's seed: the one given (0 included) or a fresh one that is then recorded."""
+    """The run's seed: the one given (0 included) or a fresh one that is then recorded.
+
+    Under torchrun rank 0's draw is broadcast, so every rank builds the same model and data order.
+    """
     if seed is None:
-        seed = secrets.randbelow(2**31)
+        from lth.distributed import broadcast_object
+
+        seed = broadcast_object(secrets.randbelow(2**31))
         print(f"notice: no --seed given; using seed {seed} (recorded in run.json)", file=sys.stderr)
     return seed
 
@@ -85,14 +96,27 @@ def add_model_args(parser: argparse.ArgumentParser, archs: tuple[str, ...]) -> N
                             "number of classes)")
 
 
-def add_optim_args(parser: argparse.ArgumentParser, batch_size: int) -> None:
+def _names(flag: str, names: Mapping[str, Sequence[str]] | None) -> list[str]:
+    """``flag`` plus the extra option strings ``names`` gives for its dest (originals' spellings);
+    short ones first, so that usage lines read like the original's (``-b``), then ``flag``."""
+    extra = list((names or {}).get(flag.lstrip("-"), ()))
+    return [*(name for name in extra if not name.startswith("--")), flag,
+            *(name for name in extra if name.startswith("--"))]
+
+
+def add_optim_args(parser: argparse.ArgumentParser, batch_size: int,
+                   names: Mapping[str, Sequence[str]] | None = None) -> None:
+    """The optimisation flags; ``names`` adds option strings by dest (e.g. ``EXAMPLES_NAMES``)."""
     group = parser.add_argument_group("optimisation (the original's defaults)")
-    group.add_argument("--batch_size", type=int, default=batch_size, help="training batch size (per process)")
+    group.add_argument(*_names("--batch_size", names), dest="batch_size", type=int, default=batch_size,
+                       help="training batch size (per process)")
     group.add_argument("--eval_batch_size", type=int, default=None,
                        help="evaluation batch size (default: 4x --batch_size; no gradients are kept)")
-    group.add_argument("--lr", type=float, default=0.1, help="initial learning rate of SGD")
+    group.add_argument(*_names("--lr", names), dest="lr", type=float, default=0.1,
+                       help="initial learning rate of SGD")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    group.add_argument("--weight_decay", type=float, default=2e-4, help="SGD weight decay")
+    group.add_argument(*_names("--weight_decay", names), dest="weight_decay", type=float, default=2e-4,
+                       help="SGD weight decay")
     group.add_argument("--epochs", type=int, default=182, help="training epochs per round")
     group.add_argument("--warmup", type=int, default=1,
                        help="epochs of linear per-step learning-rate warm-up at the start of each round")
@@ -100,20 +124,30 @@ def add_optim_args(parser: argparse.ArgumentParser, batch_size: int) -> None:
                        help="epochs at which the learning rate is multiplied by 0.1")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+def add_runtime_args(parser: argparse.ArgumentParser, names: Mapping[str, Sequence[str]] | None = None,
+                     workers: int | None = None, save_dir: str | None = None,
+                     resume_path: bool = False) -> None:
+    """The run flags. ``names`` adds option strings by dest; ``workers`` (image-file data sets) is
+    the default of -j, which then starts loader processes; ``save_dir`` makes --save_dir optional
+    with that default; ``resume_path`` also accepts the originals' ``--resume PATH``."""
     group = parser.add_argument_group("run")
-    group.add_argument("--save_dir", default=None, required=True,
+    group.add_argument("--save_dir", default=save_dir, required=save_dir is None,
                        help="folder for checkpoints, tickets, metrics.jsonl and plots; must not "
                             "hold another run unless --resume")
-    group.add_argument("--resume", action="store_true",
-                       help="continue the run in --save_dir from its latest checkpoint")
+    if resume_path:
+        group.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
+                           help="continue the run in --save_dir from its latest checkpoint, or from "
+                                "checkpoint PATH (the original's form)")
+    else:
+        group.add_argument("--resume", action="store_true",
+                           help="continue the run in --save_dir from its latest checkpoint")
     group.add_argument("--seed", type=optional_int, default=None,
                        help="random seed (0 is a valid seed); without it a seed is drawn and recorded")
     group.add_argument("--gpu", default="0",
                        help="CUDA device number for a single-process run (ignored on a CPU-only "
                             "machine and under torchrun, where each process takes LOCAL_RANK)")
     group.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
-    group.add_argument("--print_freq", type=int, default=50,
+    group.add_argument(*_names("--print_freq", names), dest="print_freq", type=int, default=50,
                        help="update the progress bar's loss/accuracy every this many steps")
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
@@ -121,8 +155,12 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                        help="memory layout of activations; auto: on for CUDA, off on CPU")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model (recompiled once per round, after re-pruning)")
-    group.add_argument("--workers", "-j", type=int, default=0,
-                       help="accepted for compatibility; small data sets live in memory and need no workers")
+    if workers is None:
+        group.add_argument("--workers", "-j", type=int, default=0,
+                           help="accepted for compatibility; small data sets live in memory and need no workers")
+    else:
+        group.add_argument("--workers", "-j", type=int, default=workers,
+                           help="processes that read and augment images (0: in the main process)")
 
 
 def check_common(args: argparse.Namespace) -> None:
@@ -134,3 +172,17 @@ def check_common(args: argparse.Namespace) -> None:
         raise UserError(f"--lr must be positive, got {args.lr}")
     if args.eval_batch_size is not None and args.eval_batch_size < 1:
         raise UserError(f"--eval_batch_size must be at least 1, got {args.eval_batch_size}")
+
+
+def check_save_dir(run, resume: bool | str) -> str | None:
+    """Check ``run`` (a RunDir) for a fresh start or a resume; returns the file of ``--resume PATH``.
+
+    A bare ``--resume`` needs a checkpoint in --save_dir; ``--resume PATH`` needs only the file (the
+    run then continues in --save_dir, which may be new).
+    """
+    if isinstance(resume, str):
+        if not os.path.isfile(resume):
+            raise UserError(f"--resume: checkpoint file '{resume}' does not exist")
+        return resume
+    run.check(bool(resume))
+    return None

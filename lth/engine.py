@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lth.distributed import Context, all_reduce_sum
+from lth.optim import LARS
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,15 @@ class Precision:
 
 def make_optimizer(params, lr: float, momentum: float, weight_decay: float, device: torch.device,
                    name: str = "sgd") -> torch.optim.Optimizer:
-    """SGD (the fused kernel on CUDA, the multi-tensor one on CPU) or Adam."""
+    """SGD (the fused kernel on CUDA, the multi-tensor one on CPU), Adam or LARS (``lth.optim``)."""
     params = list(params)
     if name == "sgd":
         fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **fast)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer '{name}'")
 
 

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Callable, Sequence
 
 import torch
+import torch.nn as nn
 import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 from torchvision.datasets import ImageFolder
 
 from lth.distributed import Context
+from lth.engine import Precision
 from lth.errors import UserError
+from lth.models import build_model
+from lth.trainer import Loaders
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+VISDA_CLASSES = 12
+VISDA_TRAIN_SCALE = (0.75, 1.33)  # the original's RandomResizedCrop scale for VisDA-2017
 
 
 def imagenet_train_transform(size: int = 224, scale: tuple[float, float] = (0.08, 1.0)) -> Callable:
@@ -40,6 +47,57 @@ def image_folder(root: str, split: str, transform: Callable | None) -> ImageFold
     except (FileNotFoundError, RuntimeError) as error:
         raise UserError(f"image folder '{path}' holds no usable images: expected "
                         f"{root}/{split}/<class>/<image files> ({str(error).splitlines()[0]})") from None
+
+
+def image_folder_splits(root: str, size: int = 224) -> tuple[ImageFolder, ImageFolder]:
+    """``root/train`` and ``root/val`` (ImageNet layout) with the ImageNet train/eval transforms.
+
+    Both must name the same classes, since a label is a class's index in the sorted folder names.
+    """
+    train = image_folder(root, "train", imagenet_train_transform(size))
+    val = image_folder(root, "val", imagenet_eval_transform(size))
+    if train.classes != val.classes:
+        only = sorted(set(train.classes) ^ set(val.classes))
+        raise UserError(f"'{root}/train' and '{root}/val' hold different class folders "
+                        f"({len(train.classes)} vs {len(val.classes)}; e.g. '{only[0] if only else '?'}' "
+                        f"is only in one): labels would not match")
+    return train, val
+
+
+def visda_splits(root: str, size: int = 224) -> tuple["ImageList", "ImageList"]:
+    """VisDA-2017's ``root/train`` and ``root/validation`` image lists with the original's transforms:
+    RandomResizedCrop(scale 0.75-1.33) + flip for training, a plain resize to size x size for validation."""
+    if not os.path.isdir(root):
+        raise UserError(f"VisDA-2017 folder '{root}' not found: expected {root}/train/image_list.txt "
+                        f"and {root}/validation/image_list.txt")
+    train = ImageList(os.path.join(root, "train"), imagenet_train_transform(size, scale=VISDA_TRAIN_SCALE),
+                      num_classes=VISDA_CLASSES)
+    val = ImageList(os.path.join(root, "validation"), imagenet_eval_transform(size, resize=(size, size)),
+                    num_classes=VISDA_CLASSES)
+    return train, val
+
+
+def image_loaders(train: Dataset, val: Dataset, num_classes: int, *, batch_size: int,
+                  eval_batch_size: int | None, workers: int, seed: int, ctx: Context,
+                  precision: Precision) -> Loaders:
+    """Loaders of an image-file task (no test split: the original reports validation accuracy)."""
+    common = dict(seed=seed, ctx=ctx, workers=workers, channels_last=precision.channels_last)
+    loaders = Loaders(train=DeviceLoader(train, batch_size, train=True, **common),
+                      val=DeviceLoader(val, eval_batch_size or 4 * batch_size, train=False, **common),
+                      test=None, num_classes=num_classes)
+    if len(loaders.train) == 0:
+        raise UserError(f"the training split has {len(train)} images per process, fewer than one batch "
+                        f"of {batch_size}: lower --batch_size")
+    return loaders
+
+
+def image_model(arch: str, num_classes: int, seed: int, ctx: Context, precision: Precision) -> nn.Module:
+    """The torchvision ResNet (ImageNet stem) for an image-file task, initialised from ``seed``."""
+    torch.manual_seed(seed)
+    model = build_model(arch, num_classes, stem="imagenet").to(ctx.device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 class ImageList(Dataset):
@@ -115,7 +173,8 @@ class DeviceLoader:
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        self._epoch_seed = self.seed * 1_000_003 + epoch
+        self.generator.manual_seed(self._epoch_seed)
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
 
@@ -123,7 +182,20 @@ class DeviceLoader:
         return len(self.loader)
 
     def __iter__(self):
-        for batch in self.loader:
+        if self.loader.num_workers > 0:
+            # Worker processes seed their RNGs from self.generator: augmentation is reproducible.
+            for batch in self.loader:
+                yield _to_device(batch, self.ctx.device, self.channels_last)
+            return
+        # In this process the transforms draw from torch's global RNG, whose state a resumed run
+        # cannot restore; seeding each batch from (seed, epoch, index) makes it reproducible.
+        iterator = iter(self.loader)
+        for index in itertools.count():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self._epoch_seed * 1_000_033 + index) % 2**63)
+                batch = next(iterator, None)
+            if batch is None:
+                return
             yield _to_device(batch, self.ctx.device, self.channels_last)
 
 

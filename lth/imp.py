@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,8 +17,8 @@ from lth.engine import Precision
 from lth.errors import UserError
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
 from lth.runs import RunDir
-from lth.trainer import (Loaders, StageFiles, StageProgress, TrainConfig, restore_stage,
-                         train_stage)
+from lth.trainer import (Loaders, StageFiles, StageProgress, TrainConfig, apply_checkpoint_masks,
+                         restore_stage, train_stage)
 
 PRUNE_TYPES = ("lt", "pt", "rewind_lt", "pt_trans")
 REWIND_TARGETS = {
@@ -73,6 +72,21 @@ class PruneStrategy:
     def remaining(self, model: nn.Module) -> float:
         return pruning_utils.sparsity(self.target(model), self.conv1)["remaining"]
 
+    def restore(self, model: nn.Module, state_dict: dict) -> None:
+        """Re-create a checkpoint's masks on ``model`` (on resume, before its strict load)."""
+        apply_checkpoint_masks(model, state_dict, self.conv1)
+
+
+def examples_checkpoint_keys(imp: ImpRun) -> dict:
+    """Keys the original ImageNet/VisDA scripts (pytorch/examples style) keep in every checkpoint.
+
+    Pass ``lambda: examples_checkpoint_keys(imp)`` as ``extra_state``; ``arch`` and ``init_weight``
+    are already there. ``mask`` is None before the first prune, as in the original.
+    """
+    pruned = any(pruning_utils.is_pruned(module) for module in imp.strategy.target(imp.model).modules())
+    return {"best_acc1": max(imp.progress.best_val, 0.0), "if_pruned": pruned,
+            "mask": pruning_utils.extract_mask(imp.strategy.target(imp.model)) if pruned else None}
+
 
 def ticket_name(round_index: int) -> str:
     return f"ticket_{round_index:02d}.pt"
@@ -100,6 +114,8 @@ class ImpRun:
         self.stage_kwargs = stage_kwargs or {}
         self.extra_state = extra_state
         self.rewind_weights: dict | None = None
+        # The progress of the round the model is in (read by extra_state, e.g. for best_acc1).
+        self.progress = StageProgress()
 
     # -- checkpoint payload ------------------------------------------------------------------
     def _extra(self) -> dict:
@@ -122,21 +138,26 @@ class ImpRun:
 
     # -- driving -----------------------------------------------------------------------------
     def start(self) -> None:
-        """Fresh run: the starting weights are the rewind point for lt and pt_trans."""
-        if self.cfg.prune_type in ("lt", "pt_trans"):
+        """Fresh run: the starting weights are the rewind point for lt and pt_trans.
+
+        A rewind point the caller set before ``start`` is kept (SimCLR rewinds only the tensors
+        its pre-trained checkpoint provided).
+        """
+        if self.rewind_weights is None and self.cfg.prune_type in ("lt", "pt_trans"):
             self.rewind_weights = pruning_utils.dense_state_dict(self.model)
         self._write_ticket(0)
         self._train_from(0, StageProgress(), None, None)
 
     def resume(self, checkpoint_path: str | None = None) -> None:
         checkpoint, progress = restore_stage(self.model, self.run, CHECKPOINT_FORMAT, self.args,
-                                             self.cfg.conv1, checkpoint_path)
+                                             self.cfg.conv1, checkpoint_path, apply_masks=self.strategy.restore)
         self.rewind_weights = checkpoint.get("init_weight")
         self._train_from(int(checkpoint["state"]), progress, checkpoint.get("optimizer"),
                          checkpoint.get("scheduler"))
 
     def _train_from(self, first_round: int, progress: StageProgress, optimizer_state, scheduler_state) -> None:
         for stage in range(first_round, self.cfg.rounds):
+            self.progress = progress
             cfg = self._stage_config(stage)
             if cfg.epochs == 0 or progress.next_epoch < cfg.epochs:
                 progress = train_stage(
@@ -153,12 +174,7 @@ class ImpRun:
         remaining = self.strategy.remaining(self.model)
         if self.ctx.is_main:
             history = progress.history
-            self.run.log_round({"round": stage, "remaining": round(remaining, 4),
-                                "trained_epochs": len(history["train"]),
-                                "best_epoch": progress.best_epoch, "best_val_acc": progress.best_val,
-                                "test_acc_at_best_val": progress.test_at_best,
-                                "reported_acc": progress.reported,
-                                "final_test_acc": history["test_ta"][-1] if history["test_ta"] else math.nan})
+            self.run.log_round(progress.summary_row(stage, remaining))
             if history["train"]:
                 plot_training_curves(history, self.run.file(f"{stage}net_train.png"),
                                      title=f"round {stage}: {remaining:.2f}% of conv weights remain")
@@ -173,9 +189,10 @@ class ImpRun:
         self.strategy.prune(self.model, seed=self.cfg.seed * 7919 + stage)
         self.strategy.rewind(self.model, self.rewind_weights)
         self._write_ticket(stage + 1)
+        self.progress = StageProgress()
         if stage + 1 < self.cfg.rounds and self.ctx.is_main:
             atomic_save({"state": stage + 1, "state_dict": self.model.state_dict(),
-                         **StageProgress().to_checkpoint(), **self._extra()},
+                         **self.progress.to_checkpoint(), **self._extra()},
                         self.run.file(self.cfg.files.checkpoint_of(stage + 1)))
 
     def _write_ticket(self, stage: int) -> None:

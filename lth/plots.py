@@ -51,7 +51,8 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, titl
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     names = {"train": "train", "ta": "validation", "test_ta": "test"}
     for key, values in history.items():
-        ax.plot(range(len(values)), values, label=names.get(key, key))
+        if any(value == value for value in values):  # a split without figures (all NaN) is left out
+            ax.plot(range(len(values)), values, label=names.get(key, key))
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)

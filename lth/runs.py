@@ -40,8 +40,9 @@ class RunDir:
         return found
 
     def holds_run(self) -> bool:
-        return bool(self.checkpoints()) or os.path.exists(self.file(RUN_RECORD)) or \
-            os.path.exists(self.file(METRICS))
+        """True once a run has results here. A start that died before its first checkpoint or log
+        line (only ``run.json`` written) holds nothing to protect, so the folder can be reused."""
+        return bool(self.checkpoints()) or bool(self.metrics())
 
     def check(self, resume: bool) -> None:
         """Refuse to start over another run, or to resume where there is nothing to resume."""

@@ -63,20 +63,28 @@ class StageProgress:
     test_at_best: float = math.nan
     # The original's result lists: train accuracy, validation accuracy, test accuracy per epoch.
     history: dict = field(default_factory=lambda: {"train": [], "ta": [], "test_ta": []})
+    # Every figure of the best-validation epoch ("val_top5", "val_mean_class_acc", "val_per_class",
+    # "test_..."), so that summaries can quote top-5 and the VisDA metric beside top-1.
+    at_best: dict = field(default_factory=dict)
 
     def to_checkpoint(self) -> dict:
         return {"epoch": self.next_epoch, "best_sa": self.best_val, "best_epoch": self.best_epoch,
-                "test_at_best": self.test_at_best, "result": self.history}
+                "test_at_best": self.test_at_best, "result": self.history, "at_best": self.at_best}
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> "StageProgress":
         return cls(next_epoch=int(checkpoint["epoch"]), best_val=float(checkpoint["best_sa"]),
                    best_epoch=int(checkpoint.get("best_epoch", -1)),
                    test_at_best=float(checkpoint.get("test_at_best", math.nan)),
-                   history={key: list(value) for key, value in checkpoint["result"].items()})
+                   history={key: list(value) for key, value in checkpoint["result"].items()},
+                   at_best=dict(checkpoint.get("at_best") or {}))
 
-    def record(self, epoch: int, train_acc: float, val_acc: float, test_acc: float) -> bool:
-        """Add one epoch's accuracies; True when validation accuracy is the best so far."""
+    def record(self, epoch: int, train_acc: float, val_acc: float, test_acc: float,
+               figures: dict | None = None) -> bool:
+        """Add one epoch's accuracies; True when validation accuracy is the best so far.
+
+        ``figures`` (other metrics of the epoch, see ``at_best``) are kept when the epoch is the best.
+        """
         self.history["train"].append(train_acc)
         self.history["ta"].append(val_acc)
         self.history["test_ta"].append(test_acc)
@@ -84,6 +92,7 @@ class StageProgress:
         improved = val_acc > self.best_val
         if improved:
             self.best_val, self.best_epoch, self.test_at_best = val_acc, epoch, test_acc
+            self.at_best = dict(figures or {})
         return improved
 
     @property
@@ -91,6 +100,22 @@ class StageProgress:
         """The figure a round is judged by: test accuracy at the best validation epoch, or the best
         validation accuracy where there is no test split."""
         return self.best_val if math.isnan(self.test_at_best) else self.test_at_best
+
+    @property
+    def reported_figures(self) -> dict:
+        """Top-5 and mean class accuracy of the split and epoch that ``reported`` comes from."""
+        split = "val" if math.isnan(self.test_at_best) else "test"
+        return {key: self.at_best[f"{split}_{key}"] for key in ("top5", "mean_class_acc")
+                if f"{split}_{key}" in self.at_best}
+
+    def summary_row(self, stage: int, remaining: float) -> dict:
+        """The line a finished round (or one-off training) adds to ``summary.jsonl``."""
+        history = self.history
+        return {"round": stage, "remaining": round(remaining, 4), "trained_epochs": len(history["train"]),
+                "best_epoch": self.best_epoch, "best_val_acc": self.best_val,
+                "test_acc_at_best_val": self.test_at_best, "reported_acc": self.reported,
+                **self.reported_figures,
+                "final_test_acc": history["test_ta"][-1] if history["test_ta"] else math.nan}
 
 
 def wrap_for_training(model: nn.Module, ctx: Context, compile_model: bool) -> nn.Module:
@@ -153,7 +178,8 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                                 desc=f"round {stage} epoch {epoch + 1}/{cfg.epochs}",
                                 print_freq=cfg.print_freq, after_step=after_step, step=step)
         val, test = _evaluate_splits(model, loaders, evaluator)
-        improved = progress.record(epoch, train["acc"], val["acc"], test["acc"] if test else math.nan)
+        improved = progress.record(epoch, train["acc"], val["acc"], test["acc"] if test else math.nan,
+                                   figures={**_figures("val", val), **_figures("test", test)})
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         if ctx.is_main:
@@ -177,6 +203,30 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     return progress
 
 
+def evaluate_and_print(model: nn.Module, loaders: Loaders, precision: Precision, ctx: Context, *,
+                       run: RunDir | None = None, checkpoint: str | None = None, fmt: str = "",
+                       conv1: bool = False) -> dict:
+    """The ``-e`` of the original scripts: print top-1/top-5/mean class accuracy on val, write nothing.
+
+    With ``run`` (a bare ``--resume``) its latest checkpoint is loaded first, or ``checkpoint`` when given.
+    """
+    if checkpoint is None and run is not None:
+        checkpoints = run.checkpoints()
+        if not checkpoints:
+            raise UserError(f"--resume given but '{run.path}' holds no checkpoint to evaluate")
+        checkpoint = checkpoints[max(checkpoints)]
+    if checkpoint is not None:
+        load_checkpoint_into(model, checkpoint, fmt, {}, conv1)
+    result = evaluate(model, loaders.val, ctx, precision, loaders.num_classes, desc="val")
+    remaining = pruning_utils.sparsity(model, conv1)["remaining"]
+    if ctx.is_main:
+        top5 = f" top-5 {result['top5']:.2f}" if "top5" in result else ""
+        print(f"val top-1 {result['acc']:.2f}{top5} mean class accuracy {result['mean_class_acc']:.2f} "
+              f"loss {result['loss']:.4f} ({remaining:.2f}% of conv weights remain"
+              f"{', ' + checkpoint if checkpoint else ''})", flush=True)
+    return result
+
+
 def _evaluate_splits(model, loaders: Loaders, evaluator: Evaluator) -> tuple[dict, dict | None]:
     val = evaluator(model, loaders.val, "val")
     test = evaluator(model, loaders.test, "test") if loaders.test is not None else None
@@ -188,6 +238,7 @@ def _evaluate_only(model, loaders, evaluator, ctx, run, stage, progress, remaini
     val, test = _evaluate_splits(model, loaders, evaluator)
     progress.best_val, progress.best_epoch = val["acc"], -1
     progress.test_at_best = test["acc"] if test else math.nan
+    progress.at_best = {**_figures("val", val), **_figures("test", test)}
     if ctx.is_main:
         run.log_epoch({"round": stage, "epoch": -1, "trained": False, "remaining": round(remaining, 4),
                        **_split_row("val", val), **_split_row("test", test),
@@ -208,6 +259,15 @@ def _split_row(name: str, result: dict | None) -> dict:
     return row
 
 
+def _figures(name: str, result: dict | None) -> dict:
+    """A split's metric columns plus its per-class accuracies (plain numbers: checkpoint-safe)."""
+    figures = _split_row(name, result)
+    per_class = (result or {}).get("per_class")
+    if isinstance(per_class, list) and all(isinstance(value, (int, float)) for value in per_class):
+        figures[f"{name}_per_class"] = [float(value) for value in per_class]
+    return figures
+
+
 def _meta(extra: dict) -> dict:
     """Small descriptive entries of a checkpoint (the best-model file skips the big rewind weights)."""
     return {key: value for key, value in extra.items() if key != "init_weight"}
@@ -216,32 +276,59 @@ def _meta(extra: dict) -> dict:
 # Flags whose change would make a resumed run a different experiment.
 IDENTITY_FLAGS = ("dataset", "arch", "prune_type", "rate", "random_prune", "conv1", "fc", "seed",
                   "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
-                  "decreasing_lr", "rewind_epoch", "pretrained", "mask_dir", "reverse_mask", "load_all")
+                  "decreasing_lr", "rewind_epoch", "pretrained", "mask_dir", "reverse_mask", "load_all",
+                  "percent", "pre_weight", "image_size", "random")
 
 
 def restore_stage(model: nn.Module, run: RunDir, fmt: str, args: dict, conv1: bool,
-                  path: str | None = None) -> tuple[dict, StageProgress]:
+                  path: str | None = None, apply_masks: MaskRestorer | None = None
+                  ) -> tuple[dict, StageProgress]:
     """Load the latest (or the given) checkpoint of ``run`` into ``model``, masks included.
 
     Checks that the checkpoint was written by the same kind of run with the same identity flags,
     and drops log lines newer than it. Returns the raw checkpoint and the stage progress.
+    ``apply_masks`` is passed on to ``load_checkpoint_into``.
     """
     checkpoints = run.checkpoints()
     path = path or checkpoints[max(checkpoints)]
-    checkpoint = load_file(path, "checkpoint")
-    check_resumable(checkpoint, path, fmt, args)
-    masks = pruning_utils.extract_mask(checkpoint["state_dict"])
+    checkpoint = load_checkpoint_into(model, path, fmt, args, conv1, apply_masks)
+    progress = StageProgress.from_checkpoint(checkpoint)
+    run.rewind_logs(int(checkpoint["state"]), progress.next_epoch)
+    print(f"resuming round {checkpoint['state']} at epoch {progress.next_epoch} from {path}", file=sys.stderr)
+    return checkpoint, progress
+
+
+# Re-creates on a model the masks a checkpoint's state_dict holds, before the strict load.
+MaskRestorer = Callable[[nn.Module, Mapping], None]
+
+
+def apply_checkpoint_masks(model: nn.Module, state_dict: Mapping, conv1: bool = False) -> None:
+    """Prune ``model`` with the masks of ``state_dict`` (prefixes stripped), so that it loads strictly."""
+    masks = pruning_utils.extract_mask(state_dict)
     if masks:
         pruning_utils.apply_mask(model, masks, conv1=conv1)
+
+
+def load_checkpoint_into(model: nn.Module, path: str, fmt: str, args: dict, conv1: bool,
+                         apply_masks: MaskRestorer | None = None) -> dict:
+    """Put the weights and masks of checkpoint ``path`` (of kind ``fmt``) into ``model``; returns it.
+
+    Nothing else is touched, so ``-e`` can evaluate a checkpoint without changing its run.
+    ``apply_masks(model, state_dict)`` re-creates the masks where the model is not one network
+    (MoCo's two encoders); by default ``apply_checkpoint_masks``.
+    """
+    checkpoint = load_file(path, "checkpoint")
+    check_resumable(checkpoint, path, fmt, args)
+    if apply_masks is None:
+        apply_checkpoint_masks(model, checkpoint["state_dict"], conv1)
+    else:
+        apply_masks(model, checkpoint["state_dict"])
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as error:
         raise UserError(f"checkpoint '{path}' does not fit this model: "
                         f"{str(error).splitlines()[0]}") from None
-    progress = StageProgress.from_checkpoint(checkpoint)
-    run.rewind_logs(int(checkpoint["state"]), progress.next_epoch)
-    print(f"resuming round {checkpoint['state']} at epoch {progress.next_epoch} from {path}", file=sys.stderr)
-    return checkpoint, progress
+    return checkpoint
 
 
 def check_resumable(checkpoint: Mapping, path: str, fmt: str, args: dict) -> None:

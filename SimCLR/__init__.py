@@ -1,0 +1,1 @@
+"""SimCLR pre-training tickets: IMP on a contrastively pre-trained ResNet (entry script: main.py)."""

@@ -1,0 +1,302 @@
+"""Find SimCLR pre-training tickets: IMP of a SimCLR ResNet, retrained with the contrastive loss.
+
+The pre-trained weights (--sim_model) are pruned one-shot by --prun_percent, then every
+--prun_epoch epochs of NT-Xent training another --prun_percent of the remaining backbone conv
+weights are pruned and the weights rewound to --sim_model, --epochs epochs in all. Results go to
+SAVE_DIR/EXPERIMENT. --prun_percent 0 instead trains a dense SimCLR model for --epochs. Example:
+
+    cd SimCLR && python -u main.py simclr_r50 --gpu 0,1,2,3 --epochs 180 --prun_epoch 10 \\
+        --prun_percent 0.2 --lr 1e-4 --arch resnet50 --batch_size 256 --data DIR \\
+        --sim_model simclr_weight.pt --save_dir simclr_imp
+"""
+
+import json
+import os
+import shlex
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # runs as `cd SimCLR && python main.py` and as `python SimCLR/main.py`
+    sys.path.insert(0, _ROOT)
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+import pruning_utils  # noqa: E402
+from lth import cli, distributed  # noqa: E402
+from lth.checkpoint import atomic_save  # noqa: E402
+from lth.contrastive import contrastive_evaluate  # noqa: E402
+from lth.engine import Precision  # noqa: E402
+from lth.errors import UserError  # noqa: E402
+from lth.imagedata import DeviceLoader, image_folder  # noqa: E402
+from lth.imp import ImpConfig, ImpRun  # noqa: E402
+from lth.models import ARCHS  # noqa: E402
+from lth.runs import RUN_RECORD, RunDir  # noqa: E402
+from lth.trainer import Loaders, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage  # noqa: E402
+from SimCLR import simclr  # noqa: E402
+
+DEFAULT_SIM_MODEL = "./simclr_pre-train_model/resnet50-1x.pth"
+LATEST = "latest"
+DENSE_FORMAT = "lth-simclr-dense"
+DENSE_OUTPUT = "simclr_weight.pt"
+# Round r's resumable state (its last epoch: the original's model_pruned{r*prun_epoch}.pt) and its
+# best-validation model; the checkpoint name is the one RunDir looks for on --resume.
+FILES = StageFiles(checkpoint="{stage}checkpoint.pth.tar", best="{stage}model_best.pth.tar")
+MOMENTUM = 0.9  # LARS and SGD momentum, fixed as in the original
+# Flags (beyond lth.trainer.IDENTITY_FLAGS) whose change makes a resumed run another experiment.
+SIMCLR_IDENTITY = ("prun_percent", "prun_epoch", "mlpout", "phead", "temperature", "optimizer",
+                   "image_size")
+
+
+def get_args_parser():
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment",
+                        help="name of this run; everything is written to SAVE_DIR/EXPERIMENT")
+    group = parser.add_argument_group("data and model")
+    group.add_argument("--data", default="./data",
+                       help="ImageFolder root with train/<class>/<images> and val/<class>/<images>")
+    group.add_argument("--arch", default="resnet50", choices=ARCHS,
+                       help="torchvision ResNet (ImageNet stem) under the projection head")
+    group.add_argument("--sim_model", default=DEFAULT_SIM_MODEL,
+                       help="SimCLR pre-trained weights ({'state_dict': torchvision names}, e.g. the "
+                            "released simclr_weight.pt or this script's --prun_percent 0 output); IMP "
+                            "prunes them one-shot and rewinds to them after every round")
+    group.add_argument("--mlpout", type=int, default=128, help="output size of the projection head")
+    group.add_argument("--phead", action="store_false",
+                       help="passing it REMOVES the projection head (the original's store_false "
+                            "flag): the loss then acts on the backbone features")
+    group.add_argument("--image_size", type=int, default=224, help="side of the random resized crops")
+    group.add_argument("--temperature", type=float, default=0.5,
+                       help="NT-Xent temperature (the original hard-coded 0.5)")
+    group = parser.add_argument_group("optimisation (the original's defaults)")
+    group.add_argument("--epochs", type=int, default=150,
+                       help="training epochs in all: rounds = 1 + epochs / prun_epoch, the first "
+                            "only evaluates")
+    group.add_argument("--batch_size", type=int, default=256,
+                       help="images per step over all GPUs (each of N processes takes 1/N, as the "
+                            "original's DataParallel did); NT-Xent contrasts all 2x of them")
+    group.add_argument("--lr", type=float, default=1e-4, help="learning rate, constant")
+    group.add_argument("--optimizer", default="lars", choices=["adam", "lars", "sgd"],
+                       help=f"lars: trust ratio eta 1e-3; lars and sgd use momentum {MOMENTUM}; a "
+                            f"fresh optimizer starts every round")
+    group.add_argument("--weight_decay", type=float, default=1e-6, help="weight decay")
+    group = parser.add_argument_group("pruning")
+    group.add_argument("--prun_percent", type=float, default=0.2,
+                       help="fraction of the remaining backbone conv weights pruned each time; 0 "
+                            "trains a dense SimCLR model instead (random init without --sim_model)")
+    group.add_argument("--prun_epoch", type=int, default=10,
+                       help="epochs of training between two prunings (must divide --epochs)")
+    group = parser.add_argument_group("run")
+    group.add_argument("--save_dir", default="./output", help="parent folder of the experiment's folder")
+    group.add_argument("--resume", nargs="?", const=LATEST, default="",
+                       help="continue the experiment: alone, from its latest checkpoint; with a path, "
+                            "from that checkpoint of this toolkit (give EXPERIMENT before --resume)")
+    group.add_argument("--seed", type=int, default=2, help="random seed")
+    group.add_argument("--gpu", default="0",
+                       help="CUDA devices, e.g. 0 or 0,1,2,3 (sets CUDA_VISIBLE_DEVICES); several "
+                            "devices re-launch the script under torchrun, one process each (DDP); "
+                            "ignored without CUDA")
+    group.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
+    group.add_argument("--workers", "-j", type=int, default=4, help="data-loading processes per GPU process")
+    group.add_argument("--sync_bn", action="store_true",
+                       help="synchronise batch-norm statistics across GPUs (DDP on CUDA only)")
+    group.add_argument("--print_freq", type=int, default=50,
+                       help="update the progress bar's loss/accuracy every this many steps")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
+                       help="memory layout of activations; auto: on for CUDA, off on CPU")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (recompiled once per round, after re-pruning)")
+    return parser
+
+
+def gpu_ids(text: str) -> list[int]:
+    """``--gpu 0,1,2,3`` as device numbers."""
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--gpu expects device numbers such as 0 or 0,1,2,3, got '{text}'") from None
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+        raise UserError(f"--gpu expects distinct device numbers such as 0 or 0,1,2,3, got '{text}'")
+    return ids
+
+
+def relaunch_command(script: str, argv: list[str], nproc: int, python: str = sys.executable) -> list[str]:
+    """The same command line under torchrun, one process per listed GPU."""
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            script, *argv]
+
+
+def check_args(args) -> None:
+    if not args.experiment.strip():
+        raise UserError("the experiment name is empty: give a name for SAVE_DIR/EXPERIMENT")
+    for name in ("epochs", "batch_size", "prun_epoch", "mlpout", "image_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("lr", "temperature"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.weight_decay < 0 or args.workers < 0:
+        raise UserError("--weight_decay and --workers must not be negative")
+    if args.prun_percent != 0:
+        pruning_utils.check_rate(args.prun_percent)
+        if args.epochs % args.prun_epoch:
+            raise UserError(f"--prun_epoch {args.prun_epoch} must divide --epochs {args.epochs} "
+                            f"(rounds = 1 + epochs / prun_epoch)")
+    gpu_ids(args.gpu)
+
+
+def select_devices(args) -> int:
+    """Set CUDA_VISIBLE_DEVICES from --gpu before CUDA starts; the number of CUDA devices to use.
+
+    Under torchrun the launcher's environment already holds the choice (each process takes its
+    LOCAL_RANK), so nothing is changed there.
+    """
+    if args.cpu or "WORLD_SIZE" in os.environ:
+        return 0
+    ids = gpu_ids(args.gpu)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
+    if not torch.cuda.is_available():
+        print(f"notice: no CUDA device; --gpu {args.gpu} ignored, running on the CPU", file=sys.stderr)
+        return 0
+    if torch.cuda.device_count() < len(ids):
+        raise UserError(f"--gpu {args.gpu} lists {len(ids)} devices but only "
+                        f"{torch.cuda.device_count()} of them exist")
+    if args.batch_size % len(ids):
+        raise UserError(f"--batch_size {args.batch_size} must be divisible by the {len(ids)} GPUs of --gpu")
+    return len(ids)
+
+
+def check_same_experiment(run: RunDir, args) -> None:
+    """A resumed run must keep the flags that define it (the trainer checks the common ones)."""
+    path = run.file(RUN_RECORD)
+    if not os.path.exists(path):
+        return
+    with open(path) as handle:
+        saved = json.load(handle).get("args", {})
+    for flag in SIMCLR_IDENTITY:
+        if flag in saved and saved[flag] != getattr(args, flag):
+            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}")
+
+
+def start_weights(args) -> dict | None:
+    """The --sim_model weights, or None for a dense run from random init (--prun_percent 0 only)."""
+    path = args.sim_model
+    absent = path in ("", "None", "none") or (path == DEFAULT_SIM_MODEL and not os.path.exists(path))
+    if absent and args.prun_percent == 0:
+        print("notice: no --sim_model; training a dense SimCLR model from random init", file=sys.stderr)
+        return None
+    if absent or not os.path.exists(path):
+        raise UserError(f"--sim_model '{path}' does not exist: IMP prunes and rewinds to SimCLR "
+                        f"weights (--prun_percent 0 pre-trains a dense model from scratch instead)")
+    return simclr.read_sim_weights(path)
+
+
+def make_loaders(args, ctx) -> Loaders:
+    transform = simclr.simclr_transform(args.image_size)
+    train_set = image_folder(args.data, "train", transform)
+    val_set = image_folder(args.data, "val", transform)
+    per_process = args.batch_size // ctx.world_size
+    common = dict(seed=args.seed, ctx=ctx, workers=args.workers)
+    loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, **common),
+                      val=DeviceLoader(val_set, per_process, train=False, **common),
+                      test=None, num_classes=len(train_set.classes))
+    if len(loaders.train) == 0:
+        raise UserError(f"{args.data}/train has {len(train_set)} images, fewer than one batch of "
+                        f"{per_process} per process: lower --batch_size")
+    return loaders
+
+
+def make_model(args, ctx, precision, weights) -> tuple[nn.Module, dict | None]:
+    torch.manual_seed(args.seed)  # the head (and everything, from scratch) starts alike on every rank
+    model = simclr.build_simclr_model(args.arch, args.mlpout, head=args.phead)
+    loaded = None
+    if weights is not None:
+        loaded = simclr.load_sim_weights(model, weights, args.sim_model, quiet=not ctx.is_main)
+    model = model.to(ctx.device)
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.sync_bn:
+        if ctx.distributed and ctx.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif ctx.is_main:
+            print("notice: --sync_bn needs several CUDA processes; ignored", file=sys.stderr)
+    return model, loaded
+
+
+def main(args) -> None:
+    check_args(args)
+    run = RunDir(os.path.join(args.save_dir, args.experiment))
+    run.check(bool(args.resume))
+    if args.resume:
+        check_same_experiment(run, args)
+    # On resume the checkpoint holds the weights, the masks and the rewind point.
+    weights = None if args.resume else start_weights(args)
+    devices = select_devices(args)
+    if devices > 1:
+        command = relaunch_command(os.path.abspath(__file__), sys.argv[1:], devices)
+        print(f"notice: {devices} GPUs listed; re-launching as {shlex.join(command)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os.execv(command[0], command)
+    # Device 0 is the one --gpu named (CUDA_VISIBLE_DEVICES); under torchrun, LOCAL_RANK's.
+    ctx = distributed.setup(0, args.cpu)
+    run.is_main = ctx.is_main
+    if args.batch_size % ctx.world_size:
+        raise UserError(f"--batch_size {args.batch_size} must be divisible by the {ctx.world_size} processes")
+    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
+    loaders = make_loaders(args, ctx)
+    model, loaded = make_model(args, ctx, precision, weights)
+    weights = None  # ``loaded`` keeps the part that is rewound to; free the rest of the file
+    distributed.barrier()
+    run.start(vars(args), bool(args.resume))
+    logits_fn = simclr.make_eval_logits(precision.channels_last)
+
+    def evaluator(eval_model, loader, desc):
+        return contrastive_evaluate(eval_model, loader, ctx, precision, logits_fn, desc=desc)
+
+    stage_kwargs = {"step": simclr.make_step(args.temperature, precision.channels_last), "evaluator": evaluator}
+    train_cfg = TrainConfig(epochs=args.prun_epoch if args.prun_percent else args.epochs, lr=args.lr,
+                            momentum=MOMENTUM, weight_decay=args.weight_decay, warmup=0, milestones=[],
+                            print_freq=args.print_freq, compile=args.compile, optimizer=args.optimizer)
+    meta = {"arch": args.arch, "dataset": os.path.basename(os.path.normpath(os.path.abspath(args.data))),
+            "pretraining": "simclr"}
+    checkpoint_path = None if args.resume in ("", LATEST) else args.resume
+    if args.prun_percent:
+        imp_cfg = ImpConfig(rounds=1 + args.epochs // args.prun_epoch, rate=args.prun_percent,
+                            prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
+                            meta=meta, train_round0=False, files=FILES)
+        imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),
+                     strategy=simclr.CheckpointRewind(args.prun_percent), stage_kwargs=stage_kwargs)
+        if args.resume:
+            imp.resume(checkpoint_path)
+        else:
+            imp.rewind_weights = loaded  # only what --sim_model provided is ever rewound
+            imp.start()
+        done = "tickets (ticket_XX.pt), checkpoints, metrics.jsonl and summary.jsonl"
+    else:
+        train_dense(model, loaders, train_cfg, precision, ctx, run, args, meta, stage_kwargs, checkpoint_path)
+        done = f"{DENSE_OUTPUT} (usable as --sim_model), checkpoints and metrics.jsonl"
+    if ctx.is_main:
+        print(f"done: {done} are in {run.path}")
+    distributed.teardown()
+
+
+def train_dense(model, loaders, cfg, precision, ctx, run, args, meta, stage_kwargs, checkpoint_path) -> None:
+    """--prun_percent 0: plain SimCLR training; the final model is written as --sim_model reads it."""
+    progress, optimizer_state, scheduler_state = StageProgress(), None, None
+    if args.resume:
+        checkpoint, progress = restore_stage(model, run, DENSE_FORMAT, vars(args), False, checkpoint_path)
+        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
+    extra = {"format": DENSE_FORMAT, "args": vars(args), "seed": args.seed, **meta}
+    progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, progress=progress, files=FILES,
+                           optimizer_state=optimizer_state, scheduler_state=scheduler_state,
+                           checkpoint_extra=lambda: extra, remaining=100.0, **stage_kwargs)
+    if ctx.is_main:
+        atomic_save({"state_dict": pruning_utils.dense_state_dict(model), "epochs": args.epochs,
+                     "mlpout": args.mlpout, **meta}, run.file(DENSE_OUTPUT))
+        run.log_round(progress.summary_row(0, 100.0))
+
+
+if __name__ == "__main__":
+    cli.run_main(main, get_args_parser())

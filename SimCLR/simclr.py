@@ -1,0 +1,254 @@
+"""SimCLR pieces apart from the script: projection-head model, NT-Xent loss, weight loading, rewinding."""
+
+from __future__ import annotations
+
+import sys
+from typing import Mapping
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.transforms as T
+
+import pruning_utils
+from lth.checkpoint import load_file
+from lth.contrastive import TwoViews
+from lth.engine import StepResult
+from lth.errors import UserError
+from lth.imp import PruneStrategy
+from lth.models import build_model, select_state_dict
+
+# Keys of a MoCo checkpoint: its encoders are not a SimCLR backbone under these names.
+MOCO_PREFIXES = ("encoder_q.", "module.encoder_q.", "encoder_k.", "module.encoder_k.")
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+class ProjectionHead(nn.Module):
+    """SimCLR's MLP head g(h) = fc2(ReLU(fc1(h))), in place of the ResNet's classifier ``fc``."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, in_features)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+def build_simclr_model(arch: str, mlpout: int, head: bool = True) -> nn.Module:
+    """A torchvision ResNet (ImageNet stem) whose ``fc`` is the projection head (or nothing).
+
+    Names stay torchvision's (``layer1.0.conv1.weight``, head ``fc.fc1.*``/``fc.fc2.*``), so the
+    released ``simclr_weight.pt`` loads by name and the masks load directly downstream.
+    """
+    model = build_model(arch, 1000, 3, stem="imagenet")
+    in_features = model.fc.in_features
+    model.fc = ProjectionHead(in_features, mlpout) if head else nn.Identity()
+    return model
+
+
+def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The pooled features h of a torchvision ResNet, i.e. its forward without ``fc``.
+
+    Validation measures on h (as the original did), not on the head's output z.
+    """
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return torch.flatten(model.avgpool(x), 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+def simclr_transform(image_size: int) -> TwoViews:
+    """The original's augmentation, applied twice per image; no Normalize, as in the original."""
+    return TwoViews(T.Compose([
+        T.RandomResizedCrop(image_size, scale=(0.08, 1.0)),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        T.ToTensor(),
+    ]))
+
+
+def stack_views(views: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """``(B, 2, C, H, W)`` -> ``(2B, C, H, W)``: all first views, then all second views."""
+    x = torch.cat([views[:, 0], views[:, 1]])
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+# --------------------------------------------------------------------------------------------
+# Loss and metrics
+# --------------------------------------------------------------------------------------------
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All ranks' tensors concatenated; the backward sends each rank the gradient of its own rows
+    summed over every rank's loss (``torch.distributed.nn``'s all_gather does this too but is
+    deprecated in this PyTorch)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.rows = tensor.size(0)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = dist.get_rank() * ctx.rows
+        return grad[start:start + ctx.rows]
+
+
+def nt_xent_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarity logits of this rank's 2n views against all 2N views, and each row's positive.
+
+    Rows are this rank's views (first views, then second views); columns are every rank's views
+    (all first views, then all second views), gathered so that gradients flow back to the rank
+    that computed them (ranks' batches are equal: the train loader drops a last partial batch).
+    A view's own column is excluded (-inf). Under DDP each rank's loss is the mean over its own
+    rows; DDP's gradient averaging then gives exactly the gradient of the mean over all 2N rows,
+    the single-process loss on the global batch.
+    """
+    # Similarities in at least fp32: bf16 autocast outputs would blur 1/temperature-scaled logits.
+    dtype = torch.promote_types(z1.dtype, torch.float32)
+    z1 = F.normalize(z1.to(dtype), dim=1)
+    z2 = F.normalize(z2.to(dtype), dim=1)
+    n = z1.size(0)
+    if _distributed():
+        all1, all2 = _GatherWithGrad.apply(z1), _GatherWithGrad.apply(z2)
+        offset = dist.get_rank() * n
+    else:
+        all1, all2, offset = z1, z2, 0
+    total = all1.size(0)
+    logits = torch.cat([z1, z2]) @ torch.cat([all1, all2]).T / temperature
+    index = torch.arange(n, device=z1.device) + offset
+    own = torch.cat([index, index + total])
+    positive = torch.cat([index + total, index])
+    logits = logits.masked_fill(F.one_hot(own, 2 * total).bool(), float("-inf"))
+    return logits, positive
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """Normalised temperature-scaled cross entropy over the 2N views of a batch (SimCLR's loss)."""
+    logits, positive = nt_xent_logits(z1, z2, temperature)
+    return F.cross_entropy(logits, positive)
+
+
+def make_step(temperature: float, channels_last: bool = False):
+    """The training step for ``lth.engine.train_one_epoch``: NT-Xent on the head's outputs.
+
+    "Accuracy" is how often a view's most similar other view is its positive (contrastive top-1).
+    """
+    def step(model: nn.Module, batch) -> StepResult:
+        views, _ = batch
+        z = model(stack_views(views, channels_last))
+        z1, z2 = z.chunk(2)
+        logits, positive = nt_xent_logits(z1, z2, temperature)
+        loss = F.cross_entropy(logits, positive)
+        correct = (logits.detach().argmax(1) == positive).sum()
+        return StepResult(loss, correct, positive.numel())
+    return step
+
+
+def make_eval_logits(channels_last: bool = False):
+    """``logits_fn`` for ``lth.contrastive.contrastive_evaluate``: cosine similarity of backbone
+    features between all 2n views of a batch (self excluded), and each view's positive."""
+    def logits_fn(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        views, _ = batch
+        n = views.size(0)
+        h = F.normalize(backbone_features(model, stack_views(views, channels_last)).float(), dim=1)
+        logits = (h @ h.T).fill_diagonal_(float("-inf"))
+        positive = (torch.arange(2 * n, device=h.device) + n) % (2 * n)
+        return logits, positive
+    return logits_fn
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-trained weights and rewinding
+# --------------------------------------------------------------------------------------------
+
+def read_sim_weights(path: str) -> dict[str, torch.Tensor]:
+    """The weights of a SimCLR model file under torchvision names.
+
+    Accepts ``{'state_dict': ...}`` (the released file, our dense pre-training output) or a bare
+    state_dict, with or without DataParallel's ``module.``; IMP checkpoints give their
+    ``weight_orig``. A MoCo checkpoint is refused: its encoder keys are MoCo's business.
+    """
+    state = select_state_dict(load_file(path, "SimCLR model (--sim_model)"), path, None)
+    moco = next((key for key in state if key.startswith(MOCO_PREFIXES)), None)
+    if moco is not None:
+        raise UserError(f"--sim_model '{path}' is a MoCo checkpoint (key '{moco}'); find MoCo "
+                        f"tickets with MoCo/main_moco_imp.py --pretrained_path {path}")
+    return pruning_utils.transferable_weights(state, fc=True, conv1=True)
+
+
+def load_sim_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], path: str,
+                     quiet: bool = False) -> dict[str, torch.Tensor]:
+    """Copy the tensors of ``weights`` that the (unpruned) model has into it; return them.
+
+    Keys the model lacks (the released file's 1000-way ``fc``) are skipped, as are the batch-norm
+    ``num_batches_tracked`` counters (not weights) and a head of another size. A backbone tensor
+    of the wrong shape means another architecture: a ``UserError`` naming it.
+    """
+    own = model.state_dict()
+    loaded, skipped = {}, []
+    for key, value in weights.items():
+        if key.endswith("num_batches_tracked") or key not in own:
+            skipped.append(key)
+            continue
+        if not isinstance(value, torch.Tensor) or value.shape != own[key].shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            if key.startswith("fc."):
+                skipped.append(key)
+                continue
+            raise UserError(f"--sim_model '{path}' weight '{key}' has shape {shape} but this model "
+                            f"expects {tuple(own[key].shape)}; is it for another --arch?")
+        loaded[key] = value.detach().to("cpu", copy=True)
+    backbone = [key for key in loaded if not key.startswith("fc.")]
+    if not backbone:
+        raise UserError(f"--sim_model '{path}' holds no weight of this {type(model).__name__} "
+                        f"backbone (first keys: {', '.join(list(weights)[:4])})")
+    model.load_state_dict(loaded, strict=False)
+    if not quiet:
+        left = [key for key in own if key not in loaded and not key.endswith("num_batches_tracked")]
+        dropped = [key for key in skipped if not key.endswith("num_batches_tracked")]
+        print(f"loaded {len(loaded)} tensors from {path}; skipped {len(dropped)} that do not fit "
+              f"this model{_listing(dropped)}; {len(left)} left at init{_listing(left)}", file=sys.stderr)
+    return loaded
+
+
+def _listing(keys: list[str]) -> str:
+    return (" (" + ", ".join(keys[:6]) + (" ..." if len(keys) > 6 else "") + ")") if keys else ""
+
+
+class CheckpointRewind(PruneStrategy):
+    """Magnitude pruning of the backbone convs (conv1 and the Linear head never), rewinding only
+    the tensors the SimCLR checkpoint provided.
+
+    As in the original, a pruned conv's ``weight_orig`` takes the checkpoint's ``weight`` (masks
+    are kept), every other provided tensor is copied back, and the projection head, absent from
+    the released checkpoint, keeps its trained values across rounds.
+    """
+
+    def __init__(self, rate: float):
+        super().__init__(rate, random=False, conv1=False)
+
+    def rewind(self, model: nn.Module, weights: dict) -> None:
+        own = model.state_dict()
+        with torch.no_grad():
+            for key, value in weights.items():
+                orig = key[: -len(".weight")] + pruning_utils.ORIG_SUFFIX
+                own[orig if key not in own and orig in own else key].copy_(value)

@@ -1,0 +1,126 @@
+"""Train one ticket (pre-trained weights + a mask) on VisDA-2017: the transfer experiment.
+
+Weights come from --pretrained (an entry picked by --dict_key; fc is dropped, conv1 is loaded), the
+mask from --mask_dir (a ticket file of any pre-training, an IMP checkpoint of this toolkit or of the
+original code, or a plain mask dict), optionally reversed. Validation reports top-1 and the VisDA
+metric, the mean of the per-class accuracies. Example:
+
+    python -u main_eval_visda.py /data/visda17 -a resnet50 --epochs 20 -b 256 --lr 0.001 \\
+        --save_dir eval_visda --pretrained imagenet_weight.pt --mask_dir imagenet_imp/ticket_05.pt
+"""
+
+import math
+import os
+import sys
+
+import pruning_utils
+from lth import cli, distributed, imagedata
+from lth.checkpoint import write_json
+from lth.engine import Precision
+from lth.errors import UserError
+from lth.models import ARCHS, load_pretrained
+from lth.plots import plot_training_curves
+from lth.runs import RunDir
+from lth.trainer import StageFiles, StageProgress, TrainConfig, restore_stage, train_stage
+
+CHECKPOINT_FORMAT = "lth-eval-visda"
+EVAL_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_best.pth.tar")
+
+
+def get_args_parser():
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", metavar="DIR",
+                        help="VisDA-2017 root: DIR/train/image_list.txt and DIR/validation/image_list.txt, "
+                             "lines 'relative/path label' (labels 0-11)")
+    group = parser.add_argument_group("model")
+    group.add_argument("-a", "--arch", default="resnet50", choices=ARCHS,
+                       help="torchvision ResNet (ImageNet stem) with a 12-way fc")
+    group.add_argument("--image_size", type=int, default=224,
+                       help="training crop size and validation resize (size x size)")
+    cli.add_optim_args(parser, batch_size=64, names=cli.EXAMPLES_NAMES)
+    parser.set_defaults(lr=1e-3, weight_decay=5e-4, epochs=20, warmup=0, decreasing_lr=[10])
+    group = parser.add_argument_group("ticket")
+    group.add_argument("--pretrained", default=None,
+                       help="weights to start from (torchvision state_dict, simclr_weight.pt, moco.pt, "
+                            "MoCo v2 checkpoint, or an IMP checkpoint); fc is not loaded, conv1 is; "
+                            "random init when omitted")
+    group.add_argument("--dict_key", default=None,
+                       help="entry of the --pretrained file holding the weights; 'None' uses the whole "
+                            "file (default: 'state_dict' when present, else the whole file)")
+    group.add_argument("--mask_dir", default=None,
+                       help="the ticket's mask: a ticket_XX.pt (from any IMP script), an IMP checkpoint "
+                            "({round}model_best.pth.tar, {round}model_SA_best.pth.tar, MoCo/SimCLR "
+                            "checkpoints) or a {layer.weight_mask: tensor} file; dense training when omitted")
+    group.add_argument("--conv1", action="store_true",
+                       help="also mask the stem conv1 (the mask must then hold conv1.weight_mask)")
+    group.add_argument("--reverse_mask", action="store_true",
+                       help="train the complement of the mask (1 - mask): the reversed-mask control")
+    cli.add_runtime_args(parser, names=cli.EXAMPLES_NAMES, workers=4, save_dir="results/", resume_path=True)
+    return parser
+
+
+def main(args) -> None:
+    cli.check_common(args)
+    if args.reverse_mask and not args.mask_dir:
+        raise UserError("--reverse_mask needs a mask to reverse: give --mask_dir")
+    if args.image_size < 1:
+        raise UserError(f"--image_size must be positive, got {args.image_size}")
+    run = RunDir(args.save_dir)
+    resume_file = cli.check_save_dir(run, args.resume)
+    ctx = distributed.setup(args.gpu, args.cpu)
+    run.is_main = ctx.is_main
+    seed_source = RunDir(os.path.dirname(resume_file) or ".") if resume_file else run
+    args.seed = cli.resolve_seed(args.seed if not args.resume else seed_source.recorded_seed(args.seed))
+    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
+    train_set, val_set = imagedata.visda_splits(args.data, args.image_size)
+    loaders = imagedata.image_loaders(train_set, val_set, imagedata.VISDA_CLASSES, batch_size=args.batch_size,
+                                      eval_batch_size=args.eval_batch_size, workers=args.workers,
+                                      seed=args.seed, ctx=ctx, precision=precision)
+    model = imagedata.image_model(args.arch, imagedata.VISDA_CLASSES, args.seed, ctx, precision)
+    if args.pretrained:
+        load_pretrained(model, args.pretrained, args.dict_key, fc=False, conv1=True, quiet=not ctx.is_main)
+    mask_meta = {}
+    if args.mask_dir:
+        masks, mask_meta = pruning_utils.read_masks(args.mask_dir)
+        if args.reverse_mask:
+            masks = pruning_utils.reverse_mask(masks)
+        pruning_utils.apply_mask(model, masks, conv1=args.conv1)
+    remaining = pruning_utils.sparsity(model, args.conv1)["remaining"]
+    if ctx.is_main:
+        print(f"training {'the reverse of ' if args.reverse_mask else ''}"
+              f"{args.mask_dir or 'a dense network'}: {remaining:.2f}% of conv weights remain", file=sys.stderr)
+    distributed.barrier()
+    run.start(vars(args), bool(args.resume))
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                      warmup=args.warmup, milestones=args.decreasing_lr, print_freq=args.print_freq,
+                      compile=args.compile)
+    progress, optimizer_state, scheduler_state = StageProgress(), None, None
+    if args.resume:
+        checkpoint, progress = restore_stage(model, run, CHECKPOINT_FORMAT, vars(args), args.conv1, resume_file)
+        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
+    extra = {"format": CHECKPOINT_FORMAT, "args": vars(args), "arch": args.arch, "mask_meta": mask_meta}
+    progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, files=EVAL_FILES,
+                           progress=progress, optimizer_state=optimizer_state, scheduler_state=scheduler_state,
+                           checkpoint_extra=lambda: {**extra, "best_acc1": max(progress.best_val, 0.0)},
+                           conv1=args.conv1)
+    if ctx.is_main:
+        final = run.metrics()[-1] if run.metrics() else {}
+        at_best = progress.at_best
+        summary = {"remaining": remaining, "reverse_mask": args.reverse_mask, "mask": args.mask_dir,
+                   "pretrained": args.pretrained, "best_epoch": progress.best_epoch,
+                   "best_val_acc": progress.best_val,
+                   "mean_class_acc_at_best_val": at_best.get("val_mean_class_acc", math.nan),
+                   "per_class_acc_at_best_val": at_best.get("val_per_class", []),
+                   "final_val_acc": final.get("val_acc", math.nan),
+                   "final_mean_class_acc": final.get("val_mean_class_acc", math.nan)}
+        write_json(summary, run.file("summary.json"))
+        plot_training_curves(progress.history, run.file("net_train.png"),
+                             title=f"{remaining:.2f}% of conv weights remain")
+        print(f"done: validation top-1 {progress.best_val:.2f}% and mean class accuracy "
+              f"{summary['mean_class_acc_at_best_val']:.2f}% at the best epoch ({progress.best_epoch}); "
+              f"results in {args.save_dir}")
+    distributed.teardown()
+
+
+if __name__ == "__main__":
+    cli.run_main(main, get_args_parser())
