@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import sys
@@ -31,6 +32,7 @@ class TrainConfig:
     print_freq: int = 50
     compile: bool = False
     optimizer: str = "sgd"
+    inplace_masks: bool = True  # False: train through prune's forward pre-hooks (the reference way)
 
 
 @dataclass
@@ -168,38 +170,42 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
         optimizer.load_state_dict(optimizer_state)
     if scheduler_state:
         scheduler.load_state_dict(scheduler_state)
-    train_model = wrap_for_training(model, ctx, cfg.compile)
-    after_step = after_step_factory(train_model) if after_step_factory else None
-    for epoch in range(progress.next_epoch, cfg.epochs):
-        start = time.perf_counter()
-        loaders.train.set_epoch(stage * cfg.epochs + epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(train_model, loaders.train, optimizer, scheduler, ctx, precision,
-                                desc=f"round {stage} epoch {epoch + 1}/{cfg.epochs}",
-                                print_freq=cfg.print_freq, after_step=after_step, step=step)
-        val, test = _evaluate_splits(model, loaders, evaluator)
-        improved = progress.record(epoch, train["acc"], val["acc"], test["acc"] if test else math.nan,
-                                   figures={**_figures("val", val), **_figures("test", test)})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-        if ctx.is_main:
-            if improved and save_best:
-                atomic_save({"state": stage, "epoch": epoch, "state_dict": model.state_dict(),
-                             "best_sa": val["acc"], "test_ta": test["acc"] if test else None,
-                             **_meta(checkpoint_extra())}, run.file(files.best_of(stage)))
-            row = {"round": stage, "epoch": epoch, "lr": lr, "remaining": round(remaining, 4),
-                   "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 4),
-                   **_split_row("val", val), **_split_row("test", test),
-                   "train_images_per_s": round(train["images_per_s"], 1),
-                   "seconds": round(time.perf_counter() - start, 3)}
-            run.log_epoch(row)
-            atomic_save({"state": stage, "state_dict": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         **progress.to_checkpoint(), **checkpoint_extra()},
-                        run.file(files.checkpoint_of(stage)))
-            shown = f" test {test['acc']:.2f}" if test else ""
-            print(f"round {stage} epoch {epoch}: lr {lr:.4g} train {train['acc']:.2f} "
-                  f"val {val['acc']:.2f}{shown} remaining {remaining:.2f}% ({row['seconds']:.1f}s)", flush=True)
+    # Masks multiplied into the weights after each step instead of prune's forward pre-hooks:
+    # the same numbers, a little faster (docs/PERFORMANCE.md); the hooks are back afterwards.
+    in_place = pruning_utils.masks_in_place(model) if cfg.inplace_masks else contextlib.nullcontext(None)
+    with in_place as reapply_masks:
+        train_model = wrap_for_training(model, ctx, cfg.compile)
+        after_step = _chain(after_step_factory(train_model) if after_step_factory else None, reapply_masks)
+        for epoch in range(progress.next_epoch, cfg.epochs):
+            start = time.perf_counter()
+            loaders.train.set_epoch(stage * cfg.epochs + epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            train = train_one_epoch(train_model, loaders.train, optimizer, scheduler, ctx, precision,
+                                    desc=f"round {stage} epoch {epoch + 1}/{cfg.epochs}",
+                                    print_freq=cfg.print_freq, after_step=after_step, step=step)
+            val, test = _evaluate_splits(model, loaders, evaluator)
+            improved = progress.record(epoch, train["acc"], val["acc"], test["acc"] if test else math.nan,
+                                       figures={**_figures("val", val), **_figures("test", test)})
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+            if ctx.is_main:
+                if improved and save_best:
+                    atomic_save({"state": stage, "epoch": epoch, "state_dict": model.state_dict(),
+                                 "best_sa": val["acc"], "test_ta": test["acc"] if test else None,
+                                 **_meta(checkpoint_extra())}, run.file(files.best_of(stage)))
+                row = {"round": stage, "epoch": epoch, "lr": lr, "remaining": round(remaining, 4),
+                       "train_loss": round(train["loss"], 5), "train_acc": round(train["acc"], 4),
+                       **_split_row("val", val), **_split_row("test", test),
+                       "train_images_per_s": round(train["images_per_s"], 1),
+                       "seconds": round(time.perf_counter() - start, 3)}
+                run.log_epoch(row)
+                atomic_save({"state": stage, "state_dict": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             **progress.to_checkpoint(), **checkpoint_extra()},
+                            run.file(files.checkpoint_of(stage)))
+                shown = f" test {test['acc']:.2f}" if test else ""
+                print(f"round {stage} epoch {epoch}: lr {lr:.4g} train {train['acc']:.2f} "
+                      f"val {val['acc']:.2f}{shown} remaining {remaining:.2f}% ({row['seconds']:.1f}s)", flush=True)
     return progress
 
 
@@ -225,6 +231,20 @@ def evaluate_and_print(model: nn.Module, loaders: Loaders, precision: Precision,
               f"loss {result['loss']:.4f} ({remaining:.2f}% of conv weights remain"
               f"{', ' + checkpoint if checkpoint else ''})", flush=True)
     return result
+
+
+def _chain(*calls: Callable[[], None] | None) -> Callable[[], None] | None:
+    """One callable running the given ones in order (None when there are none)."""
+    calls = [call for call in calls if call is not None]
+    if not calls:
+        return None
+    if len(calls) == 1:
+        return calls[0]
+
+    def run_all() -> None:
+        for call in calls:
+            call()
+    return run_all
 
 
 def _evaluate_splits(model, loaders: Loaders, evaluator: Evaluator) -> tuple[dict, dict | None]:

@@ -75,3 +75,34 @@ def test_in_place_masks_keep_pruned_weights_at_zero_during_training():
             for module in model.modules():
                 if pruning_utils.is_pruned(module):
                     assert not bool((module.weight_orig[module.weight_mask == 0] != 0).any())
+
+
+def test_imp_gives_the_same_masks_and_metrics_with_and_without_the_fast_paths(tmp_path, monkeypatch):
+    """On CPU: in-place masks + foreach SGD (the defaults) against prune hooks + for-loop SGD."""
+    import json
+
+    import main_imp_downstream
+    from lth import trainer
+
+    flags = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "1", "--batch_size", "256",
+             "--pruning_times", "2", "--seed", "0", "--print_freq", "0"]
+
+    def run(name):
+        args = main_imp_downstream.get_args_parser().parse_args([*flags, "--save_dir", str(tmp_path / name)])
+        main_imp_downstream.main(args)
+        masks, _ = pruning_utils.read_masks(str(tmp_path / name / "ticket_02.pt"))
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return masks, [(row["train_loss"], row["val_acc"], row["test_acc"]) for row in rows]
+
+    fast_masks, fast_metrics = run("fast")
+    real_optimizer = trainer.make_optimizer
+
+    def for_loop_sgd(params, lr, momentum, weight_decay, device, name="sgd"):
+        return torch.optim.SGD(list(params), lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=False)
+
+    monkeypatch.setattr(trainer, "make_optimizer", for_loop_sgd)
+    monkeypatch.setattr(trainer.pruning_utils, "masks_in_place", lambda model: contextlib.nullcontext(None))
+    reference_masks, reference_metrics = run("reference")
+    monkeypatch.setattr(trainer, "make_optimizer", real_optimizer)
+    assert fast_metrics == reference_metrics
+    assert all(torch.equal(fast_masks[key], reference_masks[key]) for key in fast_masks)
