@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench
+.PHONY: demo demo-pretrain test bench
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -18,3 +18,6 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -u bench/train_throughput.py
+
+demo-pretrain: $(VENV)/.installed
+	$(PY) -u demo/pretrain.py

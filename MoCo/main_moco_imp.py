@@ -118,7 +118,7 @@ def get_args_parser():
     group.add_argument("--rank", type=int, default=-1,
                        help="this node's rank with --multiprocessing-distributed (-1: 0); under torchrun "
                             "its RANK is used")
-    group.add_argument("--dist-url", dest="dist_url", default="tcp://224.66.41.62:23456",
+    group.add_argument("--dist-url", dest="dist_url", default="tcp://127.0.0.1:23456",
                        help="tcp://HOST:PORT of the rank-0 node for --multiprocessing-distributed "
                             "(or env:// to use MASTER_ADDR/MASTER_PORT); pass tcp://127.0.0.1:PORT on one machine")
     group.add_argument("--dist-backend", dest="dist_backend", default="nccl",
