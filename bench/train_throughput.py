@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -169,6 +170,17 @@ def peak_memory_reset(device) -> None:
                 handle.write("5")  # resets VmHWM, the peak resident set size
 
 
+def current_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    return math.nan
+
+
 def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -185,13 +197,25 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_variant(variant: Variant, args, device, images, labels) -> dict:
+@dataclass
+class Prepared:
+    """A variant ready to step: its model, batches and step, warmed up; timings accumulate here."""
+    variant: Variant
+    batches: object
+    step: Callable[[tuple], None]
+    first_step_s: float
+    memory_mb: float
+    step_times: list
+
+
+def prepare_variant(variant: Variant, args, device, images, labels) -> Prepared:
+    baseline = current_memory_mb(device)
+    peak_memory_reset(device)
     model = pruned_model(args.arch, device, variant.channels_last)
     loader = (device_loader(images, labels, args.batch_size, True, device, variant.channels_last)
               if variant.device_data or variant.engine else reference_loader(images, labels, args.batch_size, True))
     batches = cycle(loader, device, variant.channels_last)
     step = make_step(variant, model, device, args.batch_size)
-    peak_memory_reset(device)
     start = time.perf_counter()
     step(next(batches))
     synchronize(device)
@@ -199,16 +223,36 @@ def measure_variant(variant: Variant, args, device, images, labels) -> dict:
     for _ in range(args.warmup - 1):
         step(next(batches))
     synchronize(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step(next(batches))
+    return Prepared(variant, batches, step, first_step, peak_memory_mb(device) - baseline, [])
+
+
+def time_steps(prepared: Prepared, count: int, device) -> None:
     synchronize(device)
-    elapsed = time.perf_counter() - start
-    result = {"variant": variant.name, "images_per_s": args.steps * args.batch_size / elapsed,
-              "step_ms": 1000 * elapsed / args.steps, "peak_mb": peak_memory_mb(device),
-              "first_step_s": first_step}
-    del batches, loader
-    return result
+    start = time.perf_counter()
+    for _ in range(count):
+        prepared.step(next(prepared.batches))
+    synchronize(device)
+    prepared.step_times.append((time.perf_counter() - start) / count)
+
+
+def measure_variants(chosen: list[Variant], args, device, images, labels) -> list[dict]:
+    """Warm every variant up, then time them in turns (``--repeats`` rounds of ``--steps`` steps).
+
+    Taking turns and reporting each variant's median round keeps a slow spell of a shared
+    machine from landing on one variant only.
+    """
+    prepared = [prepare_variant(variant, args, device, images, labels) for variant in chosen]
+    for _ in range(args.repeats):
+        for item in prepared:
+            time_steps(item, args.steps, device)
+    results = []
+    for item in prepared:
+        step_s = statistics.median(item.step_times)
+        results.append({"variant": item.variant.name, "images_per_s": args.batch_size / step_s,
+                        "step_ms": 1000 * step_s, "peak_mb": item.memory_mb,
+                        "first_step_s": item.first_step_s,
+                        "spread_pct": 100 * (max(item.step_times) - min(item.step_times)) / step_s})
+    return results
 
 
 def variants(args) -> list[Variant]:
@@ -354,7 +398,8 @@ def main(args) -> None:
                                else "cpu")
     on_cuda = args.device.type == "cuda"
     args.batch_size = args.batch_size or (256 if on_cuda else 64)
-    args.steps = args.steps or (30 if on_cuda else 8)
+    args.steps = args.steps or (30 if on_cuda else 3)
+    args.repeats = args.repeats or (5 if on_cuda else 3)
     args.warmup = max(1, args.warmup or (10 if on_cuda else 2))
     args.epoch_images = args.epoch_images or (20_000 if on_cuda else 576)
     out = io.StringIO()
@@ -364,27 +409,28 @@ def main(args) -> None:
         out.write(line + "\n")
 
     say(f"## {args.arch}, {args.size}x{args.size} px, batch {args.batch_size}, on {machine_name(args.device)}")
-    say(f"torch {torch.__version__}; {args.warmup} warm-up + {args.steps} timed steps per variant; "
+    say(f"torch {torch.__version__}; {args.warmup} warm-up steps, then {args.repeats} turns of {args.steps} timed "
+        f"steps per variant; "
         f"model pruned to 80 % (prune hooks active unless stated)")
     say()
-    images, labels = synthetic_images(max(args.batch_size * (args.warmup + args.steps + 1), 512), args.size, seed=1)
-    results = []
-    say("| variant | images/s | step (ms) | x reference | peak memory (MiB) | first step (s) |")
-    say("|---|---:|---:|---:|---:|---:|")
-    for variant in variants(args):
-        if args.only and not any(word in variant.name for word in args.only.split(",")):
-            continue
-        result = measure_variant(variant, args, args.device, images, labels)
-        results.append(result)
+    images, labels = synthetic_images(512, args.size, seed=1)
+    chosen = [variant for variant in variants(args)
+              if not args.only or any(word in variant.name for word in args.only.split(","))]
+    results = measure_variants(chosen, args, args.device, images, labels)
+    say("| variant | images/s | step (ms) | x reference | spread (%) | memory (MiB) | first step (s) |")
+    say("|---|---:|---:|---:|---:|---:|---:|")
+    for result in results:
         ratio = result["images_per_s"] / results[0]["images_per_s"]
-        say(f"| {variant.name} | {result['images_per_s']:.1f} | {result['step_ms']:.0f} | {ratio:.2f} | "
-            f"{result['peak_mb']:.0f} | {result['first_step_s']:.1f} |")
+        say(f"| {result['variant']} | {result['images_per_s']:.1f} | {result['step_ms']:.0f} | {ratio:.2f} | "
+            f"{result['spread_pct']:.0f} | {result['peak_mb']:.0f} | {result['first_step_s']:.1f} |")
     hooks = next((r for r in results if "in-place" in r["variant"]), None)
-    if hooks and results:
+    if hooks and results and results[0]["variant"].startswith("reference"):
         cost = 100 * (results[0]["step_ms"] - hooks["step_ms"]) / results[0]["step_ms"]
-        say(f"\nPrune forward pre-hooks cost {cost:.1f} % of a reference step (in-place masking saves that).")
-    say("(peak memory: CUDA max allocated, or the process's peak RSS, which never decreases on CPU and "
-        "excludes DataLoader workers)" if not on_cuda else "(peak memory: torch.cuda.max_memory_allocated)")
+        say(f"\nPrune forward pre-hooks: {cost:+.1f} % of a reference step compared with in-place masking "
+            f"(turn spreads {results[0]['spread_pct']:.0f} % and {hooks['spread_pct']:.0f} %).")
+    say("(images/s from the median of the timed turns; spread: slowest minus fastest turn; memory: the "
+        "peak the variant added, " + ("torch.cuda.max_memory_allocated)" if on_cuda else
+                                      "resident set size of this process, DataLoader workers excluded)"))
 
     n = args.epoch_images
     splits = [synthetic_images(n, args.size, seed=2), synthetic_images(n // 9, args.size, seed=3),
@@ -436,7 +482,9 @@ def get_args_parser():
     parser.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet50"], help="network")
     parser.add_argument("--size", type=int, default=32, choices=[32, 224], help="image side in pixels")
     parser.add_argument("--batch_size", type=int, default=None, help="batch size (default 256 on CUDA, 64 on CPU)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 30 CUDA / 8 CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per turn (default 30 CUDA / 3 CPU)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="turns in which every variant runs --steps timed steps (default 5 CUDA / 3 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 CUDA / 2 CPU)")
     parser.add_argument("--epoch_images", type=int, default=None,
                         help="training images of the one-epoch comparison (default 20000 CUDA / 576 CPU)")

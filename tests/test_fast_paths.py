@@ -106,3 +106,38 @@ def test_imp_gives_the_same_masks_and_metrics_with_and_without_the_fast_paths(tm
     monkeypatch.setattr(trainer, "make_optimizer", real_optimizer)
     assert fast_metrics == reference_metrics
     assert all(torch.equal(fast_masks[key], reference_masks[key]) for key in fast_masks)
+
+
+def test_compile_happens_once_per_round_and_survives_re_pruning(tmp_path, monkeypatch):
+    """--compile: one compiled wrapper per IMP round, no recompilation between the epochs of a round."""
+    import torch._dynamo
+
+    import main_imp_downstream
+    from lth import trainer
+
+    real_compile = torch.compile
+    compiled_per_epoch = []
+
+    def eager_compile(model, **kwargs):  # the eager backend traces like inductor, without C++ builds
+        return real_compile(model, backend="eager")
+
+    real_epoch = trainer.train_one_epoch
+
+    def counting_epoch(*args, **kwargs):
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        result = real_epoch(*args, **kwargs)
+        compiled_per_epoch.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
+        return result
+
+    monkeypatch.setattr(trainer.torch, "compile", eager_compile)
+    monkeypatch.setattr(trainer, "train_one_epoch", counting_epoch)
+    torch._dynamo.reset()
+    flags = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "2", "--batch_size", "256",
+             "--pruning_times", "2", "--seed", "0", "--print_freq", "0", "--compile",
+             "--save_dir", str(tmp_path / "run")]
+    main_imp_downstream.main(main_imp_downstream.get_args_parser().parse_args(flags))
+    first_round, second_round = compiled_per_epoch[:2], compiled_per_epoch[2:]
+    assert first_round[0] >= 1 and first_round[1] == 0  # compiled once, then reused
+    assert second_round[0] >= 1 and second_round[1] == 0  # re-pruned: one new compile, then reused
+    masks, meta = pruning_utils.read_masks(str(tmp_path / "run" / "ticket_02.pt"))
+    assert meta["remaining"] == pytest.approx(64, abs=1e-3)
