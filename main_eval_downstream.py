@@ -30,19 +30,7 @@ def get_args_parser():
     cli.add_data_args(parser, list(data.DATASETS), default="cifar10")
     cli.add_model_args(parser, ARCHS)
     cli.add_optim_args(parser, batch_size=128)
-    group = parser.add_argument_group("ticket")
-    group.add_argument("--pretrained", default=None,
-                       help="weights to start from (torchvision state_dict, simclr_weight.pt, moco.pt, "
-                            "MoCo v2 checkpoint, or an IMP checkpoint); random init when omitted")
-    group.add_argument("--dict_key", default=None,
-                       help="entry of the --pretrained file holding the weights; 'None' uses the whole "
-                            "file (default: 'state_dict' when present, else the whole file)")
-    group.add_argument("--mask_dir", default=None,
-                       help="the ticket's mask: a ticket_XX.pt, an IMP checkpoint "
-                            "({round}model_SA_best.pth.tar, MoCo/SimCLR checkpoints) or a "
-                            "{layer.weight_mask: tensor} file; dense training when omitted")
-    group.add_argument("--reverse_mask", action="store_true",
-                       help="train the complement of the mask (1 - mask): the reversed-mask control")
+    group = cli.add_ticket_args(parser)
     group.add_argument("--load_all", action="store_true",
                        help="load every weight of --pretrained, fc and conv1 included (shapes must fit)")
     group.add_argument("--save_model", action="store_true",

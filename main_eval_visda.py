@@ -39,22 +39,9 @@ def get_args_parser():
                        help="training crop size and validation resize (size x size)")
     cli.add_optim_args(parser, batch_size=64, names=cli.EXAMPLES_NAMES)
     parser.set_defaults(lr=1e-3, weight_decay=5e-4, epochs=20, warmup=0, decreasing_lr=[10])
-    group = parser.add_argument_group("ticket")
-    group.add_argument("--pretrained", default=None,
-                       help="weights to start from (torchvision state_dict, simclr_weight.pt, moco.pt, "
-                            "MoCo v2 checkpoint, or an IMP checkpoint); fc is not loaded, conv1 is; "
-                            "random init when omitted")
-    group.add_argument("--dict_key", default=None,
-                       help="entry of the --pretrained file holding the weights; 'None' uses the whole "
-                            "file (default: 'state_dict' when present, else the whole file)")
-    group.add_argument("--mask_dir", default=None,
-                       help="the ticket's mask: a ticket_XX.pt (from any IMP script), an IMP checkpoint "
-                            "({round}model_best.pth.tar, {round}model_SA_best.pth.tar, MoCo/SimCLR "
-                            "checkpoints) or a {layer.weight_mask: tensor} file; dense training when omitted")
+    group = cli.add_ticket_args(parser, weights_note="; fc is not loaded, conv1 is")
     group.add_argument("--conv1", action="store_true",
                        help="also mask the stem conv1 (the mask must then hold conv1.weight_mask)")
-    group.add_argument("--reverse_mask", action="store_true",
-                       help="train the complement of the mask (1 - mask): the reversed-mask control")
     cli.add_runtime_args(parser, names=cli.EXAMPLES_NAMES, workers=4, save_dir="results/", resume_path=True)
     return parser
 

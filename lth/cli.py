@@ -84,6 +84,27 @@ def add_data_args(parser: argparse.ArgumentParser, datasets: list[str], default:
                             "(never done otherwise)")
 
 
+def add_ticket_args(parser: argparse.ArgumentParser, weights_note: str = "") -> argparse._ArgumentGroup:
+    """--pretrained, --dict_key, --mask_dir and --reverse_mask: what a ticket is made of.
+
+    Returns the group so that a script can add its own ticket flags to it.
+    """
+    group = parser.add_argument_group("ticket")
+    group.add_argument("--pretrained", default=None,
+                       help="weights to start from (torchvision state_dict, simclr_weight.pt, moco.pt, "
+                            f"MoCo v2 checkpoint, or an IMP checkpoint){weights_note}; random init when omitted")
+    group.add_argument("--dict_key", default=None,
+                       help="entry of the --pretrained file holding the weights; 'None' uses the whole "
+                            "file (default: 'state_dict' when present, else the whole file)")
+    group.add_argument("--mask_dir", default=None,
+                       help="the ticket's mask: a ticket_XX.pt (from any IMP script), an IMP checkpoint "
+                            "({round}model_SA_best.pth.tar, {round}model_best.pth.tar, MoCo/SimCLR "
+                            "checkpoints) or a {layer.weight_mask: tensor} file; dense training when omitted")
+    group.add_argument("--reverse_mask", action="store_true",
+                       help="train the complement of the mask (1 - mask): the reversed-mask control")
+    return group
+
+
 def add_model_args(parser: argparse.ArgumentParser, archs: tuple[str, ...]) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--arch", default="resnet50", choices=archs,

@@ -10,12 +10,7 @@ import pruning_utils
 from lth.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_a_little(inplace_masks: bool, foreach: bool, steps: int = 4):

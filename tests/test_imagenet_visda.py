@@ -26,13 +26,7 @@ ORIGINAL_KEYS = {"epoch", "state", "arch", "state_dict", "mask", "best_acc1", "o
                  "init_weight"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores are shared: one thread per test process avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_image(path, rng):

@@ -32,13 +32,7 @@ RESNET50_KEYS = 320  # torchvision resnet50 state_dict entries, num_batches_trac
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensor ops are memory-bound; on 2 shared cores a second OpenMP thread mostly waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomized(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

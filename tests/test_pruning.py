@@ -66,13 +66,7 @@ def one_line_user_error(excinfo) -> str:
     return message
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tensor ops are memory-bound; on 2 shared cores a second OpenMP thread mostly waits."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
