@@ -58,7 +58,9 @@ def prunable_convs(model: nn.Module, conv1: bool = False) -> list[tuple[str, nn.
 
 
 def is_pruned(module: nn.Module) -> bool:
-    return prune.is_pruned(module) and hasattr(module, "weight_mask")
+    """True when the module's weight carries prune's reparametrisation (``weight_orig`` and
+    ``weight_mask``), also while ``masks_in_place`` has detached its forward pre-hook."""
+    return "weight_orig" in module._parameters and isinstance(module._buffers.get("weight_mask"), torch.Tensor)
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:

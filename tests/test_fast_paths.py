@@ -136,3 +136,15 @@ def test_compile_happens_once_per_round_and_survives_re_pruning(tmp_path, monkey
     assert second_round[0] >= 1 and second_round[1] == 0  # re-pruned: one new compile, then reused
     masks, meta = pruning_utils.read_masks(str(tmp_path / "run" / "ticket_02.pt"))
     assert meta["remaining"] == pytest.approx(64, abs=1e-3)
+
+
+def test_a_model_training_with_masks_in_place_still_reads_as_pruned():
+    torch.manual_seed(0)
+    model = build_model("resnet18", 10, 1, "cifar")
+    pruning_utils.global_prune(model, 0.5)
+    before = pruning_utils.current_masks(model)
+    with pruning_utils.masks_in_place(model):
+        assert pruning_utils.is_pruned(model.layer1[0].conv1)
+        assert pruning_utils.sparsity(model)["remaining"] == pytest.approx(50, abs=1e-3)
+        during = pruning_utils.current_masks(model)
+    assert all(torch.equal(before[key], during[key]) for key in before)
