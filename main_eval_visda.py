@@ -11,9 +11,7 @@ metric, the mean of the per-class accuracies. Example:
 
 import math
 import os
-import sys
 
-import pruning_utils
 from lth import cli, distributed, imagedata
 from lth.checkpoint import write_json
 from lth.engine import Precision
@@ -66,16 +64,7 @@ def main(args) -> None:
     model = imagedata.image_model(args.arch, imagedata.VISDA_CLASSES, args.seed, ctx, precision)
     if args.pretrained:
         load_pretrained(model, args.pretrained, args.dict_key, fc=False, conv1=True, quiet=not ctx.is_main)
-    mask_meta = {}
-    if args.mask_dir:
-        masks, mask_meta = pruning_utils.read_masks(args.mask_dir)
-        if args.reverse_mask:
-            masks = pruning_utils.reverse_mask(masks)
-        pruning_utils.apply_mask(model, masks, conv1=args.conv1)
-    remaining = pruning_utils.sparsity(model, args.conv1)["remaining"]
-    if ctx.is_main:
-        print(f"training {'the reverse of ' if args.reverse_mask else ''}"
-              f"{args.mask_dir or 'a dense network'}: {remaining:.2f}% of conv weights remain", file=sys.stderr)
+    mask_meta, remaining = cli.apply_ticket_args(model, args, ctx.is_main)
     distributed.barrier()
     run.start(vars(args), bool(args.resume))
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,

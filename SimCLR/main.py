@@ -102,12 +102,7 @@ def get_args_parser():
                        help="synchronise batch-norm statistics across GPUs (DDP on CUDA only)")
     group.add_argument("--print_freq", type=int, default=50,
                        help="update the progress bar's loss/accuracy every this many steps")
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
-                       help="memory layout of activations; auto: on for CUDA, off on CPU")
-    group.add_argument("--compile", action="store_true",
-                       help="torch.compile the model (recompiled once per round, after re-pruning)")
+    cli.add_speed_args(group)
     return parser
 
 

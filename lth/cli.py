@@ -84,6 +84,36 @@ def add_data_args(parser: argparse.ArgumentParser, datasets: list[str], default:
                             "(never done otherwise)")
 
 
+def add_speed_args(group) -> None:
+    """--precision, --channels_last and --compile: how fast the math runs (never what it computes on CPU)."""
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
+                       help="memory layout of activations; auto: on for CUDA, off on CPU")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (recompiled once per round, after re-pruning)")
+
+
+def apply_ticket_args(model, args, is_main: bool) -> tuple[dict, float]:
+    """Put the mask of --mask_dir (reversed with --reverse_mask) on ``model``; report what trains.
+
+    Returns the mask's metadata and the remaining percentage of conv weights.
+    """
+    import pruning_utils
+
+    mask_meta = {}
+    if args.mask_dir:
+        masks, mask_meta = pruning_utils.read_masks(args.mask_dir)
+        if args.reverse_mask:
+            masks = pruning_utils.reverse_mask(masks)
+        pruning_utils.apply_mask(model, masks, conv1=args.conv1)
+    remaining = pruning_utils.sparsity(model, args.conv1)["remaining"]
+    if is_main:
+        print(f"training {'the reverse of ' if args.reverse_mask else ''}"
+              f"{args.mask_dir or 'a dense network'}: {remaining:.2f}% of conv weights remain", file=sys.stderr)
+    return mask_meta, remaining
+
+
 def add_ticket_args(parser: argparse.ArgumentParser, weights_note: str = "") -> argparse._ArgumentGroup:
     """--pretrained, --dict_key, --mask_dir and --reverse_mask: what a ticket is made of.
 
@@ -170,12 +200,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, names: Mapping[str, Sequen
     group.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
     group.add_argument(*_names("--print_freq", names), dest="print_freq", type=int, default=50,
                        help="update the progress bar's loss/accuracy every this many steps")
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
-                       help="memory layout of activations; auto: on for CUDA, off on CPU")
-    group.add_argument("--compile", action="store_true",
-                       help="torch.compile the model (recompiled once per round, after re-pruning)")
+    add_speed_args(group)
     if workers is None:
         group.add_argument("--workers", "-j", type=int, default=0,
                            help="accepted for compatibility; small data sets live in memory and need no workers")
