@@ -66,12 +66,15 @@ def _publish(tmp: str, path: str) -> None:
 # What a checkpoint may hold besides tensors and plain containers, and nothing more: the globals
 # that the released weights and the original code's checkpoints pickle. ``argparse.Namespace``:
 # training scripts that save their ``args``; numpy scalars (``numpy.float64`` figures such as a
-# best accuracy or mIoU computed with numpy) and the ``numpy.dtype`` they are rebuilt with.
+# best accuracy or mIoU computed with numpy) and the ``numpy.dtype`` (with its class) they are
+# rebuilt with.
 # numpy 1.x (the original pinned 1.17) writes the scalar's module as ``numpy.core.multiarray``,
 # numpy 2 as ``numpy._core.multiarray``: both names are listed. Everything else (collections'
 # OrderedDict/Counter, torch.Size, dtypes, optimizer and scheduler state) is already allowed by
 # ``weights_only=True`` itself.
 TRUST_FLAG = "--trust_checkpoint"
+_NUMPY_SCALAR_TYPES = ("bool", "int8", "int16", "int32", "int64", "longlong", "uint8", "uint16", "uint32",
+                       "uint64", "ulonglong", "float16", "float32", "float64")
 _trusted = False
 
 
@@ -84,8 +87,11 @@ def _safe_globals() -> list:
         from numpy._core.multiarray import scalar
     except ImportError:  # numpy 1.x
         from numpy.core.multiarray import scalar
-    return [argparse.Namespace, numpy.dtype, (scalar, "numpy.core.multiarray.scalar"),
-            (scalar, "numpy._core.multiarray.scalar")]
+    # A scalar is rebuilt from its dtype, whose class (numpy.dtypes.Float64DType, ...) must be
+    # allowed too: those of booleans, integers and floats, the numbers a training script computes.
+    dtype_classes = {type(numpy.dtype(name)) for name in _NUMPY_SCALAR_TYPES}
+    return [argparse.Namespace, numpy.dtype, *sorted(dtype_classes, key=str),
+            (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
 
 
 def safe_global_names() -> list[str]:
@@ -149,7 +155,7 @@ def _unsafe_global(error: pickle.UnpicklingError, path: str) -> str | None:
     text = str(error)
     if "Weights only load failed" not in text and "weights_only" not in text:
         return None
-    match = re.search(r"GLOBAL ([\w.]+)", text)
+    match = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"but got <class '([\w.]+)'>", text)
     if match:
         return match.group(1)
     try:
