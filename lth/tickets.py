@@ -203,40 +203,39 @@ def get_args_parser():
                     "ticket_XX.pt of any IMP script, or any other mask source --mask_dir reads (an IMP "
                     "checkpoint of this toolkit or of the original code, a {layer.weight_mask: tensor} file).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    show = commands.add_parser(
-        "show", formatter_class=parser.formatter_class,
-        help="print the ticket's metadata and a table of the remaining share of weights per layer, with the total",
-        description="Print the ticket's metadata (architecture, data set, prune type, round, ...) and a "
-                    "table of kept weights per layer, with the total remaining share.")
-    show.add_argument("ticket", metavar="TICKET", help="the ticket (or other mask source) to show")
-    export = commands.add_parser(
-        "export", formatter_class=parser.formatter_class,
-        help="write the masks as a plain {layer.weight_mask: float tensor} file",
-        description="Write the masks as a plain {'layer1.0.conv1.weight_mask': float32 0/1 tensor} "
-                    "file: torch.load it and call torch.nn.utils.prune.custom_from_mask(module, 'weight', "
-                    "mask) for each layer; --mask_dir of every script reads it back.")
-    export.add_argument("ticket", metavar="TICKET", help="the ticket (or other mask source) to export")
-    export.add_argument("out", metavar="OUT", help="the file to write (refused if it exists, unless --force)")
-    apply = commands.add_parser(
-        "apply", formatter_class=parser.formatter_class,
-        help="write WEIGHTS as a plain state_dict with every weight the ticket removes set to zero",
-        description="Write WEIGHTS as a plain state_dict (torchvision names, no module./encoder_q. "
-                    "prefixes, weight_orig*weight_mask folded into weight) in which every weight the "
-                    "ticket removes is zero. Every mask must meet a weight of the same shape and every "
-                    "conv weight but the stem conv1 must have a mask, otherwise the weights are for "
-                    "another architecture and nothing is written.")
-    apply.add_argument("ticket", metavar="TICKET", help="the ticket (or other mask source) to apply")
+
+    def command(name: str, summary: str, description: str):
+        sub = commands.add_parser(name, formatter_class=parser.formatter_class, help=summary,
+                                  description=description)
+        sub.add_argument("ticket", metavar="TICKET", help=f"the ticket (or other mask source) to {name}")
+        cli.add_trust_arg(sub)
+        return sub
+
+    def output(sub) -> None:
+        sub.add_argument("out", metavar="OUT", help="the file to write (refused if it exists, unless --force)")
+        sub.add_argument("--force", action="store_true", help="replace OUT if it already exists")
+
+    command("show", "print the ticket's metadata and a table of the remaining share of weights per layer, "
+                    "with the total",
+            "Print the ticket's metadata (architecture, data set, prune type, round, ...) and a table of "
+            "kept weights per layer, with the total remaining share.")
+    output(command("export", "write the masks as a plain {layer.weight_mask: float tensor} file",
+                   "Write the masks as a plain {'layer1.0.conv1.weight_mask': float32 0/1 tensor} file: "
+                   "torch.load it and call torch.nn.utils.prune.custom_from_mask(module, 'weight', mask) "
+                   "for each layer; --mask_dir of every script reads it back."))
+    apply = command("apply", "write WEIGHTS as a plain state_dict with every weight the ticket removes set to zero",
+                    "Write WEIGHTS as a plain state_dict (torchvision names, no module./encoder_q. prefixes, "
+                    "weight_orig*weight_mask folded into weight) in which every weight the ticket removes "
+                    "is zero. Every mask must meet a weight of the same shape and every conv weight but the "
+                    "stem conv1 must have a mask, otherwise the weights are for another architecture and "
+                    "nothing is written.")
     apply.add_argument("weights", metavar="WEIGHTS",
                        help="weights to prune: a torchvision state_dict, simclr_weight.pt, moco.pt, a MoCo v2 "
                             "checkpoint or an IMP checkpoint (any file --pretrained reads)")
-    apply.add_argument("out", metavar="OUT", help="the file to write (refused if it exists, unless --force)")
+    output(apply)
     apply.add_argument("--dict_key", default=None,
                        help="entry of WEIGHTS holding the weights; 'None' uses the whole file (default: "
                             "'state_dict' when present, else the whole file)")
-    for sub in (show, export, apply):
-        cli.add_trust_arg(sub)
-    for sub in (export, apply):
-        sub.add_argument("--force", action="store_true", help="replace OUT if it already exists")
     return parser
 
 

@@ -365,7 +365,8 @@ def test_export_is_a_plain_mask_file_that_prune_and_read_masks_take(ticket, tmp_
     assert run_tickets("export", ticket["path"], out, "--force") == 0
 
 
-def test_exported_masks_train_through_mask_dir_with_a_trusted_pretrained_file(ticket, tmp_path, one_thread):
+def test_exported_masks_train_through_mask_dir_with_a_trusted_pretrained_file(ticket, tmp_path, one_thread,
+                                                                               assert_strict_json):
     exported = tmp_path / "masks.pt"
     assert run_tickets("export", ticket["path"], exported) == 0
     weights = tmp_path / "stamped_weights.pt"
@@ -378,6 +379,7 @@ def test_exported_masks_train_through_mask_dir_with_a_trusted_pretrained_file(ti
     assert stop.value.code == 2 and not (tmp_path / "refused").exists()
     out = tmp_path / "run"
     cli.run_main(main_eval_downstream.main, parser, [*flags, "--save_dir", str(out), "--trust_checkpoint"])
+    assert_strict_json(out, "summary.json", "metrics.jsonl", "run.json")
     trained = load_file(str(out / "checkpoint.pth.tar"))["state_dict"]
     for key, mask in ticket["masks"].items():
         assert torch.equal(trained[key], mask), key
