@@ -131,19 +131,24 @@ def load_file(path: str, what: str = "checkpoint", trust: bool | None = None) ->
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        wanted = _unsafe_global(error, path)
-        if wanted is None:
+        if "Weights only load failed" not in str(error):
             raise UserError(f"cannot read {what} file '{path}': not a PyTorch file or corrupt "
                             f"({_first_line(error)})") from None
+        wanted = _unsafe_global(error, path)
+        refused = error
     except Exception as error:  # noqa: BLE001 - corrupt bytes fail in many ways (KeyError, IndexError)
         raise UserError(f"cannot read {what} file '{path}': truncated, corrupt or not a PyTorch "
                         f"file ({_first_line(error)})") from None
     if not (_trusted if trust is None else trust):
+        if wanted is None:  # a pickle instruction weights-only loading lacks, or plain garbage
+            raise UserError(f"cannot read {what} file '{path}': not a PyTorch file, corrupt, or a pickle "
+                            f"that safe loading cannot read ({_weights_only_reason(refused)}); if you "
+                            f"trust this file, pass {TRUST_FLAG} to load it fully")
         raise UserError(f"refusing to load {what} file '{path}': it holds the Python object "
                         f"'{wanted}', and loading it could run code; if you trust this file, pass "
                         f"{TRUST_FLAG} to load it fully")
-    print(f"notice: {TRUST_FLAG}: loading {what} file '{path}' fully (it holds '{wanted}')",
-          file=sys.stderr)
+    print(f"notice: {TRUST_FLAG}: loading {what} file '{path}' fully"
+          + (f" (it holds '{wanted}')" if wanted else ""), file=sys.stderr)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any failure here means the file is unusable
@@ -151,10 +156,8 @@ def load_file(path: str, what: str = "checkpoint", trust: bool | None = None) ->
 
 
 def _unsafe_global(error: pickle.UnpicklingError, path: str) -> str | None:
-    """The global a weights-only load refused, or None when the failure was something else."""
+    """The global (function or class) a weights-only load refused, or None when none is named."""
     text = str(error)
-    if "Weights only load failed" not in text and "weights_only" not in text:
-        return None
     match = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"but got <class '([\w.]+)'>", text)
     if match:
         return match.group(1)
@@ -162,7 +165,16 @@ def _unsafe_global(error: pickle.UnpicklingError, path: str) -> str | None:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # noqa: BLE001 - only a better message is at stake
         names = []
-    return names[0] if names else "an object weights_only loading does not allow"
+    names = [name for name in names if name not in safe_global_names()]
+    return names[0] if names else None
+
+
+def _weights_only_reason(error: pickle.UnpicklingError) -> str:
+    """The line of PyTorch's long weights-only message that says what went wrong."""
+    text = str(error)
+    tail = text.split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    return lines[0][:200] if lines and "WeightsUnpickler error:" in text else _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

@@ -85,6 +85,16 @@ def test_crafted_pickle_is_refused_and_creates_nothing(tmp_path, zipped):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("text", ['{"a": 1}\n', "lr: 0.1\n"], ids=["json", "yaml"])
+def test_a_text_file_is_not_reported_as_a_refused_object(tmp_path, text):
+    path = tmp_path / "notes.pth.tar"
+    path.write_text(text)
+    with pytest.raises(UserError) as excinfo:
+        load_file(str(path))
+    message = one_line(excinfo)
+    assert "cannot read" in message and str(path) in message and "holds the Python object" not in message
+
+
 def test_trusted_full_load_runs_the_pickle(tmp_path, capsys):
     # The same file with the user's trust is loaded in full: proof that the refusal above matters.
     marker = tmp_path / "created_by_pickle"
