@@ -63,11 +63,10 @@ def _publish(tmp: str, path: str) -> None:
     os.replace(tmp, path)
 
 
-# What a checkpoint may hold besides tensors and plain containers, and nothing more: the globals
-# that the released weights and the original code's checkpoints pickle. ``argparse.Namespace``:
-# training scripts that save their ``args``; numpy scalars (``numpy.float64`` figures such as a
-# best accuracy or mIoU computed with numpy) and the ``numpy.dtype`` (with its class) they are
-# rebuilt with.
+# What a checkpoint may hold besides tensors and plain containers, and nothing more: numpy number
+# scalars (the original's segmentation and detection scripts save best mIoU/mAP as numpy.float64)
+# with the ``numpy.dtype`` (and its class) they are rebuilt with, and ``argparse.Namespace`` (the
+# ``args`` many training scripts save beside the weights).
 # numpy 1.x (the original pinned 1.17) writes the scalar's module as ``numpy.core.multiarray``,
 # numpy 2 as ``numpy._core.multiarray``: both names are listed. Everything else (collections'
 # OrderedDict/Counter, torch.Size, dtypes, optimizer and scheduler state) is already allowed by
