@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import sys
 from typing import Callable, Mapping, Sequence
 
@@ -59,16 +58,17 @@ def optional_int(text: str) -> int | None:
 
 
 def resolve_seed(seed: int | None) -> int:
-    """The run's seed: the one given (0 included) or a fresh one that is then recorded.
+    """The run's seed (see ``lth.session.resolve_seed``, which scripts reach through ``open_session``):
+    the one given or a fresh draw, rank 0's under torchrun, broadcast once."""
+    import torch.distributed as dist
 
-    Under torchrun rank 0's draw is broadcast, so every rank builds the same model and data order.
-    """
-    if seed is None:
-        from lth.distributed import broadcast_object
+    from lth.distributed import Context
+    from lth.session import resolve_seed as shared_resolve_seed
 
-        seed = broadcast_object(secrets.randbelow(2**31))
-        print(f"notice: no --seed given; using seed {seed} (recorded in run.json)", file=sys.stderr)
-    return seed
+    initialized = dist.is_available() and dist.is_initialized()
+    ctx = Context(device=None, rank=dist.get_rank() if initialized else 0,
+                  world_size=dist.get_world_size() if initialized else 1)
+    return shared_resolve_seed(seed, ctx)
 
 
 def add_data_args(parser: argparse.ArgumentParser, datasets: list[str], default: str) -> None:
