@@ -10,7 +10,6 @@ if _ROOT not in sys.path:
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
-import json  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
@@ -29,8 +28,8 @@ from lth.loaders import DeviceLoader, Loaders  # noqa: E402
 from lth.imp import ImpConfig, ImpRun, PruneStrategy  # noqa: E402
 from lth.models import ARCHS  # noqa: E402
 from lth.plots import plot_training_curves  # noqa: E402
-from lth.runs import RUN_RECORD, RunDir  # noqa: E402
-from lth.session import check_save_dir, open_session  # noqa: E402
+from lth.runs import RunDir  # noqa: E402
+from lth.session import check_same_experiment, check_save_dir, open_session  # noqa: E402
 from lth.trainer import StageFiles, TrainConfig, train_stage  # noqa: E402
 from MoCo.builder import MoCo, export_checkpoint, load_moco_weights  # noqa: E402
 
@@ -207,18 +206,6 @@ def check_args(args, launch: Launch) -> None:
                         f"is refilled one global batch at a time")
 
 
-def check_same_experiment(source: RunDir, args) -> None:
-    """A resumed run must keep the MoCo and pruning flags it was started with (from its run.json)."""
-    path = source.file(RUN_RECORD)
-    if not os.path.isfile(path):
-        return
-    with open(path) as handle:
-        saved = json.load(handle).get("args", {})
-    for flag in MOCO_IDENTITY:
-        if flag in saved and saved[flag] != getattr(args, flag):
-            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}")
-
-
 # --------------------------------------------------------------------------------------------
 # Data, model, step
 # --------------------------------------------------------------------------------------------
@@ -380,7 +367,7 @@ def worker(args, launch: Launch, resume_file: str | None) -> None:
     weights = None if args.pretrained_path in NO_WEIGHTS else args.pretrained_path
     seed_source = RunDir(os.path.dirname(resume_file) or ".") if resume_file else RunDir(args.save_dir)
     if args.resume:
-        check_same_experiment(seed_source, args)
+        check_same_experiment(seed_source, args, MOCO_IDENTITY)
     session = open_session(args, RunDir(args.save_dir), resume_file)
     ctx, run, precision = session.ctx, session.run, session.precision
     backend = "nccl" if ctx.device.type == "cuda" else "gloo"

@@ -10,7 +10,6 @@ SAVE_DIR/EXPERIMENT. --prun_percent 0 instead trains a dense SimCLR model for --
         --sim_model simclr_weight.pt --save_dir simclr_imp
 """
 
-import json
 import os
 import shlex
 import sys
@@ -31,8 +30,7 @@ from lth.imagedata import image_folder  # noqa: E402
 from lth.loaders import DeviceLoader, Loaders  # noqa: E402
 from lth.imp import ImpConfig, ImpRun  # noqa: E402
 from lth.models import ARCHS  # noqa: E402
-from lth.runs import RUN_RECORD, RunDir  # noqa: E402
-from lth.session import check_save_dir, open_session  # noqa: E402
+from lth.session import check_same_experiment, check_save_dir, open_session  # noqa: E402
 from lth.trainer import StageFiles, TrainConfig, train_stage  # noqa: E402
 from SimCLR import simclr  # noqa: E402
 
@@ -164,18 +162,6 @@ def select_devices(args) -> int:
     return len(ids)
 
 
-def check_same_experiment(run: RunDir, args) -> None:
-    """A resumed run must keep the flags that define it (the trainer checks the common ones)."""
-    path = run.file(RUN_RECORD)
-    if not os.path.exists(path):
-        return
-    with open(path) as handle:
-        saved = json.load(handle).get("args", {})
-    for flag in SIMCLR_IDENTITY:
-        if flag in saved and saved[flag] != getattr(args, flag):
-            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}")
-
-
 def start_weights(args) -> dict | None:
     """The --sim_model weights, or None for a dense run from random init (--prun_percent 0 only)."""
     path = args.sim_model
@@ -225,7 +211,7 @@ def main(args) -> None:
     check_args(args)
     run, _ = check_save_dir(os.path.join(args.save_dir, args.experiment), bool(args.resume))
     if args.resume:
-        check_same_experiment(run, args)
+        check_same_experiment(run, args, SIMCLR_IDENTITY)
     # On resume the checkpoint holds the weights, the masks and the rewind point.
     weights = None if args.resume else start_weights(args)
     devices = select_devices(args)

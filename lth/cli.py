@@ -175,6 +175,23 @@ def add_optim_args(parser: argparse.ArgumentParser, batch_size: int,
                        help="epochs at which the learning rate is multiplied by 0.1")
 
 
+def add_iteration_args(parser: argparse.ArgumentParser, total_itrs: int, val_interval: int,
+                       lr_policies: Sequence[str] = ("poly", "multistep", "cosine")) -> argparse._ArgumentGroup:
+    """--total_itrs, --val_interval and --lr_policy: training counted in iterations (DeepLab's way).
+
+    ``TrainConfig.from_args`` reads them. Returns the group so that a script can add its own flags.
+    """
+    group = parser.add_argument_group("iterations")
+    group.add_argument("--total_itrs", type=int, default=total_itrs,
+                       help="optimizer steps per round (the data loop restarts as often as needed)")
+    group.add_argument("--val_interval", type=int, default=val_interval,
+                       help="evaluate, log and checkpoint every this many iterations (and after the last)")
+    group.add_argument("--lr_policy", default=lr_policies[0], choices=list(lr_policies),
+                       help="poly: lr x (1 - itr/total_itrs)^0.9; multistep: x0.1 at each milestone "
+                            "iteration; cosine: half a cosine to 0")
+    return group
+
+
 def add_runtime_args(parser: argparse.ArgumentParser, names: Mapping[str, Sequence[str]] | None = None,
                      workers: int | None = None, save_dir: str | None = None,
                      resume_path: bool = False) -> None:

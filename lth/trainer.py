@@ -25,8 +25,8 @@ import pruning_utils
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
 from lth.errors import UserError
-from lth.engine import (Precision, classification_step, evaluate, make_optimizer, make_scheduler, param_groups,
-                        train_one_epoch)
+from lth.engine import (LR_POLICIES, Precision, classification_step, evaluate, make_optimizer, make_scheduler,
+                        param_groups, train_one_epoch)
 from lth.loaders import Loaders  # noqa: F401  (scripts and tasks used to import it from here)
 from lth.runs import RunDir
 
@@ -80,6 +80,14 @@ class TrainConfig:
     lr_scales: Mapping[str, float] | None = None  # {"backbone.": 0.1}: per-prefix LR factors
     objective: Objective = ACCURACY
 
+    def __post_init__(self) -> None:
+        if self.lr_policy not in LR_POLICIES:
+            raise UserError(f"unknown learning-rate policy '{self.lr_policy}': choose one of {', '.join(LR_POLICIES)}")
+        if self.total_itrs is not None and self.total_itrs < 0:
+            raise UserError(f"--total_itrs must be 0 or more, got {self.total_itrs}")
+        if self.val_interval is not None and self.val_interval < 1:
+            raise UserError(f"--val_interval must be at least 1, got {self.val_interval}")
+
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> "TrainConfig":
         """The config of the shared optimisation and run flags (``lth.cli``); ``overrides`` win."""
@@ -87,6 +95,9 @@ class TrainConfig:
                       weight_decay=args.weight_decay, warmup=getattr(args, "warmup", 0),
                       milestones=list(getattr(args, "decreasing_lr", None) or []),
                       print_freq=getattr(args, "print_freq", 50), compile=getattr(args, "compile", False))
+        for name in ("total_itrs", "val_interval", "lr_policy"):  # lth.cli.add_iteration_args
+            if getattr(args, name, None) is not None:
+                values[name] = getattr(args, name)
         values.update(overrides)
         return cls(**values)
 
@@ -533,6 +544,8 @@ def restore_stage(model: nn.Module, run: RunDir, fmt: str, args: dict, conv1: bo
     progress = StageProgress.from_checkpoint(checkpoint)
     if progress.next_itr is None:
         run.rewind_logs(int(checkpoint["state"]), progress.next_epoch)
+        if progress.next_epoch == 0:  # a round's start: also lines of a stage counted in iterations
+            run.rewind_logs(int(checkpoint["state"]), 1, key="itr")
         at = f"epoch {progress.next_epoch}"
     else:
         run.rewind_logs(int(checkpoint["state"]), progress.next_itr + 1, key="itr")
