@@ -275,3 +275,25 @@ def test_an_evaluator_without_the_primary_metric_is_a_clear_error(tmp_path):
         trainer.train_stage(model, loaders, cfg, Precision.choose("fp32", CPU.device), CPU, RunDir(str(tmp_path)),
                             stage=0, progress=trainer.StageProgress(), evaluator=lambda m, loader, d: {"miou": 1.0},
                             remaining=100.0)
+
+
+def test_batches_of_any_structure_reach_the_device_whole():
+    from lth.loaders import to_device
+
+    boxes = [torch.zeros(2, 4), torch.zeros(0, 4)]  # a variable number of boxes per image
+    batch = (torch.zeros(2, 3, 4, 4), {"boxes": boxes, "mask": torch.zeros(2, 4, 4, dtype=torch.long), "id": "x"})
+    images, target = to_device(batch, torch.device("cpu"), channels_last=True)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert [tuple(b.shape) for b in target["boxes"]] == [(2, 4), (0, 4)] and target["id"] == "x"
+    assert target["mask"].dtype == torch.long and target["mask"].is_contiguous()
+
+
+def test_resuming_from_a_round_start_drops_that_rounds_iteration_lines(tmp_path):
+    from lth.checkpoint import append_jsonl
+
+    run = RunDir(str(tmp_path))
+    for row in ({"round": 0, "itr": 3}, {"round": 0, "itr": 5}, {"round": 1, "itr": 3}):
+        append_jsonl(row, run.file("metrics.jsonl"))
+    run.rewind_logs(1, 0)
+    run.rewind_logs(1, 1, key="itr")
+    assert [(row["round"], row["itr"]) for row in run.metrics()] == [(0, 3), (0, 5)]
