@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import sys
 from typing import Callable, Mapping, Sequence
 
@@ -62,16 +61,17 @@ def optional_int(text: str) -> int | None:
 
 
 def resolve_seed(seed: int | None) -> int:
-    """The run's seed: the one given (0 included) or a fresh one that is then recorded.
+    """The run's seed (see ``lth.session.resolve_seed``, which scripts reach through ``open_session``):
+    the one given or a fresh draw, rank 0's under torchrun, broadcast once."""
+    import torch.distributed as dist
 
-    Under torchrun rank 0's draw is broadcast, so every rank builds the same model and data order.
-    """
-    if seed is None:
-        from lth.distributed import broadcast_object
+    from lth.distributed import Context
+    from lth.session import resolve_seed as shared_resolve_seed
 
-        seed = broadcast_object(secrets.randbelow(2**31))
-        print(f"notice: no --seed given; using seed {seed} (recorded in run.json)", file=sys.stderr)
-    return seed
+    initialized = dist.is_available() and dist.is_initialized()
+    ctx = Context(device=None, rank=dist.get_rank() if initialized else 0,
+                  world_size=dist.get_world_size() if initialized else 1)
+    return shared_resolve_seed(seed, ctx)
 
 
 def add_data_args(parser: argparse.ArgumentParser, datasets: list[str], default: str) -> None:
@@ -185,6 +185,23 @@ def add_optim_args(parser: argparse.ArgumentParser, batch_size: int,
                        help="epochs of linear per-step learning-rate warm-up at the start of each round")
     group.add_argument("--decreasing_lr", type=milestones, default=milestones("91,136"),
                        help="epochs at which the learning rate is multiplied by 0.1")
+
+
+def add_iteration_args(parser: argparse.ArgumentParser, total_itrs: int, val_interval: int,
+                       lr_policies: Sequence[str] = ("poly", "multistep", "cosine")) -> argparse._ArgumentGroup:
+    """--total_itrs, --val_interval and --lr_policy: training counted in iterations (DeepLab's way).
+
+    ``TrainConfig.from_args`` reads them. Returns the group so that a script can add its own flags.
+    """
+    group = parser.add_argument_group("iterations")
+    group.add_argument("--total_itrs", type=int, default=total_itrs,
+                       help="optimizer steps per round (the data loop restarts as often as needed)")
+    group.add_argument("--val_interval", type=int, default=val_interval,
+                       help="evaluate, log and checkpoint every this many iterations (and after the last)")
+    group.add_argument("--lr_policy", default=lr_policies[0], choices=list(lr_policies),
+                       help="poly: lr x (1 - itr/total_itrs)^0.9; multistep: x0.1 at each milestone "
+                            "iteration; cosine: half a cosine to 0")
+    return group
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, names: Mapping[str, Sequence[str]] | None = None,

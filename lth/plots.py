@@ -1,4 +1,4 @@
-"""PNG plots of a run: accuracy against remaining weights, and per-round training curves."""
+"""PNG plots of a run: the primary metric against remaining weights, and per-round training curves."""
 
 from __future__ import annotations
 
@@ -50,16 +50,18 @@ def _remaining_ticks(values: Sequence[float], most: int = 9) -> list[float]:
     return ticks
 
 
-def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, title: str = "") -> None:
-    """Train, validation and test accuracy per epoch of one round (the original's ``net_train.png``)."""
+def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, title: str = "",
+                         ylabel: str = "accuracy (%)", xlabel: str = "epoch") -> None:
+    """Train, validation and test figures per evaluation of one round (the original's
+    ``net_train.png``); ``ylabel`` names the metric shown (accuracy for classification)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     names = {"train": "train", "ta": "validation", "test_ta": "test"}
     for key, values in history.items():
         values = [math.nan if value is None else value for value in values]  # None: null in JSON
         if any(value == value for value in values):  # a split without figures (all NaN) is left out
             ax.plot(range(len(values)), values, label=names.get(key, key))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     if title:

@@ -89,12 +89,13 @@ class RunDir:
     def summary(self) -> list[dict]:
         return read_jsonl(self.file(SUMMARY))
 
-    def rewind_logs(self, round_index: int, next_epoch: int) -> None:
-        """Drop log lines written after the checkpoint being resumed (a kill between the two)."""
+    def rewind_logs(self, round_index: int, next_epoch: int, key: str = "epoch") -> None:
+        """Drop log lines written after the checkpoint being resumed (a kill between the two):
+        those of later rounds and those of this round at ``key`` >= ``next_epoch``."""
         if not self.is_main:
             return
         keep = [row for row in self.metrics()
-                if (row.get("round", 0), row["epoch"]) < (round_index, next_epoch)]
+                if (row.get("round", 0), row.get(key, -1)) < (round_index, next_epoch)]
         _rewrite_jsonl(keep, self.file(METRICS))
         keep = [row for row in self.summary() if row.get("round", 0) < round_index]
         _rewrite_jsonl(keep, self.file(SUMMARY))
