@@ -47,6 +47,11 @@ def focal_bce(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, al
     return bce * alpha * torch.abs(target - torch.sigmoid(logits)).pow(gamma)
 
 
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 activations (autocast) are promoted: the loss is always computed in fp32 or wider."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def layer_loss(raw: torch.Tensor, decoded: torch.Tensor, label: torch.Tensor, boxes: torch.Tensor,
                stride: int, iou_threshold: float = 0.5) -> dict[str, torch.Tensor]:
     """The loss of one stride, each term summed over cells and divided by the batch size.
@@ -59,7 +64,7 @@ def layer_loss(raw: torch.Tensor, decoded: torch.Tensor, label: torch.Tensor, bo
     as the box loss, as in the original) of its predicted box with any box in ``boxes`` is below
     ``iou_threshold``.
     """
-    raw, decoded, label, boxes = raw.float(), decoded.float(), label.float(), boxes.float()
+    raw, decoded, label, boxes = (_at_least_fp32(t) for t in (raw, decoded, label, boxes))
     batch_size, grid = raw.shape[:2]
     img_size = stride * grid
     obj = label[..., 4:5]
