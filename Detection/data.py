@@ -352,20 +352,25 @@ class DetectionTrainSet(torch.utils.data.Dataset):
 
 
 class DetectionEvalSet(torch.utils.data.Dataset):
-    """Letterboxed evaluation images (no augmentation) with what is needed to map boxes back."""
+    """Letterboxed evaluation images (no augmentation) with what is needed to map boxes back.
 
-    def __init__(self, records: Sequence[DetectionRecord], img_size: int = 416):
+    ``sizes`` are the input sizes each image is letterboxed to: one for the usual evaluation,
+    several for the original's multi-scale test (``MULTI_SCALE_VAL_SIZES``).
+    """
+
+    def __init__(self, records: Sequence[DetectionRecord], img_size: int = 416, sizes: Sequence[int] | None = None):
         if not records:
             raise UserError("the evaluation set holds no image")
-        self.records, self.img_size = list(records), img_size
+        self.records = list(records)
+        self.sizes = tuple(sizes) if sizes else (img_size,)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
         image = self.records[index].load_image()
-        tensor, _ = letterbox(image, None, self.img_size)
-        return {"image": torch.from_numpy(tensor), "index": index,
+        images = [torch.from_numpy(letterbox(image, None, size)[0]) for size in self.sizes]
+        return {"image": images[0], "images": images, "index": index,
                 "orig_size": torch.tensor(image.shape[:2], dtype=torch.int64)}
 
 
@@ -378,7 +383,10 @@ def train_collate(batch: Sequence[dict]) -> dict:
 
 
 def eval_collate(batch: Sequence[dict]) -> dict:
+    """``{"image": (B, 3, S, S), "images": [one such batch per size], "index": (B,), "orig_size": (B, 2)}``."""
+    sizes = range(len(batch[0]["images"]))
     return {"image": torch.stack([item["image"] for item in batch]),
+            "images": [torch.stack([item["images"][s] for item in batch]) for s in sizes],
             "index": torch.tensor([item["index"] for item in batch], dtype=torch.int64),
             "orig_size": torch.stack([item["orig_size"] for item in batch])}
 

@@ -79,24 +79,27 @@ def nms(boxes: np.ndarray, score_threshold: float, iou_threshold: float) -> np.n
 
 
 @torch.no_grad()
-def detect(model: torch.nn.Module, images: torch.Tensor, orig_sizes: torch.Tensor, conf_thresh: float,
-           nms_thresh: float, flip: bool = False) -> list[np.ndarray]:
+def detect(model: torch.nn.Module, images: torch.Tensor | Sequence[torch.Tensor], orig_sizes: torch.Tensor,
+           conf_thresh: float, nms_thresh: float, flip: bool = False) -> list[np.ndarray]:
     """Boxes (0-based pixels of each original image, after NMS) for a batch of letterboxed images.
 
-    With ``flip`` the horizontally flipped batch is predicted too and its boxes, mirrored back,
-    join those of the batch before NMS (the original's ``flip_test``).
+    ``images`` is one batch or a list of the same images letterboxed at several sizes (the
+    original's multi-scale test): the candidates of every size join before NMS. With ``flip`` the
+    horizontally flipped batches are predicted too and their boxes, mirrored back, join as well
+    (the original's ``flip_test``).
     """
-    size = images.shape[-1]
-    candidates = [[] for _ in range(len(images))]
-    for flipped in ((False, True) if flip else (False,)):
-        batch = torch.flip(images, dims=[-1]) if flipped else images
-        _, decoded = model(batch)
-        flat = flatten_decoded(decoded).float().cpu().numpy()
-        for index, (out, hw) in enumerate(zip(flat, orig_sizes.tolist())):
-            if flipped:  # mirror the box centres back within the letterboxed frame
-                out = out.copy()
-                out[:, 0] = size - out[:, 0]
-            candidates[index].append(predictions_to_boxes(out, size, hw, conf_thresh))
+    batches = [images] if isinstance(images, torch.Tensor) else list(images)
+    candidates = [[] for _ in range(len(batches[0]))]
+    for batch in batches:
+        size = batch.shape[-1]
+        for flipped in ((False, True) if flip else (False,)):
+            _, decoded = model(torch.flip(batch, dims=[-1]) if flipped else batch)
+            flat = flatten_decoded(decoded).float().cpu().numpy()
+            for index, (out, hw) in enumerate(zip(flat, orig_sizes.tolist())):
+                if flipped:  # mirror the box centres back within the letterboxed frame
+                    out = out.copy()
+                    out[:, 0] = size - out[:, 0]
+                candidates[index].append(predictions_to_boxes(out, size, hw, conf_thresh))
     return [nms(np.concatenate(parts), conf_thresh, nms_thresh) for parts in candidates]
 
 
@@ -256,8 +259,8 @@ class DetectionEvaluator:
 
     def add(self, batch: Mapping, model: torch.nn.Module) -> None:
         device = next(model.parameters()).device
-        boxes = detect(model, batch["image"].to(device), batch["orig_size"], self.conf_thresh, self.nms_thresh,
-                       self.flip)
+        images = [b.to(device, non_blocking=True) for b in batch.get("images", [batch["image"]])]
+        boxes = detect(model, images, batch["orig_size"], self.conf_thresh, self.nms_thresh, self.flip)
         self.add_boxes(batch["index"].tolist(), boxes)
 
     def gathered(self) -> dict[str, np.ndarray]:
