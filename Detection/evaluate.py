@@ -96,9 +96,9 @@ def detect(model: torch.nn.Module, images: torch.Tensor | Sequence[torch.Tensor]
             _, decoded = model(torch.flip(batch, dims=[-1]) if flipped else batch)
             flat = flatten_decoded(decoded).float().cpu().numpy()
             for index, (out, hw) in enumerate(zip(flat, orig_sizes.tolist())):
-                if flipped:  # mirror the box centres back within the letterboxed frame
+                if flipped:  # mirror the box centres back: pixel index x <-> size - 1 - x, as the data flip
                     out = out.copy()
-                    out[:, 0] = size - out[:, 0]
+                    out[:, 0] = size - 1 - out[:, 0]
                 candidates[index].append(predictions_to_boxes(out, size, hw, conf_thresh))
     return [nms(np.concatenate(parts), conf_thresh, nms_thresh) for parts in candidates]
 

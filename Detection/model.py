@@ -283,6 +283,9 @@ class YOLOv4(nn.Module):
         # The whole torchvision ResNet, unused fc included (the original kept it too), so that
         # every tensor of a released ImageNet file has a place and tickets fit by name.
         self.backbone = build_model(arch, num_classes=1000, stem="imagenet")
+        # fc never sees a gradient (the original's SGD skipped it too); frozen, DDP needs no
+        # find_unused_parameters for it.
+        self.backbone.fc.requires_grad_(False)
         channels = BACKBONE_CHANNELS[arch]
         out_channels = ANCHORS_PER_SCALE * (5 + num_classes)
         self.spp = SpatialPyramidPooling(channels[-1], conv_type)

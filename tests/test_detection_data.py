@@ -237,8 +237,15 @@ def test_digits_detection_set():
     assert sum(len(p) for p in pools.values()) == 1797
     assert not (pools["train"] & pools["val"]) and not (pools["train"] & pools["test"]) \
         and not (pools["val"] & pools["test"])
-    # Every digit placed on a test canvas comes from the test pool.
-    test = D.digit_detection_records("test", 5, seed=1)
-    for record in test:
+    # A digit drawn at scale 2 on a test canvas is a test-pool digit, pixel for pixel.
+    test_pool = D._digit_pool("test")[0]
+    for record in D.digit_detection_records("test", 20, seed=1, scales=(2,)):
         for (x1, y1, x2, y2) in record.boxes.astype(int):
-            assert record.image[y1:y2 + 1, x1:x2 + 1, 0].any()
+            crop = record.image[y1:y2 + 1, x1:x2 + 1, 0]
+            matches = 0
+            for digit in test_pool:
+                big = np.kron(digit, np.ones((2, 2), dtype=np.uint8))
+                ys, xs = np.nonzero(big)
+                tight = big[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+                matches += tight.shape == crop.shape and np.array_equal(np.maximum(tight, crop), crop)
+            assert matches >= 1

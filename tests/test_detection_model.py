@@ -43,6 +43,15 @@ def test_output_shapes_and_decoding_at_small_size():
     assert torch.allclose(d[4:], torch.sigmoid(r[4:]))
 
 
+def test_every_trainable_tensor_gets_a_gradient():
+    # DDP without find_unused_parameters needs it; the backbone's unused fc is frozen.
+    model = tiny_model()
+    raw, decoded = model(torch.rand(2, 3, IMG, IMG))
+    (sum(r.float().mean() for r in raw) + sum(d.mean() for d in decoded)).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == [] and not model.backbone.fc.weight.requires_grad
+
+
 def test_resnet50_yolov4_has_the_original_parameter_counts():
     # The inventory's figures for the original: backbone 25.6M (with its unused fc), SPP 23.1M,
     # PANet 101.2M, heads 25.1M (built on the meta device: no memory, no init cost).
