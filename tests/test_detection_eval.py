@@ -274,11 +274,11 @@ def test_ddp_ranks_gather_detections_before_ap(tmp_path):
     single = E.DetectionEvaluator(records, VOC_CLASSES)
     single.add_boxes(range(len(records)), [detections[r.image_id] for r in records])
     expected = single.finish(str(tmp_path / "single"))
-    context = torch.multiprocessing.get_context("spawn")
+    context = torch.multiprocessing.get_context("fork")
     queue = context.SimpleQueue()
     torch.multiprocessing.start_processes(
         _gather_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp"), records, detections, queue),
-        nprocs=2, join=True, start_method="spawn")
+        nprocs=2, join=True, start_method="fork")
     results = dict(queue.get() for _ in range(2))
     assert results[0] == expected and results[1] == expected
     for name in ("dog", "person", "car"):

@@ -184,6 +184,17 @@ def test_backbone_imp_checkpoint_round_trip_and_original_keys(tmp_path):
     original["all_state_dict"] = {ORIGINAL_PREFIX + k: v for k, v in original["all_state_dict"].items()}
     converted = read_backbone_imp(original)["all_state_dict"]
     assert converted.keys() == model.state_dict().keys()
+    # Keys as the original's Build_Model names them (read from its model/YOLOv4.py structure).
+    original_names = ["_Build_Model__yolov4.backbone.layer1.0.conv1.weight_orig",
+                      "_Build_Model__yolov4.spp.head_conv.1.conv.1.running_mean",
+                      "_Build_Model__yolov4.panet.feature_transform3.conv.0.weight",
+                      "_Build_Model__yolov4.panet.resample5_4.upsample.0.conv.1.weight",
+                      "_Build_Model__yolov4.panet.resample4_5.downsample.conv.0.weight",
+                      "_Build_Model__yolov4.panet.upstream_conv5.4.conv.0.weight",
+                      "_Build_Model__yolov4.predict_net.predict_conv.2.0.conv.0.weight",
+                      "_Build_Model__yolov4.predict_net.predict_conv.2.1.bias"]
+    own = model.state_dict()
+    assert all(name[len(ORIGINAL_PREFIX):] in own for name in original_names)
     with pytest.raises(UserError, match="not a backbone_imp checkpoint"):
         read_backbone_imp({"state_dict": {}})
 
