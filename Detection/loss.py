@@ -71,9 +71,13 @@ def layer_loss(raw: torch.Tensor, decoded: torch.Tensor, label: torch.Tensor, bo
     mix = label[..., 5:6]
     pred_xywh, label_xywh = decoded[..., :4], label[..., :4]
 
-    ciou = ciou_xywh(pred_xywh, label_xywh).unsqueeze(-1)
-    box_scale = 2.0 - label_xywh[..., 2:3] * label_xywh[..., 3:4] / (img_size ** 2)
-    loss_ciou = obj * box_scale * (1.0 - ciou) * mix
+    # Only the cells holding an object contribute (the original multiplies every cell by the
+    # object flag): computing CIoU there alone gives the same sum, and a degenerate prediction in
+    # an empty cell (zero or infinite size against the all-zero label) cannot turn it into NaN.
+    cells = obj[..., 0] > 0
+    ciou = ciou_xywh(pred_xywh[cells], label_xywh[cells])
+    box_scale = 2.0 - label_xywh[cells][:, 2] * label_xywh[cells][:, 3] / (img_size ** 2)
+    loss_ciou = obj[cells][:, 0] * box_scale * (1.0 - ciou) * mix[cells][:, 0]
 
     with torch.no_grad():  # only compared with a threshold: no gradient in the original either
         best = ciou_xywh(pred_xywh.unsqueeze(4), boxes[:, None, None, None]).max(-1, keepdim=True).values

@@ -280,3 +280,20 @@ def test_targets_keep_at_most_150_boxes_per_scale_as_a_ring():
         assert np.allclose(ours, ref)
     small = box_lists[0]
     assert np.allclose(small[0], [15 + 150 % 40, 16, 10, 12])       # box 150 overwrote slot 0
+
+
+def test_a_degenerate_prediction_in_an_empty_cell_does_not_make_the_loss_nan():
+    raw, decoded, label, boxes = _layer_inputs(4)
+    empty = (label[0, :, :, :, 4] == 0).nonzero()[0]
+    decoded = decoded.clone()
+    decoded[0, empty[0], empty[1], empty[2], 2:4] = float("inf")        # exp overflow in an empty cell
+    reference = reference_layer_loss(raw, decoded, label, boxes, 8)[1]
+    assert torch.isnan(reference)                                        # the original's formula: NaN
+    decoded.requires_grad_(True)
+    ours = layer_loss(raw, decoded, label, boxes, 8)
+    assert torch.isfinite(ours["loss"])
+    ours["loss"].backward()
+    assert torch.isfinite(decoded.grad).all()
+    finite = decoded.detach().clone()
+    finite[0, empty[0], empty[1], empty[2], 2:4] = 5.0
+    assert torch.allclose(ours["ciou"], reference_layer_loss(raw, finite, label, boxes, 8)[1])
