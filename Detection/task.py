@@ -15,8 +15,11 @@ from Detection.data import (DIGIT_CLASSES, VOC_CLASSES, DetectionRecord, digit_d
                             read_annotation_list, voc_records)
 from Detection.evaluate import DetectionEvaluator
 from Detection.loss import yolo_loss
-from Detection.model import YOLOv4
+from Detection.model import BACKBONE_IMP_KEYS, YOLOv4, read_backbone_imp, rewind_pruned_convs
+import pruning_utils
+from lth.checkpoint import load_file
 from lth.errors import UserError
+from lth.imp import BackbonePruning
 from lth.models import LoadReport, load_pretrained
 
 PRIMARY_METRIC = "ap"
@@ -100,3 +103,33 @@ def run_evaluation(model: nn.Module, loader: Sequence[Mapping], evaluator: Detec
         evaluator.add(batch, model)
     model.train(was_training)
     return evaluator.finish(result_dir)
+
+
+class DetectionPruning(BackbonePruning):
+    """The original's detection IMP: global L1 pruning of the backbone's convs (conv1, BN, neck and
+    heads never); between rounds only the pruned backbone convs go back to their pre-trained
+    weights, everything else keeps its trained value (its train_imp.py's overlap load).
+
+    The rewind point is the pre-trained backbone's state_dict (torchvision names).
+    """
+
+    def rewind(self, model: nn.Module, weights: dict) -> None:
+        rewind_pruned_convs(unwrap(model), weights)
+
+
+def read_backbone_masks(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The backbone masks of any mask file this toolkit reads (tickets of every script, the
+    original's ``mask-{i}.pt``, checkpoints of classification or detection runs) and of the
+    original's ``backbone_imp{n}.pth``, named as in a classification ticket."""
+    obj = load_file(path, "mask")
+    if isinstance(obj, Mapping) and all(key in obj for key in BACKBONE_IMP_KEYS):
+        return read_backbone_imp(obj)["masks"], {"source": path, "imp": obj.get("imp")}
+    try:
+        masks, meta = pruning_utils.read_masks(obj)
+    except UserError as error:
+        raise UserError(str(error).replace("the given object", f"'{path}'")) from None
+    meta["source"] = path
+    prefix = "backbone."
+    if masks and all(key.startswith(prefix) for key in masks):  # a detection checkpoint's state_dict
+        masks = {key[len(prefix):]: value for key, value in masks.items()}
+    return masks, meta

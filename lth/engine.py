@@ -79,7 +79,8 @@ LR_POLICIES = ("multistep", "poly", "cosine")
 
 def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_epochs: int,
                    milestones: Sequence[int], gamma: float = 0.1, *, policy: str = "multistep",
-                   total_steps: int | None = None, power: float = 0.9) -> torch.optim.lr_scheduler.LambdaLR:
+                   total_steps: int | None = None, power: float = 0.9,
+                   factor: Callable[[int], float] | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step LR factor after a linear warm-up over ``warmup_epochs``, by ``policy``:
 
     * ``multistep``: x``gamma`` at each milestone epoch (the classification scripts');
@@ -87,9 +88,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmu
     * ``cosine``: half a cosine from 1 to 0 over the steps after the warm-up.
 
     Epochs here are units of ``steps_per_epoch`` steps: a run counted in iterations passes 1, and
-    its warm-up and milestones are then in iterations. Stepped once per optimizer step, so its
+    its warm-up and milestones are then in iterations. Stepped once per training batch, so its
     state (``last_epoch``) resumes exactly mid-run; every parameter group keeps its own base rate.
+    ``factor(step)``, when given, replaces ``policy``: a task's own schedule (detection's).
     """
+    if factor is not None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     warmup_steps = max(0, warmup_epochs) * steps_per_epoch
     milestones = sorted(milestones)
     if policy == "multistep":
@@ -148,14 +152,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     scheduler, ctx: Context, precision: Precision, desc: str = "train",
                     print_freq: int = 50, after_step: Callable[[], None] | None = None,
                     step: Callable[[nn.Module, object], StepResult] = classification_step,
-                    total: int | None = None) -> dict:
+                    total: int | None = None, step_after: Callable[[int], bool] | None = None) -> dict:
     """One pass over ``loader`` (an epoch, or ``total`` batches of a run counted in iterations);
     returns mean loss, accuracy (%, NaN where the step reports none), images/s and the means of
     the step's loss parts.
 
     ``step`` computes the loss of a batch (classification by default; SimCLR and MoCo pass their
     contrastive steps, other tasks theirs). ``after_step`` runs after each optimizer step (MoCo's
-    momentum update, the masks). Loss and accuracy are accumulated on the device and read once at
+    momentum update, the masks). ``step_after(i)`` says whether the optimizer steps after batch
+    ``i`` of this pass (gradient accumulation: the gradients of the batches in between are summed);
+    None steps after every batch. The scheduler steps after every batch either way, so a schedule
+    counts batches (what ``total_steps`` counts). Loss and accuracy are accumulated on the device and read once at
     the end (and every ``print_freq`` steps for the progress bar), so the step never waits on the host.
     """
     model.train()
@@ -168,14 +175,16 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=None if ctx.is_main else True, dynamic_ncols=True,
                total=total)
+    optimizer.zero_grad(set_to_none=True)
     for index, batch in enumerate(bar):
         with precision.autocast(device):
             result = step(model, batch)
-        optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
-        optimizer.step()
-        if after_step is not None:
-            after_step()
+        if step_after is None or step_after(index):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step()
         if scheduler is not None:
             scheduler.step()
         loss_sum += result.loss.detach().float() * result.count

@@ -150,6 +150,9 @@ class ImpRun:
     prune type, and the next round's ticket and checkpoint are written. The ticket made after
     the last round is written too (never trained, as in the original).
 
+    ``start(first_round=k)`` continues rounds an earlier process ran (the originals' one process
+    per round): the model must already hold round k's masks and weights.
+
     ``stage_kwargs`` go to every ``train_stage`` call (a contrastive ``step`` and ``evaluator``,
     ``after_step_factory``); ``extra_state`` adds entries to every checkpoint.
     """
@@ -157,12 +160,16 @@ class ImpRun:
     def __init__(self, model: nn.Module, loaders: Loaders, train_cfg: TrainConfig, imp_cfg: ImpConfig,
                  precision: Precision, ctx: Context, run: RunDir, args: dict,
                  strategy: PruneStrategy | None = None, stage_kwargs: dict | None = None,
-                 extra_state: Callable[[], dict] = dict):
+                 extra_state: Callable[[], dict] = dict,
+                 on_pruned: Callable[[nn.Module, int], None] | None = None):
         self.model, self.loaders, self.train_cfg, self.cfg = model, loaders, train_cfg, imp_cfg
         self.precision, self.ctx, self.run, self.args = precision, ctx, run, args
         self.strategy = strategy or PruneStrategy(imp_cfg.rate, imp_cfg.random_prune, imp_cfg.conv1)
         self.stage_kwargs = stage_kwargs or {}
         self.extra_state = extra_state
+        # Runs on every rank after each round's prune, before the rewind, with the next round's
+        # index (files of the pruned, trained model: detection's backbone_imp{k+1}.pth).
+        self.on_pruned = on_pruned
         self.rewind_weights: dict | None = None
         # The progress of the round the model is in (read by extra_state, e.g. for best_acc1).
         self.progress = StageProgress()
@@ -212,7 +219,7 @@ class ImpRun:
         return self.train_cfg
 
     # -- driving -----------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, first_round: int = 0) -> None:
         """Fresh run: the starting weights are the rewind point for lt and pt_trans.
 
         A rewind point the caller set before ``start`` is kept (SimCLR rewinds only the tensors
@@ -221,8 +228,11 @@ class ImpRun:
         if self.rewind_weights is None and self.cfg.prune_type in ("lt", "pt_trans"):
             self.rewind_weights = pruning_utils.dense_state_dict(self.model)
         self.set_rewind_point(self.rewind_weights)
-        self._write_ticket(0)
-        self._train_from(0, StageProgress(), None, None)
+        if first_round:  # lines a killed earlier attempt at this round left before its first checkpoint
+            self.run.rewind_logs(first_round, 0)
+            self.run.rewind_logs(first_round, 1, key="itr")
+        self._write_ticket(first_round)
+        self._train_from(first_round, StageProgress(), None, None)
 
     def resume(self, checkpoint_path: str | None = None) -> None:
         if checkpoint_path is None:
@@ -267,6 +277,8 @@ class ImpRun:
             raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must be "
                             "smaller than --epochs)")
         self.strategy.prune(self.model, seed=self.cfg.seed * 7919 + stage)
+        if self.on_pruned is not None:
+            self.on_pruned(self.model, stage + 1)
         self.strategy.rewind(self.model, self.rewind_weights)
         self._write_ticket(stage + 1)
         self.progress = StageProgress()

@@ -31,7 +31,8 @@ class DeviceLoader:
     ``DistributedSampler`` under DDP), so a run resumed at epoch e sees the batches it would have.
     ``collate_fn`` builds a batch from samples (torch's default stacks tensors and numbers); the
     batch may be any nesting of tuples, lists and dicts of tensors, and every tensor in it is moved
-    to the device (4-D float tensors, the images, in channels_last when asked).
+    to the device (4-D float tensors, the images, in channels_last when asked). A data set with
+    its own ``set_epoch`` (augmentation drawn from its seed and the epoch) is told the epoch too.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, seed: int, ctx: Context,
@@ -57,6 +58,8 @@ class DeviceLoader:
         self.generator.manual_seed(self._epoch_seed)
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
+        if callable(getattr(self.loader.dataset, "set_epoch", None)):
+            self.loader.dataset.set_epoch(epoch)  # a data set drawing its augmentation per (seed, epoch)
 
     def __len__(self) -> int:
         return len(self.loader)

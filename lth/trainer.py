@@ -79,6 +79,13 @@ class TrainConfig:
     power: float = 0.9
     lr_scales: Mapping[str, float] | None = None  # {"backbone.": 0.1}: per-prefix LR factors
     objective: Objective = ACCURACY
+    # Gradient accumulation: whether the optimizer steps after batch i of an epoch (None: always).
+    step_after: Callable[[int], bool] | None = None
+    # A task's own schedule: the LR factor at training batch s of the stage (replaces lr_policy).
+    lr_factor: Callable[[int], float] | None = None
+    # Counted in epochs: evaluate every this many epochs and after the last; every epoch still
+    # ends with a checkpoint (and a metrics.jsonl line of its training figures).
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
         if self.lr_policy not in LR_POLICIES:
@@ -87,6 +94,8 @@ class TrainConfig:
             raise UserError(f"--total_itrs must be 0 or more, got {self.total_itrs}")
         if self.val_interval is not None and self.val_interval < 1:
             raise UserError(f"--val_interval must be at least 1, got {self.val_interval}")
+        if self.eval_every < 1:
+            raise UserError(f"the evaluation interval must be at least 1 epoch, got {self.eval_every}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> "TrainConfig":
@@ -223,7 +232,7 @@ class StageProgress:
         history, name = self.history, objective.name
         row = {"round": stage, "remaining": round(remaining, 4)}
         if self.next_itr is None:
-            row.update(trained_epochs=len(history["train"]), best_epoch=self.best_epoch)
+            row.update(trained_epochs=self.next_epoch, best_epoch=self.best_epoch)
         else:
             row.update(trained_itrs=self.next_itr, best_itr=self.best_epoch)
         if objective.is_accuracy:
@@ -280,7 +289,8 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     IMP round (0 for one-off training); it numbers data epochs globally so data order and
     augmentation never repeat. ``remaining`` (%) is computed from the model's masks unless the
     caller knows better. ``on_epoch_end(position)`` runs after each evaluation (epoch index, or
-    iterations done).
+    iterations done). Counted in epochs with ``cfg.eval_every`` > 1, the epochs in between only
+    log their training figures and write the checkpoint (a kill resumes at the next epoch).
     """
     evaluator = evaluator or classification_evaluator(ctx, precision, loaders.num_classes)
     objective = cfg.objective
@@ -295,11 +305,17 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     steps_per_unit = 1 if cfg.by_iterations else len(loaders.train)
     scheduler = make_scheduler(optimizer, steps_per_unit, cfg.warmup, cfg.milestones, policy=cfg.lr_policy,
                                total_steps=cfg.total_itrs if cfg.by_iterations else cfg.epochs * steps_per_unit,
-                               power=cfg.power)
+                               power=cfg.power, factor=cfg.lr_factor)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state)
     if scheduler_state:
         scheduler.load_state_dict(scheduler_state)
+
+    def save_checkpoint() -> None:
+        atomic_save({"state": stage, "state_dict": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     **progress.to_checkpoint(), **checkpoint_extra()}, run.file(files.checkpoint_of(stage)))
+
     if progress.rng_state:
         _rng_restore(progress.rng_state, ctx.device)
         progress.rng_state = None
@@ -309,7 +325,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     with in_place as reapply_masks:
         train_model = wrap_for_training(model, ctx, cfg.compile)
         after_step = _chain(after_step_factory(train_model) if after_step_factory else None, reapply_masks)
-        common = dict(print_freq=cfg.print_freq, after_step=after_step, step=step)
+        common = dict(print_freq=cfg.print_freq, after_step=after_step, step=step, step_after=cfg.step_after)
         if cfg.by_iterations:
             stream = _BatchStream(loaders.train, stage, cfg.total_itrs, progress.next_itr)
         while not progress.finished(cfg):
@@ -329,6 +345,15 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                 train = train_one_epoch(train_model, loaders.train, optimizer, scheduler, ctx, precision,
                                         desc=f"round {stage} epoch {position + 1}/{cfg.epochs}", **common)
                 where = {"epoch": position}
+                if (position + 1) % cfg.eval_every and position + 1 < cfg.epochs:
+                    progress.next_epoch = position + 1  # trained, not evaluated: log and checkpoint only
+                    if ctx.is_main:
+                        run.log_epoch({"round": stage, **where, "lr": lr, "remaining": round(remaining, 4),
+                                       "train_loss": round(train["loss"], 5), **_train_figures(train),
+                                       "evaluated": False, "train_images_per_s": round(train["images_per_s"], 1),
+                                       "seconds": round(time.perf_counter() - start, 3)})
+                        save_checkpoint()
+                    continue
             val, test = _evaluate_splits(model, loaders, evaluator)
             name = objective.name
             improved = progress.record(position, train["acc"], _metric(val, name, "val"),
@@ -349,10 +374,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                        "train_images_per_s": round(train["images_per_s"], 1),
                        "seconds": round(time.perf_counter() - start, 3)}
                 run.log_epoch(row)
-                atomic_save({"state": stage, "state_dict": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             **progress.to_checkpoint(), **checkpoint_extra()},
-                            run.file(files.checkpoint_of(stage)))
+                save_checkpoint()
                 shown = f" test {test[name]:.2f}" if test else ""
                 trained = f" train {train['acc']:.2f}" if not math.isnan(train["acc"]) else ""
                 at = f"itr {position}" if cfg.by_iterations else f"epoch {position}"
@@ -477,6 +499,8 @@ def _split_row(prefix: str, result: dict | None, objective: Objective = ACCURACY
             row[f"{prefix}{key}"] = round(value, 4)
         elif key in objective.lists and isinstance(value, (list, tuple)):
             row[f"{prefix}{key}"] = [_rounded(item) for item in value]
+        elif key in objective.lists and isinstance(value, Mapping):  # per-class figures by name
+            row[f"{prefix}{key}"] = {str(name): _rounded(item) for name, item in value.items()}
     return row
 
 
