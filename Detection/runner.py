@@ -56,6 +56,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--train_list", default=None, help="--dataset lists: the training annotation list")
     data.add_argument("--test_list", default=None, help="--dataset lists: the test annotation list")
     data.add_argument("--digits_canvas", type=int, default=64, help="--dataset digits: canvas side in pixels")
+    data.add_argument("--digits_counts", type=_counts, default=_counts(",".join(map(str, task.DIGITS_COUNTS.values()))),
+                      help="--dataset digits: canvases in its train,val,test splits")
     model = parser.add_argument_group("model")
     model.add_argument("--arch", default="resnet50", choices=sorted(BACKBONE_CHANNELS),
                        help="backbone (the original's Resnet50-YOLOv4; resnet18 for CPU demos and tests)")
@@ -103,6 +105,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume_all", dest="resume", action="store_true",
                         help="the original's spelling of --resume")
     parser.add_argument("--gpu_id", dest="gpu", help="the original's spelling of --gpu")
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if len(counts) != 3 or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive counts train,val,test, got '{text}'")
+    return counts
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -183,7 +195,8 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     pretrained = resolve_pretrained(args, kind)
     args.pretrained = pretrained or "none"
     data = task.load_detection_data(args.dataset, args.data_root, seed=args.seed, canvas=args.digits_canvas,
-                                    train_list=args.train_list, test_list=args.test_list)
+                                    train_list=args.train_list, test_list=args.test_list,
+                                    digits_counts=dict(zip(task.DIGITS_COUNTS, args.digits_counts)))
     torch.manual_seed(args.seed)
     model = YOLOv4(len(data.class_names), args.arch, conv_type=args.conv_type)
     if pretrained:

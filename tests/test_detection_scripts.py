@@ -1,0 +1,264 @@
+"""The detection entry scripts end to end on tiny digits canvases with a ResNet-18 YOLOv4: IMP masks at
+0.8^k and nested with neck/heads/conv1 untouched, the original's rewind between rounds, one process
+per round equal to all rounds in one, a kill mid-round resumed to the same masks, random pruning,
+transfer of classification and detection masks, and bad input refused on one line."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import pruning_utils
+from Detection import eval as det_eval
+from Detection import train_imp, train_random, train_transfer
+from Detection.model import BACKBONE_IMP_KEYS
+from lth import cli, imp as lth_imp, trainer
+from lth.models import build_model
+from test_detection_data import write_voc
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--dataset", "digits", "--digits_canvas", "32", "--digits_counts", "24,8,8", "--arch", "resnet18",
+        "--img_size", "32", "--batch_size", "8", "--workers", "0", "--seed", "0", "--lr_schedule", "as_meant",
+        "--warmup_epochs", "0", "--lr_init", "0.01", "--print_freq", "0", "--epochs", "2"]
+
+
+def run(module, *argv):
+    return module.main(module.get_args_parser().parse_args([*TINY, *argv]))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A 'pre-trained' backbone file: a classification ResNet-18 state_dict (fc of 10 classes)."""
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(build_model("resnet18", 10, stem="imagenet").state_dict(), path)
+    return str(path)
+
+
+class Snapshots:
+    """Wraps the core's train_stage to keep each round's model state as it starts training."""
+
+    def __init__(self):
+        self.at_start = {}
+        self.real = lth_imp.train_stage
+
+    def __call__(self, model, *args, stage, **kwargs):
+        self.at_start.setdefault(stage, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        return self.real(model, *args, stage=stage, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, weights):
+    """Rounds 0..2 in one process (each 2 epochs, evaluated after the last)."""
+    path = tmp_path_factory.mktemp("imp") / "whole"
+    snapshots = Snapshots()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lth_imp, "train_stage", snapshots)
+        run(train_imp, "--imp_num", "0", "--rounds", "3", "--pretrained", weights, "--save_dir", str(path))
+    return path, snapshots.at_start
+
+
+def masks_of(path):
+    return pruning_utils.read_masks(str(path))[0]
+
+
+def rows(path, name):
+    return [json.loads(line) for line in open(os.path.join(path, name)) if line.strip()]
+
+
+def numbers(row):
+    return {k: v for k, v in row.items() if k not in ("seconds", "train_images_per_s")}
+
+
+def test_masks_shrink_by_0_8_per_round_nested_on_backbone_convs_only(whole):
+    path, _ = whole
+    masks = [masks_of(path / f"ticket_{k:02d}.pt") for k in range(4)]
+    classifier = build_model("resnet18", 10, stem="imagenet")
+    expected = {name + ".weight_mask" for name, _ in pruning_utils.prunable_convs(classifier)}
+    assert len(expected) == 19 and "conv1.weight_mask" not in expected
+    for k in (1, 2, 3):
+        assert set(masks[k]) == expected
+        assert pruning_utils.mask_remaining(masks[k]) == pytest.approx(100 * 0.8 ** k, abs=0.01)
+        assert all(torch.all(masks[k][key] <= masks[k - 1].get(key, 1)) for key in masks[k])  # nested
+    state = torch.load(path / "backbone_imp2.pth", weights_only=False)
+    assert set(state) == set(BACKBONE_IMP_KEYS) and state["imp"] == 1
+    assert "backbone.layer1.0.conv1.weight_orig" in state["all_state_dict"]
+    assert not any(k.endswith("weight_mask") for k in state["all_state_dict"] if not k.startswith("backbone."))
+    assert "backbone.conv1.weight" in state["all_state_dict"] and "weight" in state["first_conv1"]
+    summary = rows(path, "summary.jsonl")
+    assert [row["remaining"] for row in summary] == pytest.approx([100, 80, 64], abs=0.01)
+    assert all(row["primary_metric"] == "ap" and row["trained_epochs"] == 2 for row in summary)
+    metrics = rows(path, "metrics.jsonl")
+    assert [(r["round"], r["epoch"], "ap" in r) for r in metrics] == \
+        [(r, e, e == 1) for r in range(3) for e in range(2)]  # evaluated once, after the last epoch
+    evaluated = [r for r in metrics if "ap" in r][0]
+    assert {"ap50", "ap75", "class_ap50", "test_ap", "train_ciou", "train_conf", "train_cls"} <= set(evaluated)
+    assert sorted(os.listdir(path / "model1" / "pred_result"))[0] == "comp4_det_test_0.txt"
+    assert (path / "ap_vs_remaining.png").exists() and (path / "run.json").exists()
+
+
+def test_rounds_rewind_as_the_original(whole, weights):
+    """Round k+1 starts as the original's train_imp.py builds it: a fresh model with the pre-trained
+    backbone, every tensor of backbone_imp{k+1}.pth's all_state_dict whose key it has, first_conv1,
+    then the masks (written out here as the reference)."""
+    path, at_start = whole
+    pretrained = {k: v for k, v in torch.load(weights).items() if not k.startswith("fc.")}
+    for k in (1, 2):
+        saved = torch.load(path / f"backbone_imp{k}.pth", weights_only=False)
+        reference = {}
+        for key, value in saved["all_state_dict"].items():
+            if key.endswith("weight_orig"):  # no such key in the unpruned model: stays pre-trained
+                reference[key[:-len("_orig")]] = pretrained[key[len("backbone."):-len("_orig")]] * \
+                    saved["all_state_dict"][key[:-len("orig")] + "mask"]
+            elif not key.endswith("weight_mask"):
+                reference[key] = value
+        reference.update({f"backbone.conv1.{n}": v for n, v in saved["first_conv1"].items()})
+        model = at_start[k]
+        effective = {key[:-len("_orig")]: model[key] * model[key[:-len("orig")] + "mask"]
+                     for key in model if key.endswith("weight_orig")}
+        for key, value in reference.items():
+            actual = effective[key] if key in effective else model[key]
+            assert torch.equal(actual, value), key
+        neck = [key for key in reference if key.startswith(("spp.", "panet.", "predict_net."))]
+        assert neck and any(not torch.equal(at_start[0][key], reference[key]) for key in neck)  # trained values kept
+        assert not torch.equal(at_start[0]["backbone.bn1.running_mean"], reference["backbone.bn1.running_mean"])
+
+
+def test_one_process_per_round_equals_all_rounds_in_one(whole, weights, tmp_path):
+    path, _ = whole
+    folder = tmp_path / "rounds"
+    for k in range(3):
+        run(train_imp, "--imp_num", str(k), "--pretrained", weights, "--save_dir", str(folder))
+    for k in (1, 2, 3):
+        mine, theirs = masks_of(folder / f"ticket_{k:02d}.pt"), masks_of(path / f"ticket_{k:02d}.pt")
+        assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
+    assert [numbers(r) for r in rows(folder, "summary.jsonl")] == [numbers(r) for r in rows(path, "summary.jsonl")]
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_kill_mid_round_resumes_to_the_same_masks(whole, weights, tmp_path, monkeypatch):
+    path, _ = whole
+    real, calls = trainer.train_one_epoch, {"n": 0}
+
+    def dies_in_round_one(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # round 1, second epoch: after the checkpoint of its first
+            raise Killed()
+        return real(*args, **kwargs)
+
+    folder = str(tmp_path / "cut")
+    monkeypatch.setattr(trainer, "train_one_epoch", dies_in_round_one)
+    with pytest.raises(Killed):
+        run(train_imp, "--imp_num", "0", "--rounds", "3", "--pretrained", weights, "--save_dir", folder)
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    assert torch.load(os.path.join(folder, "1checkpoint.pth.tar"), weights_only=False)["epoch"] == 1
+    run(train_imp, "--imp_num", "0", "--rounds", "3", "--pretrained", weights, "--save_dir", folder, "--resume")
+    for k in (1, 2, 3):
+        mine, theirs = masks_of(os.path.join(folder, f"ticket_{k:02d}.pt")), masks_of(path / f"ticket_{k:02d}.pt")
+        assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
+    assert [numbers(r) for r in rows(folder, "metrics.jsonl")] == [numbers(r) for r in rows(path, "metrics.jsonl")]
+
+
+def test_random_pruning_one_shot_to_0_8_power_k(weights, tmp_path):
+    folder = tmp_path / "random"
+    row = run(train_random, "--imp_num", "2", "--pretrained", weights, "--save_dir", str(folder), "--epochs", "1")
+    masks = masks_of(folder / "ticket_02.pt")
+    assert pruning_utils.mask_remaining(masks) == pytest.approx(64, abs=0.01) and len(masks) == 19
+    saved = torch.load(folder / "backbone_random2.pth", weights_only=False)
+    assert set(saved) == set(BACKBONE_IMP_KEYS)
+    assert row["remaining"] == pytest.approx(64, abs=0.01) and row["round"] == 2
+    assert (folder / "model2" / "summary.jsonl").exists() and (folder / "ap_vs_remaining.png").exists()
+    # evaluation of the saved trained model reproduces the run's last figures
+    metrics = det_eval.main(det_eval.get_args_parser().parse_args(
+        [*TINY, "--checkpoint", str(folder / "model2" / "2checkpoint.pth.tar")]))
+    assert metrics["ap"] == pytest.approx(rows(folder / "model2", "metrics.jsonl")[-1]["ap"], abs=1e-3)
+
+
+def test_transfer_of_a_classification_ticket_and_of_detection_masks(whole, weights, tmp_path):
+    path, _ = whole
+    torch.manual_seed(0)
+    classifier = build_model("resnet18", 10, stem="cifar")  # the downstream scripts' network
+    pruning_utils.global_prune(classifier, 0.5)
+    masks = pruning_utils.current_masks(classifier)
+    pruning_utils.save_ticket(str(tmp_path / "ticket_05.pt"), masks, round=5)
+    row = run(train_transfer, "--mask_dir", str(tmp_path / "ticket_05.pt"), "--mask_num", "5",
+              "--pretrained", weights, "--save_dir", str(tmp_path / "transfer"), "--epochs", "1")
+    assert row["remaining"] == pytest.approx(50, abs=0.01)
+    trained = torch.load(tmp_path / "transfer" / "model5" / "5checkpoint.pth.tar", weights_only=False)["state_dict"]
+    for key, mask in masks.items():
+        assert torch.equal(trained[f"backbone.{key}"], mask.to(trained[f"backbone.{key}"].dtype))
+    # the original's mask-{i}.pt (a plain dict) found in a folder, and its backbone_imp{n}.pth, reversed
+    os.makedirs(tmp_path / "Maskall")
+    torch.save(masks, tmp_path / "Maskall" / "mask-3.pt")
+    row = run(train_transfer, "--mask_dir", str(tmp_path / "Maskall"), "--mask_num", "3", "--pretrained", weights,
+              "--save_dir", str(tmp_path / "transfer"), "--epochs", "1")
+    assert row["remaining"] == pytest.approx(50, abs=0.01)
+    row = run(train_transfer, "--mask_dir", str(path / "backbone_imp2.pth"), "--mask_num", "2", "--reverse_mask",
+              "--pretrained", weights, "--save_dir", str(tmp_path / "transfer"), "--epochs", "1")
+    assert row["remaining"] == pytest.approx(36, abs=0.01)
+    points = rows(tmp_path / "transfer", "summary.jsonl")
+    assert sorted(r["round"] for r in points) == [2, 3, 5]
+
+
+def one_line_error(capsys, module, *argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.run_main(module.main, module.get_args_parser(), list(argv))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error: ")]  # notices (weights loaded) may precede it
+    assert len(errors) == 1 and err[-1] == errors[0] and not any("Traceback" in line for line in err), err
+    return errors[0]
+
+
+def test_bad_input_is_one_line_and_overwrites_nothing(tmp_path, capsys, weights, whole):
+    base = ["--arch", "resnet18", "--img_size", "32", "--pretrained", "none", "--workers", "0"]
+    saved = tmp_path / "out"
+    saved.mkdir()
+    (saved / "keep.txt").write_text("mine")
+
+    def error(module, *argv):
+        return one_line_error(capsys, module, *base, "--save_dir", str(saved / "run"), *argv)
+
+    assert "does not exist" in error(train_imp, "--data_root", str(tmp_path / "nowhere"))
+    root = str(tmp_path / "voc")
+    write_voc(root, "VOC2007", "trainval", {"000005": (60, 40, [("dog", (5, 6, 30, 35), False)])})
+    write_voc(root, "VOC2012", "trainval", {"000009": (60, 40, [("cat", (5, 6, 30, 35), False)])})
+    write_voc(root, "VOC2007", "test", {"000001": (64, 48, [("dog", (3, 4, 40, 44), False)])})
+    xml = os.path.join(root, "VOCdevkit", "VOC2012", "Annotations", "000009.xml")
+    text = open(xml).read()
+    for old, new, expected in (("<xmax>30</xmax>", "<xmax>90</xmax>", "outside"),
+                               ("<xmax>30</xmax>", "<xmax>2</xmax>", "x2 < x1"),
+                               ("<name>cat</name>", "<name>kitten</name>", "unknown class name 'kitten'")):
+        open(xml, "w").write(text.replace(old, new))
+        message = error(train_imp, "--data_root", root)
+        assert expected in message and "000009.xml" in message
+    open(xml, "w").write(text)
+    os.remove(os.path.join(root, "VOCdevkit", "VOC2012", "JPEGImages", "000009.jpg"))
+    assert "000009.jpg" in error(train_imp, "--data_root", root)
+    os.remove(xml)
+    assert "000009.xml" in error(train_random, "--data_root", root)
+    listing = tmp_path / "train_annotation.txt"
+    listing.write_text("missing/000042.jpg 1,1,10,10,3\n")
+    assert "000042.jpg" in error(train_transfer, "--dataset", "lists", "--train_list", str(listing),
+                                 "--test_list", str(listing), "--mask_dir", str(whole[0] / "ticket_01.pt"))
+    assert "backbone_imp2.pth" in error(train_imp, "--dataset", "digits", "--imp_num", "2")
+    wide = build_model("resnet50", 10, stem="imagenet")
+    pruning_utils.global_prune(wide, 0.2)
+    pruning_utils.save_ticket(str(tmp_path / "r50.pt"), pruning_utils.current_masks(wide))
+    assert "shape" in error(train_transfer, "--dataset", "digits", "--mask_dir", str(tmp_path / "r50.pt"))
+    assert "does not exist" in error(train_transfer, "--dataset", "digits", "--mask_dir", str(tmp_path / "none.pt"))
+    assert "--pretrained" in error(train_imp, "--dataset", "digits", "--pretrained", str(tmp_path / "w.pth"))
+    assert sorted(os.listdir(saved)) == ["keep.txt"] and (saved / "keep.txt").read_text() == "mine"
+    # a finished round is never run again over its files
+    finished = whole[0]
+    before = os.path.getmtime(finished / "backbone_imp2.pth")
+    message = one_line_error(capsys, train_imp, *TINY, "--imp_num", "1", "--pretrained", weights,
+                             "--save_dir", str(finished))
+    assert "round 1 was started already" in message and os.path.getmtime(finished / "backbone_imp2.pth") == before
