@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-pretrain test bench
+.PHONY: demo demo-pretrain demo-det test bench
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -21,3 +21,6 @@ bench: $(VENV)/.installed
 
 demo-pretrain: $(VENV)/.installed
 	$(PY) -u demo/pretrain.py
+
+demo-det: $(VENV)/.installed
+	$(PY) -u demo/detection.py

@@ -399,7 +399,7 @@ DIGIT_SPLITS = ("train", "val", "test")
 _DIGIT_TEST_COUNT, _DIGIT_VAL_COUNT = 360, 144
 
 
-def _digit_pool(split: str) -> tuple[np.ndarray, np.ndarray]:
+def digit_pool(split: str) -> tuple[np.ndarray, np.ndarray]:
     """The digit images of one split: the 1,797 digits permuted once with a fixed seed, the first
     360 for test, the next 144 for validation, the rest for training (never shared)."""
     from sklearn.datasets import load_digits
@@ -423,7 +423,7 @@ def digit_detection_records(split: str, count: int, seed: int = 0, canvas: int =
         raise UserError(f"unknown digits split '{split}': choose one of {', '.join(DIGIT_SPLITS)}")
     if canvas < 8 * max(scales):
         raise UserError(f"a digits canvas must be at least {8 * max(scales)} px, got {canvas}")
-    pixels, targets = _digit_pool(split)
+    pixels, targets = digit_pool(split)
     rng = np.random.default_rng([seed, DIGIT_SPLITS.index(split), canvas])
     records = []
     for number in range(count):

@@ -233,12 +233,12 @@ def test_digits_detection_set():
             assert region[:, 0].any() and region[:, -1].any() and region[0].any() and region[-1].any()
             assert 0 <= label <= 9
     # The three splits draw from disjoint digit images (the 1,797 digits are all distinct).
-    pools = {split: {p.tobytes() for p in D._digit_pool(split)[0]} for split in D.DIGIT_SPLITS}
+    pools = {split: {p.tobytes() for p in D.digit_pool(split)[0]} for split in D.DIGIT_SPLITS}
     assert sum(len(p) for p in pools.values()) == 1797
     assert not (pools["train"] & pools["val"]) and not (pools["train"] & pools["test"]) \
         and not (pools["val"] & pools["test"])
     # A digit drawn at scale 2 on a test canvas is a test-pool digit, pixel for pixel.
-    test_pool = D._digit_pool("test")[0]
+    test_pool = D.digit_pool("test")[0]
     for record in D.digit_detection_records("test", 20, seed=1, scales=(2,)):
         for (x1, y1, x2, y2) in record.boxes.astype(int):
             crop = record.image[y1:y2 + 1, x1:x2 + 1, 0]
