@@ -42,9 +42,9 @@ def get_args_parser():
     parser.add_argument("--rounds", type=int, default=3, help="IMP rounds (round k keeps (1-rate)^k)")
     parser.add_argument("--rate", type=float, default=0.5,
                         help="share of the remaining backbone conv weights pruned per round (paper: 0.2)")
-    parser.add_argument("--epochs", type=int, default=6, help="detection epochs per round")
+    parser.add_argument("--epochs", type=int, default=8, help="detection epochs per round")
     parser.add_argument("--canvas", type=int, default=32, help="side of the digits canvases and detector input (px)")
-    parser.add_argument("--train_canvases", type=int, default=256, help="training canvases of the digits set")
+    parser.add_argument("--train_canvases", type=int, default=384, help="training canvases of the digits set")
     parser.add_argument("--lr", type=float, default=0.02, help="detection learning rate (cosine, no warm-up)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run")
     return parser

@@ -262,3 +262,47 @@ def test_bad_input_is_one_line_and_overwrites_nothing(tmp_path, capsys, weights,
     message = one_line_error(capsys, train_imp, *TINY, "--imp_num", "1", "--pretrained", weights,
                              "--save_dir", str(finished))
     assert "round 1 was started already" in message and os.path.getmtime(finished / "backbone_imp2.pth") == before
+
+
+def test_accumulation_and_learning_rate_follow_the_original_loop():
+    """The core's loop with the detection step rule and schedule against the original's train_imp.py
+    loop written out: LR set before each batch from its scheduler index, backward every batch, an
+    optimizer step (then zero_grad) only when i % accumulate == 0."""
+    from Detection import config
+    from lth.distributed import Context
+    from lth.engine import Precision, StepResult, make_optimizer, make_scheduler, train_one_epoch
+
+    torch.manual_seed(0)
+    data = [(torch.randn(4, 3), torch.randn(4, 1)) for _ in range(5)]
+    n, epochs = len(data), 3
+
+    def lr_at(step):
+        epoch, index = divmod(step, n)
+        return config.learning_rate(epoch, index, n, epochs=epochs, batch_size=2, lr_init=0.1, lr_end=1e-3,
+                                    warmup_epochs=1)
+
+    def fresh():
+        torch.manual_seed(1)
+        return torch.nn.Linear(3, 1)
+
+    reference = fresh()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for epoch in range(epochs):
+        for i, (x, y) in enumerate(data):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch * n + i)
+            ((reference(x) - y) ** 2).mean().backward()
+            if i % 2 == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+    ours = fresh()
+    optimizer = make_optimizer(ours.parameters(), 0.1, 0.9, 5e-4, torch.device("cpu"))
+    scheduler = make_scheduler(optimizer, n, 0, [], factor=lambda step: lr_at(step) / 0.1)
+    ctx = Context(device=torch.device("cpu"))
+    for _ in range(epochs):
+        train_one_epoch(ours, data, optimizer, scheduler, ctx, Precision.choose("fp32", ctx.device), print_freq=0,
+                        step=lambda model, batch: StepResult(((model(batch[0]) - batch[1]) ** 2).mean(), None, 4),
+                        step_after=lambda i: config.accumulation_steps_here(i, 2))
+    for mine, theirs in zip(ours.parameters(), reference.parameters()):
+        assert torch.allclose(mine, theirs, atol=1e-7)
+    assert not torch.equal(ours.weight, fresh().weight)
