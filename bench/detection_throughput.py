@@ -17,6 +17,7 @@ after each step, ``DeviceLoader``, bf16 autocast and channels_last on CUDA (fp32
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import sys
@@ -100,11 +101,13 @@ def engine_run(args, device, records, steps: int) -> float:
                           ctx=ctx, workers=args.workers, channels_last=precision.channels_last,
                           collate_fn=train_collate, drop_last=False)
     step_after = (lambda i: config.accumulation_steps_here(i, args.accumulate))
+    batches = _repeat(loader, args.warmup + steps)  # one stream: the loader's workers stay up, as in the reference
     with pruning_utils.masks_in_place(model) as reapply:
-        train_one_epoch(model, _repeat(loader, args.warmup), optimizer, None, ctx, precision, print_freq=0,
-                        after_step=reapply, step=detection_step, step_after=step_after, total=args.warmup)
+        train_one_epoch(model, itertools.islice(batches, args.warmup), optimizer, None, ctx, precision,
+                        print_freq=0, after_step=reapply, step=detection_step, step_after=step_after,
+                        total=args.warmup)
         _sync(device)
-        result = train_one_epoch(model, _repeat(loader, steps), optimizer, None, ctx, precision, print_freq=0,
+        result = train_one_epoch(model, batches, optimizer, None, ctx, precision, print_freq=0,
                                  after_step=reapply, step=detection_step, step_after=step_after, total=steps)
     return result["images_per_s"]
 
@@ -136,7 +139,7 @@ def main(args) -> None:
     on_cuda = device.type == "cuda"
     args.img_size = args.img_size or (416 if on_cuda else 256)
     args.batch_size = args.batch_size or (8 if on_cuda else 2)
-    steps = args.steps or (20 if on_cuda else 3)
+    steps = args.steps or (20 if on_cuda else 6)
     args.warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 1)
     records = synthetic_records(max(4 * args.batch_size, 16), seed=0)
     rows = []
@@ -170,7 +173,7 @@ def get_args_parser():
     parser.add_argument("--batch_size", type=int, default=None, help="batch size (default 8 on CUDA, 2 on CPU)")
     parser.add_argument("--accumulate", type=int, default=2, help="the original's accumulation")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers of both variants")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 20 CUDA / 3 CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per variant (default 20 CUDA / 6 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 CUDA / 1 CPU)")
     parser.add_argument("--json", default="", help="also write the figures to this JSON file")
     parser.add_argument("--markdown", default="", help="append the table to this file")

@@ -143,8 +143,8 @@ def write_report(args, accuracy: float, imp_rows, random_rows, seconds: float, p
         "",
         "Round 0 is the dense network (no random counterpart). As in the original, IMP round k starts with the "
         "neck, heads, batch norms and conv1 trained in the rounds before it, while a random-pruning run starts "
-        "them from their initialisation: at equal sparsity the IMP network has had k times more training of "
-        "those parts.",
+        "them from their initialisation: at round k the IMP network's neck and heads have trained k + 1 times "
+        "as many epochs as the random-pruning network's, so the two columns do not isolate the mask.",
         "",
         "![AP50 against remaining weights](ap50_vs_remaining.png)",
         "",
