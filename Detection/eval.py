@@ -71,10 +71,12 @@ def main(args) -> dict:
         raise UserError(f"'{args.checkpoint}' does not fit a YOLOv4-{args.arch} with {len(setup.data.class_names)} "
                         f"classes ({args.conv_type} convs): {str(error).splitlines()[0]}") from None
     remaining = DetectionPruning(0.2).remaining(model)
-    metrics = setup.evaluation(model, setup.loaders.val, "val")
+    # The split a run reports: VOC07 test (VOC's only evaluation split), the digits set's test split.
+    split = "test" if setup.loaders.test is not None else "val"
+    metrics = setup.evaluation(model, getattr(setup.loaders, split), split)
     if session.ctx.is_main:
         report = {"checkpoint": os.path.abspath(args.checkpoint), "remaining": round(remaining, 4),
-                  "dataset": args.dataset, **metrics}
+                  "dataset": args.dataset, "split": "test", **metrics}
         write_json(report, os.path.join(result_dir, "eval.json"))
         print(f"AP {metrics['ap']:.2f} AP50 {metrics['ap50']:.2f} AP75 {metrics['ap75']:.2f} "
               f"({remaining:.2f}% of backbone conv weights remain; {args.checkpoint})")

@@ -1,11 +1,5 @@
-# Evaluate round 7 of the imagenet IMP run (the original's TicketSH/imp_imagenet_eval.sh, whose train_imp_eval.py
-# crashes). Usage: sh TicketSH/imp_imagenet_eval.sh GPU [round] [extra flags]
-GPU=$1; shift || true
-i=${1:-7}; shift || true
-set -e
-cd "$(dirname "$0")/.."  # Detection/, where the original ran its scripts (weight/, seed*_ckpt/)
-PYTHON=${PYTHON:-python}
-SEED=${SEED:-10}
-TYPE=imagenet
-echo "---------- imagenet imp eval ${i}"
-CUDA_VISIBLE_DEVICES=${GPU} $PYTHON -u eval.py --imp_type ${TYPE} --imp_num ${i} --seed ${SEED} "$@"
+# Evaluate round 7 (or the one given) of the imagenet IMP run (the original's TicketSH/imp_imagenet_eval.sh,
+# whose train_imp_eval.py crashes). Usage: sh TicketSH/imp_imagenet_eval.sh GPU [round [extra flags]]
+GPU=$1; ROUND=${2:-7}
+shift; [ $# -gt 0 ] && shift
+exec sh "$(dirname "$0")/../sweep.sh" eval imagenet "$ROUND" "$ROUND" "$GPU" "$@"

@@ -1,16 +1,5 @@
 # Transfer the moco tickets 1..18 to YOLOv4 on the moco backbone (the original's TicketSH/transfer_moco.sh).
-# The mask folder is MASKROOT (default the original's ./Maskall/moco1-mask): mask-{i}.pt, ticket_{i:02d}.pt
-# or backbone_imp{i}.pth files. Usage: MASKROOT=path sh TicketSH/transfer_moco.sh GPU [extra flags]
-GPU=$1; shift || true
-set -e
-cd "$(dirname "$0")/.."  # Detection/, where the original ran its scripts (weight/, seed*_ckpt/)
-PYTHON=${PYTHON:-python}
-SEED=${SEED:-10}
-TYPE=moco
-MASKROOT=${MASKROOT:-./Maskall/moco1-mask}
-for i in $(seq 1 18)
-do
-    echo "---------- moco transfer ${i}"
-    CUDA_VISIBLE_DEVICES=${GPU} $PYTHON -u train_transfer.py --transfer_type ${TYPE} \
-        --mask_dir ${MASKROOT} --mask_num ${i} --seed ${SEED} "$@"
-done
+# The mask folder is MASKROOT (default the original's ./Maskall/moco1-mask, relative to Detection/): mask-{i}.pt,
+# ticket_{i:02d}.pt or backbone_imp{i}.pth files. Usage: MASKROOT=DIR sh TicketSH/transfer_moco.sh GPU [extra flags]
+export MASKROOT=${MASKROOT:-./Maskall/moco1-mask}
+exec sh "$(dirname "$0")/../sweep.sh" transfer moco 1 18 "$@"

@@ -1,13 +1,3 @@
-# Random-pruning control on the MoCo backbone at sparsity levels 11..12 (0.8^k remain), one process
-# each (the original's random/06_random_moco1112.sh). Usage: sh random/06_random_moco1112.sh GPU [extra flags]
-GPU=$1; shift || true
-set -e
-cd "$(dirname "$0")/.."  # Detection/, where the original ran its scripts (weight/, seed*_ckpt/)
-PYTHON=${PYTHON:-python}
-SEED=${SEED:-10}
-TYPE=${TYPE:-moco}
-for i in $(seq 11 12)
-do
-    echo "---------- ${TYPE} random ${i}"
-    CUDA_VISIBLE_DEVICES=${GPU} $PYTHON -u train_random.py --imp_type ${TYPE} --imp_num ${i} --seed ${SEED} "$@"
-done
+# Random-pruning control on the MoCo backbone at levels 11..12 (0.8^k of the conv weights remain), one
+# process each (the original's random/06_random_moco1112.sh). Usage: sh random/06_random_moco1112.sh GPU [extra flags]
+exec sh "$(dirname "$0")/../sweep.sh" random moco 11 12 "$@"
