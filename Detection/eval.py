@@ -62,7 +62,7 @@ def main(args) -> dict:
     result_dir = args.result_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"eval_{name}")
     args.resume, args.pretrained = False, args.pretrained or "none"  # the file brings every weight
     session = open_session(args, RunDir(result_dir), None, default_seed=runner.config.DEFAULTS["seed"])
-    setup = runner.build(args, session.ctx, session.precision, args.imp_type, result_dir)
+    setup = runner.build(args, session.ctx, session.precision, args.imp_type, result_dir, weights_follow=True)
     model = setup.model
     DetectionPruning(0.2).restore(model, state)
     try:

@@ -190,8 +190,10 @@ class Setup:
     pretrained_backbone: dict  # the backbone's weights before any training: the rewind point
 
 
-def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: str, result_base: str) -> Setup:
-    """Data, model (pre-trained backbone loaded), loaders, training config and evaluator of a run."""
+def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: str, result_base: str,
+          weights_follow: bool = False) -> Setup:
+    """Data, model (pre-trained backbone loaded), loaders, training config and evaluator of a run;
+    ``weights_follow``: every weight comes from a saved model afterwards (eval.py)."""
     pretrained = resolve_pretrained(args, kind)
     args.pretrained = pretrained or "none"
     data = task.load_detection_data(args.dataset, args.data_root, seed=args.seed, canvas=args.digits_canvas,
@@ -201,7 +203,7 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     model = YOLOv4(len(data.class_names), args.arch, conv_type=args.conv_type)
     if pretrained:
         task.load_backbone_weights(model, pretrained, quiet=not ctx.is_main)
-    elif ctx.is_main:
+    elif ctx.is_main and not weights_follow:
         print("notice: --pretrained none: the backbone starts from random weights", file=sys.stderr)
     pretrained_backbone = {key: value.detach().clone() for key, value in model.backbone.state_dict().items()}
     model = model.to(ctx.device)

@@ -351,3 +351,29 @@ def test_two_gloo_ranks_gather_every_detection_before_the_ap(tmp_path, weights):
         assert torch.allclose(torch.tensor(ranks[1]), torch.tensor(single[1]), atol=1e-3)
         assert torch.allclose(torch.tensor(ranks[2]), torch.tensor(single[2]), atol=1e-2)
     assert alone["ap"] == pytest.approx(logged[1]["test_ap"], abs=0.05)
+
+
+def test_voc_folders_and_the_originals_lists_train_and_write_the_devkit_files(tmp_path, weights):
+    from Detection.data import VOC_CLASSES
+
+    root = str(tmp_path / "voc")
+    write_voc(root, "VOC2007", "trainval", {"000005": (60, 40, [("dog", (5, 6, 30, 35), False),
+                                                                ("chair", (31, 2, 58, 20), True)])})
+    write_voc(root, "VOC2012", "trainval", {"2008_000002": (48, 64, [("tvmonitor", (10, 12, 40, 60), False)])})
+    write_voc(root, "VOC2007", "test", {"000001": (64, 48, [("dog", (3, 4, 40, 44), False)]),
+                                        "000004": (40, 40, [("car", (2, 2, 38, 30), True)])})  # only difficult
+    run(train_imp, "--dataset", "voc", "--data_root", root, "--epochs", "1", "--pretrained", weights,
+        "--save_dir", str(tmp_path / "voc_run"), "--digits_counts", "1,1,1")
+    files = sorted(os.listdir(tmp_path / "voc_run" / "model0" / "pred_result"))
+    assert files == sorted(f"comp4_det_test_{name}.txt" for name in VOC_CLASSES)
+    row = rows(tmp_path / "voc_run", "metrics.jsonl")[-1]
+    assert set(row["class_ap50"]) == set(VOC_CLASSES) and "test_ap" not in row  # VOC07 test is the only split
+    # the original's annotation lists: image path, then x1,y1,x2,y2,class with 1-based pixels
+    jpeg = os.path.join(root, "VOCdevkit", "VOC2007", "JPEGImages")
+    (tmp_path / "train_annotation.txt").write_text(f"{jpeg}/000005.jpg 5,6,30,35,11\n"
+                                                   f"{jpeg}/000001.jpg 3,4,40,44,11 42,5,60,30,14\n")
+    (tmp_path / "test_annotation.txt").write_text(f"{jpeg}/000001.jpg 3,4,40,44,11\n")
+    run(train_imp, "--dataset", "lists", "--train_list", str(tmp_path / "train_annotation.txt"),
+                  "--test_list", str(tmp_path / "test_annotation.txt"), "--epochs", "1", "--pretrained", weights,
+                  "--save_dir", str(tmp_path / "list_run"))
+    assert rows(tmp_path / "list_run", "summary.jsonl")[0]["primary_metric"] == "ap"
