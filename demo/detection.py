@@ -38,7 +38,7 @@ def get_args_parser():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "demo", "detection"),
                         help="output folder (replaced if it holds an earlier detection demo)")
-    parser.add_argument("--pretrain_epochs", type=int, default=2, help="digits classification epochs")
+    parser.add_argument("--pretrain_epochs", type=int, default=4, help="digits classification epochs")
     parser.add_argument("--rounds", type=int, default=3, help="IMP rounds (round k keeps (1-rate)^k)")
     parser.add_argument("--rate", type=float, default=0.5,
                         help="share of the remaining backbone conv weights pruned per round (paper: 0.2)")
