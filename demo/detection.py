@@ -23,7 +23,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from Detection.data import digit_pool  # noqa: E402
+from Detection.data import digit_detection_records, digit_pool  # noqa: E402
 from lth.checkpoint import code_version, library_versions  # noqa: E402
 from lth.distributed import Context  # noqa: E402
 from lth.engine import Precision, train_one_epoch  # noqa: E402
@@ -113,6 +113,10 @@ def read_rows(path: str) -> list[dict]:
         return sorted((json.loads(line) for line in handle if line.strip()), key=lambda row: row["round"])
 
 
+def digits_per_canvas(canvas: int) -> float:
+    return float(np.mean([len(record.boxes) for record in digit_detection_records("test", 200, 0, canvas)]))
+
+
 def write_report(args, accuracy: float, imp_rows, random_rows, seconds: float, phases: dict,
                  conditions: str) -> None:
     plot_accuracy_vs_remaining({"IMP ticket": [(r["remaining"], r["ap50"]) for r in imp_rows],
@@ -126,7 +130,8 @@ def write_report(args, accuracy: float, imp_rows, random_rows, seconds: float, p
         f"Backbone pre-trained on digits classification ({args.pretrain_epochs} epochs, train accuracy "
         f"{accuracy:.1f}%); then {args.rounds} IMP rounds pruning {args.rate:g} of the remaining backbone conv "
         f"weights each (conv1, BN, neck and heads never), {args.epochs} epochs per round on "
-        f"{args.train_canvases} canvases of {args.canvas} px (1-3 digits each, enlarged 2x or 3x), batch 16, lr {args.lr:g} (cosine), "
+        f"{args.train_canvases} canvases of {args.canvas} px (digits enlarged 2x or 3x, up to 3 per canvas where "
+        f"they fit: {digits_per_canvas(args.canvas):.2f} per test canvas on average), batch 16, lr {args.lr:g} (cosine), "
         f"seed {args.seed}. Figures: AP50 and AP (IoU 0.50:0.95) in % on the 200 test canvases, at the "
         f"evaluation of best validation AP (one evaluation per round: after its last epoch). Random pruning: "
         f"the same sparsity reached in one shot at random, trained the same way. One seed, tiny data: "
