@@ -181,6 +181,23 @@ def _read_rows(path: str) -> list[dict]:
     return rows
 
 
+KNOWN_SCRIPTS = ("main_imp_downstream.py", "main_eval_downstream.py", "main_imp_imagenet.py", "main_imp_visda.py",
+                 "main_eval_visda.py", "main.py", "main_moco_imp.py")
+
+
+def script_of(argv0: str, args: dict) -> str:
+    """The entry script of a run: argv[0]'s name, or, for a run started in-process (argv[0] is then
+    the caller's, e.g. pytest), the downstream script its flags belong to."""
+    name = os.path.basename(argv0)
+    if name in KNOWN_SCRIPTS or name.startswith(("main_", "train_")):
+        return name
+    if "pruning_times" in args:
+        return "main_imp_downstream.py"
+    if "mask_dir" in args and "dataset" in args:
+        return "main_eval_downstream.py"
+    return name
+
+
 def task_of(script: str, args: dict, metric: str) -> str:
     """What a run measures: the data set and metric it is judged by. Runs of different tasks are
     never compared with each other."""
@@ -235,7 +252,7 @@ def read_run(path: str) -> Run:
     argv = record.get("argv")
     if not isinstance(args, dict) or not argv:
         raise UserError(f"'{path}/{RUN_RECORD}' has no 'args'/'argv': not a run record of this toolkit")
-    script = os.path.basename(str(argv[0]))
+    script = script_of(str(argv[0]), args)
     rows = _read_rows(os.path.join(path, ROUND_SUMMARY))
     one_off = os.path.join(path, ONE_OFF_SUMMARY)
     reverse = bool(args.get("reverse_mask"))
@@ -341,7 +358,8 @@ class _Keys:
             record = _read_json(record_path, "run record")
         except UserError:
             return None
-        key = self.of(os.path.basename(str((record.get("argv") or ["?"])[0])), record.get("args") or {})
+        args = record.get("args") or {}
+        key = self.of(script_of(str((record.get("argv") or ["?"])[0]), args), args)
         self._memo[folder] = key
         return key
 
