@@ -102,18 +102,25 @@ def _figures(results: report.Report, out: str, title: str | None) -> list[tuple[
                                     s.std if key == "reported" else s.final_std)
                                    for s in results.stats[group.label]]
         plot_groups(curves, os.path.join(out, name), title=title, ylabel=f"{first.metric} {what}",
-                    baseline=(base.label, base.mean, base.std) if key == "reported" else None)
+                    baseline=(base.label, base.mean, base.std) if key == "reported" and base else None)
         figures.append((f"{first.metric} {what} against remaining weights, mean ± std over seeds", name))
     return figures
 
 
 def _print_summary(results: report.Report) -> None:
     base = results.baseline
-    print(f"dense baseline ({base.label}): {base.mean:.2f} ± {base.std:.2f} (n={base.n})")
-    for group in results.groups:
+    if base is not None:
+        print(f"dense baseline ({base.label}): {base.mean:.2f} ± {base.std:.2f} (n={base.n})")
+    for group in results.groups if base is not None else ():
         verdict = results.verdicts[group.label]
         print(f"{group.label}: within 1 std of dense down to "
               f"{_level(verdict['within_std'].extreme)}, >= dense down to {_level(verdict['at_least'].extreme)}")
+    for label, comparisons in results.controls.items():
+        reference = next(g for g in results.groups if g.label == label).reference.label
+        for c in comparisons:
+            test = f", Welch t {c.t:.2f}, p {c.p:.3g}" if c.p is not None else ""
+            print(f"  {report.fmt_level(c.level)} % remaining: {reference} {c.reference.mean:.2f} ± "
+                  f"{c.reference.std:.2f} vs {label} {c.control.mean:.2f} ± {c.control.std:.2f}{test}")
 
 
 def _level(level) -> str:

@@ -581,7 +581,7 @@ class Baseline:
 
 
 def choose_baseline(groups: Sequence[Group], stats: dict[str, list[LevelStats]],
-                    wanted: str | None = None) -> Baseline:
+                    wanted: str | None = None) -> Baseline | None:
     """The dense model every curve is judged against: the 100 % level of ``wanted`` (a group
     label), else of a dense transfer run, else of the first IMP group that has one."""
     candidates = [g for g in groups if g.label == wanted] if wanted else (
@@ -594,8 +594,9 @@ def choose_baseline(groups: Sequence[Group], stats: dict[str, list[LevelStats]],
         dense = [s for s in stats[group.label] if s.level >= DENSE_LEVEL]
         if dense:
             return Baseline(group.label, dense[0].mean, dense[0].std, dense[0].n)
-    raise UserError("no run has a dense (100 % remaining) level to judge matching against"
-                    + (f" in group '{wanted}'" if wanted else "; add the dense runs or IMP round 0"))
+    if wanted:
+        raise UserError(f"--baseline group '{wanted}' has no dense (100 % remaining) level")
+    return None  # no dense level anywhere: no matching verdicts
 
 
 def matches(value: float, baseline: Baseline, criterion: str, higher_is_better: bool = True) -> bool:
@@ -712,13 +713,26 @@ def _csv(value: float) -> str:
 class Report:
     groups: list[Group]
     stats: dict[str, list[LevelStats]]
-    baseline: Baseline
+    baseline: Baseline | None
     verdicts: dict[str, dict[str, Verdict]]
     controls: dict[str, list[Comparison]]
     notes: list[str] = field(default_factory=list)
 
 
+def snap_levels(runs: Sequence[Run], tolerance: float = 0.01) -> None:
+    """Make levels within ``tolerance`` (relative) of each other one level: summary rows round the
+    remaining share to 4 decimals, transfer runs do not, so 0.0144 and 0.01441 are one level."""
+    representative: list[float] = []
+    for level in sorted({p.level for run in runs for p in run.points}, reverse=True):
+        if not representative or abs(representative[-1] - level) > tolerance * representative[-1]:
+            representative.append(level)
+    for run in runs:
+        for point in run.points:
+            point.level = min(representative, key=lambda r: abs(r - point.level))
+
+
 def analyse(inputs: Inputs, baseline_label: str | None = None) -> Report:
+    snap_levels(inputs.runs)
     groups = group_runs(inputs.runs)
     notes = list(inputs.notes)
     for group in groups:
@@ -729,8 +743,13 @@ def analyse(inputs: Inputs, baseline_label: str | None = None) -> Report:
                          f"(each run counts as a sample): " + ", ".join(r.path for r in group.runs))
     stats = {group.label: aggregate(group) for group in groups}
     baseline = choose_baseline(groups, stats, baseline_label)
-    verdicts = {g.label: {c: matching_verdict(stats[g.label], baseline, c, g.higher_is_better)
-                          for c in ("within_std", "at_least")} for g in groups}
+    if baseline is None:
+        notes.append("no run has a dense (100 % remaining) level: no matching verdicts (add the dense "
+                     "runs, IMP round 0 or a ticket_00 transfer)")
+        verdicts = {}
+    else:
+        verdicts = {g.label: {c: matching_verdict(stats[g.label], baseline, c, g.higher_is_better)
+                              for c in ("within_std", "at_least")} for g in groups}
     controls = {g.label: compare_control(stats[g.reference.label], stats[g.label])
                 for g in groups if g.reference is not None}
     return Report(groups, stats, baseline, verdicts, controls, notes)
@@ -773,48 +792,15 @@ def write_report(report: Report, out: str, figures: Sequence[tuple[str, str]], c
         seeds = ", ".join(str(s) for s in sorted({str(r.seed) for r in g.runs}))
         lines.append(f"| {g.label} | {_KIND_TEXT[g.kind]} | {seeds} | {len(stats[g.label])} | "
                      f"{g.reference.label if g.reference else ''} |")
-    lines += ["", f"Dense baseline: the 100 % level of **{base.label}**: {_pm(base.mean, base.std, base.n)}.", ""]
+    if base is not None:
+        lines += ["", f"Dense baseline: the 100 % level of **{base.label}**: {_pm(base.mean, base.std, base.n)}.", ""]
+    else:
+        lines += ["", "No dense baseline: no run has a 100 % level.", ""]
     for title, name in figures:
         lines += [f"![{title}]({name})", ""]
-    lines += ["## Matching verdicts", "",
-              "The most extreme sparsity at which each curve still matches the dense baseline, under the two "
-              "criteria the paper uses: within one standard deviation of the dense mean "
-              f"(≥ {base.mean - base.std:.2f}), and at least the dense mean (≥ {base.mean:.2f})"
-              + (" (lower is better here: ≤)" if not first.higher_is_better else "") + ". "
-              "'Every level down to' is the sparsest level such that all denser levels match too.", "",
-              "| group | within 1 std of dense | every level down to | ≥ dense | every level down to |",
-              "|---|---|---:|---|---:|"]
-    for g in groups:
-        v1, v2 = report.verdicts[g.label]["within_std"], report.verdicts[g.label]["at_least"]
-        lines.append(f"| {g.label} | {_verdict_text(v1)} | {_level_or_dash(v1.contiguous)} | "
-                     f"{_verdict_text(v2)} | {_level_or_dash(v2.contiguous)} |")
-    if base.n < 2:
-        lines += ["", "The baseline has one seed, so its std is 0 and both criteria coincide."]
-    lines += [""]
-    if report.controls:
-        lines += ["## Controls", "",
-                  "Each control against the group it controls, level by level: difference of means "
-                  "(reference minus control) and Welch's t-test (unequal variances, two-sided) where both "
-                  "sides have at least two seeds.", ""]
-        for label, comparisons in report.controls.items():
-            group = next(g for g in groups if g.label == label)
-            lines += [f"### {label} vs {group.reference.label}", ""]
-            if not comparisons:
-                lines += ["No level measured by both.", ""]
-                continue
-            lines += ["| remaining (%) | reference | control | difference | t | p |", "|---:|---:|---:|---:|---:|---:|"]
-            for c in comparisons:
-                t = "-" if c.t is None else f"{c.t:.2f}"
-                p = "-" if c.p is None else f"{c.p:.3g}"
-                lines.append(f"| {fmt_level(c.level)} | {_pm(c.reference.mean, c.reference.std, c.reference.n)} | "
-                             f"{_pm(c.control.mean, c.control.std, c.control.n)} | {c.difference:+.2f} | {t} | {p} |")
-            tested = [c for c in comparisons if c.p is not None]
-            if tested:
-                better = sum(1 for c in tested if c.p < 0.05 and _better(c, first.higher_is_better))
-                worse = sum(1 for c in tested if c.p < 0.05 and not _better(c, first.higher_is_better))
-                lines += ["", f"At p < 0.05 the reference is better at {better} and worse at {worse} of "
-                              f"{len(tested)} tested levels (not corrected for multiple comparisons)."]
-            lines += [""]
+    if base is not None:
+        lines += _verdict_lines(report, first.higher_is_better)
+    lines += _control_lines(report, first.higher_is_better)
     lines += ["## Table", "",
               "Per group and level: the metric at the best evaluation, and at the last epoch (the two part "
               "ways at extreme sparsity). Also in `levels.csv`; every run's values in `runs.csv`.", "",
@@ -832,6 +818,55 @@ def write_report(report: Report, out: str, figures: Sequence[tuple[str, str]], c
     with open(path, "w") as handle:
         handle.write("\n".join(lines))
     return path
+
+
+def _verdict_lines(report: Report, higher_is_better: bool) -> list[str]:
+    base = report.baseline
+    lines = ["## Matching verdicts", "",
+             "The most extreme sparsity at which each curve still matches the dense baseline, under the two "
+             "criteria the paper uses: within one standard deviation of the dense mean "
+             + (f"(≥ {base.mean - base.std:.2f}), and at least the dense mean (≥ {base.mean:.2f}). "
+                if higher_is_better else
+                f"(≤ {base.mean + base.std:.2f}), and at most the dense mean (≤ {base.mean:.2f}); lower is better. ")
+             + "'Every level down to' is the sparsest level such that all denser levels match too.", "",
+             "| group | within 1 std of dense | every level down to | ≥ dense | every level down to |",
+             "|---|---|---:|---|---:|"]
+    for g in report.groups:
+        v1, v2 = report.verdicts[g.label]["within_std"], report.verdicts[g.label]["at_least"]
+        lines.append(f"| {g.label} | {_verdict_text(v1)} | {_level_or_dash(v1.contiguous)} | "
+                     f"{_verdict_text(v2)} | {_level_or_dash(v2.contiguous)} |")
+    if base.n < 2:
+        lines += ["", "The baseline has one seed, so its std is 0 and both criteria coincide."]
+    return lines + [""]
+
+
+def _control_lines(report: Report, higher_is_better: bool) -> list[str]:
+    if not report.controls:
+        return []
+    lines = ["## Controls", "",
+             "Each control against the group it controls, level by level: difference of means "
+             "(reference minus control) and Welch's t-test (unequal variances, two-sided) where both "
+             "sides have at least two seeds.", ""]
+    for label, comparisons in report.controls.items():
+        group = next(g for g in report.groups if g.label == label)
+        lines += [f"### {label} vs {group.reference.label}", ""]
+        if not comparisons:
+            lines += ["No level measured by both.", ""]
+            continue
+        lines += ["| remaining (%) | reference | control | difference | t | p |", "|---:|---:|---:|---:|---:|---:|"]
+        for c in comparisons:
+            t = "-" if c.t is None else f"{c.t:.2f}"
+            p = "-" if c.p is None else f"{c.p:.3g}"
+            lines.append(f"| {fmt_level(c.level)} | {_pm(c.reference.mean, c.reference.std, c.reference.n)} | "
+                         f"{_pm(c.control.mean, c.control.std, c.control.n)} | {c.difference:+.2f} | {t} | {p} |")
+        tested = [c for c in comparisons if c.p is not None]
+        if tested:
+            better = sum(1 for c in tested if c.p < 0.05 and _better(c, higher_is_better))
+            worse = sum(1 for c in tested if c.p < 0.05 and not _better(c, higher_is_better))
+            lines += ["", f"At p < 0.05 the reference is better at {better} and worse at {worse} of "
+                          f"{len(tested)} tested levels (not corrected for multiple comparisons)."]
+        lines += [""]
+    return lines
 
 
 _KIND_TEXT = {"imp": "IMP", "random": "control: random pruning", "reversed": "control: reversed masks",

@@ -307,3 +307,17 @@ def test_real_runs_and_tickets_end_to_end(tmp_path, one_thread):
     conv = [r for r in flops if r["ticket"] == "imp" and r["layer"] == "layer1.0.conv1"][0]
     assert int(conv["dense_flops"]) == 8 * 8 * 64 * 64 * 9 and int(conv["nonzero_params"]) < int(conv["dense_params"])
     make_report(tmp_path, str(tmp_path / "runs"))  # an earlier report in --out is replaced
+
+
+def test_transfer_levels_meet_rounded_summary_levels_and_no_dense_level_skips_verdicts(tmp_path):
+    # Summary rows round the remaining share to 4 decimals, transfer runs do not: one level.
+    fake_run(tmp_path / "imp", rows=rounds([90.0, 80.0], remaining=(100.0, 0.0144)), seed=0)
+    fake_run(tmp_path / "reinit", script="main_eval_downstream.py", seed=100,
+             mask_dir=str(tmp_path / "imp" / "ticket_01.pt"),
+             one_off={"remaining": 0.0144115, "test_acc_at_best_val": 70.0, "final_test_acc": 70.0})
+    results = report.analyse(report.read_runs([str(tmp_path / "imp"), str(tmp_path / "reinit")]))
+    comparison = results.controls["random re-init, masks of IMP (lt)"][0]
+    assert comparison.reference.mean == 80.0 and comparison.control.mean == 70.0
+    only_transfer = report.analyse(report.read_runs([str(tmp_path / "reinit")]))
+    assert only_transfer.baseline is None and only_transfer.verdicts == {}
+    assert any("no matching verdicts" in note for note in only_transfer.notes)
