@@ -111,7 +111,8 @@ def plot_layer_shares(shares: Mapping[str, Mapping[str, float]], path: str) -> N
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels(layers, rotation=90, fontsize=6)
     ax.set_ylabel("remaining weights (%)")
-    ax.set_yscale("log")
+    # Log scale for shares spanning orders of magnitude; linear below 0.01 % so a fully pruned layer shows as 0.
+    ax.set_yscale("symlog", linthresh=0.01)
     ax.grid(alpha=0.3)
     if len(shares) > 1:
         ax.legend(fontsize=7)

@@ -39,7 +39,7 @@ def find_tickets(specs: Sequence[str]) -> list[tuple[str | None, str]]:
     ``ticket_XX.pt``), each optionally written ``LABEL=PATH``."""
     found = []
     for spec in specs:
-        label, _, path = spec.rpartition("=") if "=" in spec and not os.path.exists(spec) else (None, "", spec)
+        label, _, path = spec.partition("=") if "=" in spec and not os.path.exists(spec) else (None, "", spec)
         label = label or None
         paths = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
         if not paths:
