@@ -89,7 +89,9 @@ def plot_groups(curves: Mapping[str, Sequence[tuple[float, float, float]]], path
         stds = [p[2] for p in points]
         values.extend(xs)
         ax.plot(xs, means, marker="o", markersize=3, color=colour, label=label)
-        if any(s > 0 for s in stds):
+        if len(points) == 1 and stds[0] > 0:  # a band needs two levels: an error bar instead
+            ax.errorbar(xs, means, yerr=stds, fmt="none", ecolor=colour, capsize=3)
+        elif any(s > 0 for s in stds):
             ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=colour, alpha=0.18, linewidth=0)
     _remaining_axis(ax, values or [100.0])

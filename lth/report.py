@@ -736,11 +736,13 @@ def analyse(inputs: Inputs, baseline_label: str | None = None) -> Report:
     groups = group_runs(inputs.runs)
     notes = list(inputs.notes)
     for group in groups:
-        seeds = [run.seed for run in group.runs]
-        repeated = sorted({str(s) for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            notes.append(f"group '{group.label}' holds seed {', '.join(repeated)} more than once "
-                         f"(each run counts as a sample): " + ", ".join(r.path for r in group.runs))
+        seen: dict[tuple, str] = {}
+        for run in group.runs:
+            for point in run.points:
+                other = seen.setdefault((str(run.seed), point.level), run.path)
+                if other != run.path:
+                    notes.append(f"group '{group.label}' holds seed {run.seed} twice at {fmt_level(point.level)} % "
+                                 f"({other} and {run.path}); each counts as a sample")
     stats = {group.label: aggregate(group) for group in groups}
     baseline = choose_baseline(groups, stats, baseline_label)
     if baseline is None:
@@ -802,7 +804,7 @@ def write_report(report: Report, out: str, figures: Sequence[tuple[str, str]], c
         lines += _verdict_lines(report, first.higher_is_better)
     lines += _control_lines(report, first.higher_is_better)
     lines += ["## Table", "",
-              "Per group and level: the metric at the best evaluation, and at the last epoch (the two part "
+              "Per group and level: the metric at the best evaluation, and at the last epoch (they can part "
               "ways at extreme sparsity). Also in `levels.csv`; every run's values in `runs.csv`.", "",
               "| group | remaining (%) | n | mean ± std | final epoch: mean ± std |", "|---|---:|---:|---:|---:|"]
     for g in groups:

@@ -17,6 +17,7 @@
 #       SimCLR/main.py); a missing folder is skipped with a notice
 #   LEVELS="0 1 ... ROUNDS-1"  ticket rounds to transfer (0 is the dense mask; it is not reversed)
 #   REWIND_EPOCH=9  for rewind_lt     EXTRA=""  flags added to every training run (e.g. --epochs 2)
+#   IMP_EXTRA=""  flags added to the IMP runs only (e.g. --rate 0.5)
 #   PYTHON=python
 # A run that finished is skipped and one that was interrupted is resumed, so the script can be
 # re-run after a stop. Example (the small end-to-end version on digits): sweeps/digits.sh
@@ -35,7 +36,9 @@ PT_TICKETS="${PT_TICKETS:-imagenet=imagenet_imp moco=moco_imp simclr=simclr_imp/
 LEVELS="${LEVELS:-$(seq -s ' ' 0 $((ROUNDS - 1)))}"
 REWIND_EPOCH="${REWIND_EPOCH:-9}"
 EXTRA="${EXTRA:-}"
+IMP_EXTRA="${IMP_EXTRA:-}"
 read -r -a EXTRA_FLAGS <<< "$EXTRA"
+read -r -a IMP_FLAGS <<< "$IMP_EXTRA"
 
 # run_once DIR EXPECTED_LINES SCRIPT FLAGS...: skip a finished run, resume an interrupted one.
 run_once() {
@@ -61,16 +64,16 @@ for seed in $SEEDS; do
     for pair in $PRETRAINED; do
         name="${pair%%=*}"; weights="${pair#*=}"
         run_once "$OUT/imp_pt_trans_${name}_s$seed" "$ROUNDS" main_imp_downstream.py --data "$DATA" \
-            --dataset "$DATASET" --arch "$ARCH" --pruning_times "$ROUNDS" --prune_type pt_trans \
+            --dataset "$DATASET" --arch "$ARCH" --pruning_times "$ROUNDS" "${IMP_FLAGS[@]}" --prune_type pt_trans \
             --pretrained "$weights" --seed "$seed"
         run_once "$OUT/random_pt_trans_${name}_s$seed" "$ROUNDS" main_imp_downstream.py --data "$DATA" \
-            --dataset "$DATASET" --arch "$ARCH" --pruning_times "$ROUNDS" --prune_type pt_trans \
+            --dataset "$DATASET" --arch "$ARCH" --pruning_times "$ROUNDS" "${IMP_FLAGS[@]}" --prune_type pt_trans \
             --pretrained "$weights" --random_prune --seed "$seed"
     done
     run_once "$OUT/imp_lt_s$seed" "$ROUNDS" main_imp_downstream.py --data "$DATA" --dataset "$DATASET" \
-        --arch "$ARCH" --pruning_times "$ROUNDS" --prune_type lt --seed "$seed"
+        --arch "$ARCH" --pruning_times "$ROUNDS" "${IMP_FLAGS[@]}" --prune_type lt --seed "$seed"
     run_once "$OUT/imp_rewind_lt_s$seed" "$ROUNDS" main_imp_downstream.py --data "$DATA" --dataset "$DATASET" \
-        --arch "$ARCH" --pruning_times "$ROUNDS" --prune_type rewind_lt --rewind_epoch "$REWIND_EPOCH" --seed "$seed"
+        --arch "$ARCH" --pruning_times "$ROUNDS" "${IMP_FLAGS[@]}" --prune_type rewind_lt --rewind_epoch "$REWIND_EPOCH" --seed "$seed"
     for pair in $PT_TICKETS; do
         name="${pair%%=*}"; tickets="${pair#*=}"; weights="$(weights_of "$name")"
         if [[ ! -d "$tickets" ]]; then

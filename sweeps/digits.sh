@@ -14,7 +14,8 @@ export OUT="${OUT:-sweep_digits}"
 export SEEDS="${SEEDS:-0 1 2}"
 export ROUNDS="${ROUNDS:-3}"
 export DATASET=digits ARCH=resnet18 REWIND_EPOCH=0 TQDM_DISABLE=1
-export EXTRA="--epochs 2 --batch_size 64 --lr 0.05 --decreasing_lr 1 --rate 0.5 --print_freq 0"
+export EXTRA="--epochs 2 --batch_size 64 --lr 0.05 --decreasing_lr 1 --print_freq 0"
+export IMP_EXTRA="--rate 0.5"
 STANDIN="${OUT}_pretraining"
 
 if [[ ! -f "$STANDIN/summary.jsonl" ]] || (( $(wc -l < "$STANDIN/summary.jsonl") < ROUNDS )); then
