@@ -67,16 +67,20 @@ def _ints(text: str) -> list[int]:
 
 def main(args) -> None:
     start = time.time()
-    if os.path.exists(os.path.join(args.out, "report", "report.md")) or os.path.exists(os.path.join(args.out, "report.md")):
+    runs, report = os.path.join(args.out, "runs"), os.path.join(args.out, "report")
+    earlier = [path for path in (runs, report) if os.path.exists(path)]
+    if earlier:
+        # The demo owns runs/ and report/ (also after an interrupted demo); anything else in --out stays.
+        demo_runs = os.path.isdir(runs) and any(name.startswith(("imp_lt_s", "random_s")) for name in os.listdir(runs))
+        if not (os.path.isfile(os.path.join(report, "report.md")) or demo_runs):
+            sys.exit(f"error: {args.out} holds runs/ or report/ that are not a demo's; move them away or pass --out")
         print(f"replacing the earlier demo in {args.out}")
-        shutil.rmtree(args.out)
-    elif os.path.exists(args.out) and os.listdir(args.out):
-        sys.exit(f"error: {args.out} exists and does not hold a demo; move it away or pass --out")
+        for path in earlier:
+            shutil.rmtree(path)
     seeds = _ints(args.seeds)
     for k in _ints(args.reinit_rounds) + _ints(args.reversed_rounds):
         if not 0 < k < args.rounds:
             sys.exit(f"error: ticket rounds must lie in 1..{args.rounds - 1} (trained tickets), got {k}")
-    runs = os.path.join(args.out, "runs")
     last = args.epochs - 1
     common = ["--dataset", "digits", "--arch", args.arch, "--epochs", str(args.epochs),
               "--batch_size", str(args.batch_size), "--lr", str(args.lr),
@@ -118,11 +122,11 @@ def main(args) -> None:
         tickets.append(f"IMP s{seeds[1]}={os.path.join(runs, f'imp_lt_s{seeds[1]}', f'ticket_{sparsest:02d}.pt')}")
     tickets.append(f"random s{seeds[0]}={os.path.join(runs, f'random_s{seeds[0]}', f'ticket_{sparsest:02d}.pt')}")
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    subprocess.run([sys.executable, os.path.join(ROOT, "main_report.py"), runs, "--out", os.path.join(args.out, "report"),
+    subprocess.run([sys.executable, os.path.join(ROOT, "main_report.py"), runs, "--out", report,
                     "--title", f"{args.arch} on digits, {len(seeds)} seeds", "--tickets", *tickets],
                    check=True, cwd=ROOT, env=env)
     minutes = (time.time() - start) / 60
-    with open(os.path.join(args.out, "report", "report.md"), "a") as handle:
+    with open(os.path.join(report, "report.md"), "a") as handle:
         handle.write(f"\nDemo wall time {minutes:.1f} min ({os.cpu_count()} CPUs, {args.jobs} runs at a time).\n")
     print(f"demo finished in {minutes:.1f} min")
 
