@@ -92,7 +92,7 @@ def main(args) -> None:
         run("main_imp_downstream.py", *common, *imp_flags, "--seed", str(seed), "--save_dir", imp_dir)
         jobs = []
         for k in _ints(args.reinit_rounds):
-            # The ticket's mask from a new random init (another seed draws another init).
+            # The ticket's mask from a new random init (seed + 100 draws another init, and another data order).
             jobs.append(pool.submit(run, "main_eval_downstream.py", *common, "--seed", str(seed + 100),
                                     "--mask_dir", os.path.join(imp_dir, f"ticket_{k:02d}.pt"),
                                     "--save_dir", os.path.join(runs, f"reinit_r{k:02d}_s{seed}")))
