@@ -241,11 +241,13 @@ def make_loaders(args, ctx, launch: Launch) -> Loaders:
     workers = -(-args.workers // launch.local)
     common = dict(seed=args.seed, ctx=ctx, workers=workers)
     loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, **common),
-                      val=DeviceLoader(val_set, per_process, train=False, **common),
+                      # The last partial batch is dropped in both, as the original's loaders did.
+                      val=DeviceLoader(val_set, per_process, train=False, drop_last=True, **common),
                       test=None, num_classes=len(train_set.classes))
-    if len(loaders.train) == 0:
-        raise UserError(f"{os.path.join(args.data, 'train')} has {len(train_set)} images, fewer than one "
-                        f"batch of {per_process} per process: lower --batch-size")
+    for split, loader, dataset in (("train", loaders.train, train_set), ("val", loaders.val, val_set)):
+        if len(loader) == 0:
+            raise UserError(f"{os.path.join(args.data, split)} has {len(dataset)} images, fewer than one "
+                            f"batch of {per_process} per process: lower --batch-size")
     return loaders
 
 
@@ -366,6 +368,7 @@ def _spawned(local_rank: int, launch: Launch, host: str, port: str, args, resume
     os.environ.update(RANK=str(node * launch.local + local_rank), WORLD_SIZE=str(launch.world),
                       LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(launch.local),
                       MASTER_ADDR=host, MASTER_PORT=port)
+    cli.set_deterministic(args.deterministic)  # a spawned process starts with PyTorch's defaults
     try:
         worker(args, launch, resume_file)
     except UserError as error:
@@ -383,7 +386,7 @@ def worker(args, launch: Launch, resume_file: str | None) -> None:
     ctx = distributed.setup(args.gpu, args.cpu)
     run = RunDir(args.save_dir, ctx.is_main)
     seed = args.seed if not args.resume else seed_source.recorded_seed(args.seed)
-    args.seed = distributed.broadcast_object(cli.resolve_seed(seed) if ctx.is_main else seed)
+    args.seed = cli.resolve_seed(seed)  # every rank calls it: it broadcasts rank 0's draw once
     backend = "nccl" if ctx.device.type == "cuda" else "gloo"
     if ctx.is_main and ctx.distributed and args.dist_backend not in ("nccl", backend):
         # The default (nccl) is silently gloo on the CPU; only an explicit other choice is worth a word.

@@ -18,6 +18,7 @@ from lth.distributed import Context
 from lth.errors import UserError
 from lth.engine import (Precision, classification_step, evaluate, make_optimizer, make_scheduler,
                         train_one_epoch)
+from lth.optim import masks_in_place_exact
 from lth.runs import RunDir
 
 
@@ -171,8 +172,10 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     if scheduler_state:
         scheduler.load_state_dict(scheduler_state)
     # Masks multiplied into the weights after each step instead of prune's forward pre-hooks:
-    # the same numbers, a little faster (docs/PERFORMANCE.md); the hooks are back afterwards.
-    in_place = pruning_utils.masks_in_place(model) if cfg.inplace_masks else contextlib.nullcontext(None)
+    # the same numbers for element-wise optimizers, a little faster (docs/PERFORMANCE.md); the
+    # hooks are back afterwards. LARS's whole-tensor norms need the hooks' dense weight_orig.
+    in_place = (pruning_utils.masks_in_place(model) if cfg.inplace_masks and masks_in_place_exact(cfg.optimizer)
+                else contextlib.nullcontext(None))
     with in_place as reapply_masks:
         train_model = wrap_for_training(model, ctx, cfg.compile)
         after_step = _chain(after_step_factory(train_model) if after_step_factory else None, reapply_masks)
