@@ -17,6 +17,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
+from PIL import ImageFilter  # noqa: E402
 
 import pruning_utils  # noqa: E402
 from lth import cli, distributed  # noqa: E402
@@ -221,15 +222,31 @@ def check_same_experiment(source: RunDir, args) -> None:
 # Data, model, step
 # --------------------------------------------------------------------------------------------
 
+class GaussianBlur:
+    """MoCo v2's blur: PIL's ``ImageFilter.GaussianBlur`` with a radius drawn uniformly from ``sigma``.
+
+    The original drew the radius with Python's ``random``; torch's generator is used here, which
+    the data loader seeds per (seed, epoch), so runs stay reproducible.
+    """
+
+    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)):
+        self.sigma = sigma
+
+    def __call__(self, image):
+        radius = float(torch.empty(()).uniform_(self.sigma[0], self.sigma[1]))
+        return image.filter(ImageFilter.GaussianBlur(radius=radius))
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(sigma={self.sigma})"
+
+
 def moco_augmentation(size: int, plus: bool) -> T.Compose:
     """MoCo v2's augmentation (``plus``) or MoCo v1's, ending in ImageNet normalisation."""
     crop = T.RandomResizedCrop(size, scale=(0.2, 1.0))
     finish = [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if plus:
-        # sigma in [0.1, 2] pixels as MoCo v2's PIL blur; 13 taps cover +-3 sigma at the largest.
         return T.Compose([crop, T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-                          T.RandomGrayscale(p=0.2),
-                          T.RandomApply([T.GaussianBlur(13, sigma=(0.1, 2.0))], p=0.5), *finish])
+                          T.RandomGrayscale(p=0.2), T.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5), *finish])
     return T.Compose([crop, T.RandomGrayscale(p=0.2), T.ColorJitter(0.4, 0.4, 0.4, 0.4), *finish])
 
 

@@ -217,15 +217,18 @@ def make_step(temperature: float, channels_last: bool = False, form: str = "orig
 
 
 def make_eval_logits(channels_last: bool = False):
-    """``logits_fn`` for ``lth.contrastive.contrastive_evaluate``: cosine similarity of backbone
-    features between all 2n views of a batch (self excluded), and each view's positive."""
+    """``logits_fn`` for ``lth.contrastive.contrastive_evaluate``: the original's ``contrastive_acc``.
+
+    Cosine similarity of the backbone features of this rank's 2n views against the 2N views of
+    the whole batch (gathered under DDP, so every view has as many distractors as with the
+    original's single process), a view's similarity with itself set to 0 (as the original did,
+    not excluded), and each view's positive.
+    """
     def logits_fn(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
         views, _ = batch
-        n = views.size(0)
-        h = F.normalize(backbone_features(model, stack_views(views, channels_last)).float(), dim=1)
-        logits = (h @ h.T).fill_diagonal_(float("-inf"))
-        positive = (torch.arange(2 * n, device=h.device) + n) % (2 * n)
-        return logits, positive
+        h1, h2 = backbone_features(model, stack_views(views, channels_last)).float().chunk(2)
+        cosine, own, positive = _similarities(h1, h2)
+        return cosine.masked_fill(F.one_hot(own, cosine.size(1)).bool(), 0.0), positive
     return logits_fn
 
 
