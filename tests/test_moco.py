@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -327,7 +328,16 @@ def test_two_process_gloo_run_without_seed_ends_with_the_same_masks_on_both_rank
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                SCRIPT, files["data"], "--pretrained_path", files["v2"], *flags, "--save_dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    # Its own process group, so that a hang kills torchrun's workers too rather than leaving them.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               env=env, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the 2-process run without --seed hung (mismatched collectives?)")
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "no --seed given" in result.stderr
     assert isinstance(json.loads((out / "run.json").read_text())["args"]["seed"], int)
