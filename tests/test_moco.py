@@ -4,7 +4,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -328,14 +327,16 @@ def test_two_process_gloo_run_without_seed_ends_with_the_same_masks_on_both_rank
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                SCRIPT, files["data"], "--pretrained_path", files["v2"], *flags, "--save_dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # Its own process group, so that a hang kills torchrun's workers too rather than leaving them.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                               env=env, start_new_session=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     try:
         stdout, stderr = process.communicate(timeout=300)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+        # SIGTERM, not SIGKILL: torchrun then stops its workers (each runs in a session of its own).
+        process.terminate()
+        try:
+            process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
         pytest.fail("the 2-process run without --seed hung (mismatched collectives?)")
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
