@@ -252,6 +252,8 @@ def _nt_xent_rank(rank, world, port, z1, z2, out):
         loss = simclr.nt_xent(a, b, 0.5, form=form)
         loss.backward()
         torch.save((loss.detach(), a.grad, b.grad), os.path.join(out, f"{form}{rank}.pt"))
+    with torch.inference_mode():  # validation ranks each view against the views of every rank
+        torch.save(simclr._similarities(z1[rows], z2[rows]), os.path.join(out, f"similarities{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -274,6 +276,12 @@ def test_nt_xent_under_ddp_equals_the_global_batch_loss(tmp_path):
         # DDP averages gradients over the 2 ranks: that must give the global-batch gradient.
         assert torch.allclose(torch.cat([ranks[0][1], ranks[1][1]]) / 2, a.grad.float(), atol=1e-6), form
         assert torch.allclose(torch.cat([ranks[0][2], ranks[1][2]]) / 2, b.grad.float(), atol=1e-6), form
+    cosine, own, positive = simclr._similarities(z1, z2)
+    for rank in range(2):
+        part, part_own, part_positive = torch.load(tmp_path / f"similarities{rank}.pt")
+        rows = torch.cat([torch.arange(3) + 3 * rank, torch.arange(3) + 6 + 3 * rank])
+        assert torch.allclose(part, cosine[rows], atol=1e-6)
+        assert torch.equal(part_own, own[rows]) and torch.equal(part_positive, positive[rows])
 
 
 def original_lars_step(weight, grad, buffer, lr, momentum, weight_decay, eta=1e-3):
