@@ -378,6 +378,7 @@ class DigitsSplits:
     train: ArraySegmentation
     val: ArraySegmentation
     test: ArraySegmentation
+    sources: dict  # split -> (canvases, per_canvas) indices into sklearn's digits
     num_classes: int = DIGITS_CLASSES
 
 
@@ -399,14 +400,15 @@ def digits_segmentation(seed: int = 0, canvas: int = 32, digit_size: int = 12, p
     held = int(round(held_out * len(glyphs)))
     parts = {"val": order[:held], "test": order[held: 2 * held], "train": order[2 * held:]}
     scaled = _scale_glyphs(glyphs.reshape(-1, 8, 8) / 16.0, digit_size)
-    built = {}
+    built, sources = {}, {}
     for name in ("train", "val", "test"):
         indices = parts[name][: len(parts[name]) // per_canvas * per_canvas].reshape(-1, per_canvas)
         images, masks = _paste(scaled, classes, indices, canvas, rng)
         ids = [f"digits-{name}-{i:04d}" for i in range(len(images))]
         transform = train_transform("digits", canvas) if name == "train" else val_transform()
         built[name] = ArraySegmentation(images, masks, ids, DIGITS_CLASSES, transform)
-    return DigitsSplits(**built)
+        sources[name] = indices
+    return DigitsSplits(**built, sources=sources)
 
 
 def _scale_glyphs(glyphs: np.ndarray, size: int) -> np.ndarray:
