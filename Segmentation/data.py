@@ -383,14 +383,16 @@ class DigitsSplits:
 
 
 def digits_segmentation(seed: int = 0, canvas: int = 32, digit_size: int = 12, per_canvas: int = 2,
-                        held_out: float = 0.15) -> DigitsSplits:
+                        held_out: float = 0.15, train_copies: int = 3) -> DigitsSplits:
     """scikit-learn's 1,797 digits pasted on ``canvas`` x ``canvas`` images, deterministic in ``seed``.
 
     Each digit is scaled to ``digit_size`` px and pasted in a random colour on a noisy background
     of another colour; its mask is class + 1 where the scaled glyph is brighter than 30 % of full
     ink, with a one-pixel ring of 255 (ignored, like VOC's object boundaries) around it; the rest
     is background 0. The digit images are split before pasting (``held_out`` each for validation
-    and test), so no digit image appears in two splits.
+    and test), so no digit image appears in two splits. Each training digit is pasted
+    ``train_copies`` times (other partners, places and colours): a set that small is otherwise
+    memorised within a few hundred steps.
     """
     from sklearn.datasets import load_digits
 
@@ -402,7 +404,9 @@ def digits_segmentation(seed: int = 0, canvas: int = 32, digit_size: int = 12, p
     scaled = _scale_glyphs(glyphs.reshape(-1, 8, 8) / 16.0, digit_size)
     built, sources = {}, {}
     for name in ("train", "val", "test"):
-        indices = parts[name][: len(parts[name]) // per_canvas * per_canvas].reshape(-1, per_canvas)
+        copies = train_copies if name == "train" else 1
+        pool = np.concatenate([parts[name]] + [rng.permutation(parts[name]) for _ in range(copies - 1)])
+        indices = pool[: len(pool) // per_canvas * per_canvas].reshape(-1, per_canvas)
         images, masks = _paste(scaled, classes, indices, canvas, rng)
         ids = [f"digits-{name}-{i:04d}" for i in range(len(images))]
         transform = train_transform("digits", canvas) if name == "train" else val_transform()

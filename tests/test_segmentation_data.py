@@ -230,7 +230,7 @@ def test_digits_set_is_deterministic_with_disjoint_splits():
     assert np.array_equal(first.train.images, second.train.images)
     assert np.array_equal(first.val.masks, second.val.masks)
     assert not np.array_equal(first.train.images, other.train.images)
-    assert first.num_classes == 11 and (len(first.train), len(first.val), len(first.test)) == (628, 135, 135)
+    assert first.num_classes == 11 and (len(first.train), len(first.val), len(first.test)) == (1885, 135, 135)
     image, target = first.train[3]
     assert image.shape == (3, 32, 32) and target["mask"].shape == (32, 32)
     values = set(np.unique(first.train.masks).tolist())
