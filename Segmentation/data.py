@@ -465,3 +465,40 @@ def _dilate(region: np.ndarray) -> np.ndarray:
         for dx in range(3):
             out |= padded[dy: dy + height, dx: dx + width]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# One call for the scripts
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class SegmentationData:
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    num_classes: int
+    name: str
+
+
+def load_segmentation(name: str, data_root: str | None = None, *, year: str = "2012", crop_size: int = 513,
+                      crop_val: bool = False, seed: int = 0) -> SegmentationData:
+    """``--dataset voc|cityscapes|digits`` with the original's transforms (``seed`` builds digits only).
+
+    VOC and Cityscapes are evaluated on their validation split, as the original; digits also has a
+    held-out test split.
+    """
+    if name not in DATASETS:
+        raise UserError(f"--dataset must be one of {', '.join(DATASETS)}, got '{name}'")
+    if name == "digits":
+        digits = digits_segmentation(seed)
+        return SegmentationData(digits.train, digits.val, digits.test, digits.num_classes, name)
+    if not data_root:
+        raise UserError(f"--dataset {name} needs --data_root")
+    if crop_size < 1:
+        raise UserError(f"--crop_size must be positive, got {crop_size}")
+    evaluation = val_transform(crop_size if crop_val else None)
+    if name == "voc":
+        return SegmentationData(voc_segmentation(data_root, year, "train", train_transform("voc", crop_size)),
+                                voc_segmentation(data_root, year, "val", evaluation), None, VOC_CLASSES, name)
+    return SegmentationData(cityscapes_segmentation(data_root, "train", train_transform("cityscapes", crop_size)),
+                            cityscapes_segmentation(data_root, "val", evaluation), None, CITYSCAPES_CLASSES, name)

@@ -263,3 +263,22 @@ def test_prediction_writer_writes_voc_palette_pngs_at_the_targets_size(tmp_path)
     assert first.getpalette()[15 * 3: 15 * 3 + 3] == [192, 128, 128]  # VOC's 'person'
     assert (tmp_path / "val" / "city_frame_pred.png").exists()
     assert cityscapes_palette()[0].tolist() == [128, 64, 128] and cityscapes_palette()[255].tolist() == [0, 0, 0]
+
+
+def test_load_segmentation_builds_each_data_set_with_its_transforms(tmp_path):
+    make_voc(tmp_path / "voc")
+    voc = data.load_segmentation("voc", str(tmp_path / "voc"), crop_size=12, crop_val=True)
+    assert voc.num_classes == 21 and voc.test is None
+    assert voc.train[0][0].shape == (3, 12, 12) and voc.val[0][0].shape == (3, 12, 12)
+    full = data.load_segmentation("voc", str(tmp_path / "voc"), crop_size=12)
+    assert full.val[0][0].shape == (3, 16, 16)
+    make_cityscapes(tmp_path / "cs")
+    cityscapes = data.load_segmentation("cityscapes", str(tmp_path / "cs"), crop_size=8)
+    assert cityscapes.num_classes == 19 and cityscapes.train[0][0].shape == (3, 8, 8)
+    assert cityscapes.val[0][0].shape == (3, 12, 16)
+    digits = data.load_segmentation("digits", seed=0)
+    assert digits.num_classes == 11 and len(digits.test) == 135
+    with pytest.raises(UserError, match="--dataset"):
+        data.load_segmentation("ade20k", str(tmp_path))
+    with pytest.raises(UserError, match="--data_root"):
+        data.load_segmentation("voc", None)
