@@ -282,3 +282,24 @@ def test_load_segmentation_builds_each_data_set_with_its_transforms(tmp_path):
         data.load_segmentation("ade20k", str(tmp_path))
     with pytest.raises(UserError, match="--data_root"):
         data.load_segmentation("voc", None)
+
+
+def test_a_bad_label_found_in_a_loader_worker_is_one_line(tmp_path, capsys):
+    import argparse
+
+    from torch.utils.data import DataLoader
+
+    from lth.cli import run_main
+
+    voc = make_voc(tmp_path)
+    _label_png(os.path.join(voc, "SegmentationClass", "a.png"), _voc_labels(21, 28, 1))
+
+    def main(args):
+        train = data.voc_segmentation(str(tmp_path), "2012", "train")
+        list(DataLoader(train, batch_size=1, num_workers=1, collate_fn=data.pad_collate))
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, argparse.ArgumentParser(), [])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: label '") and "a.png' is 28x21" in err
