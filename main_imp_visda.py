@@ -135,8 +135,10 @@ def main(args) -> None:
         rows = run.summary()
         if rows:
             last = rows[-1]
+            mean_class = last.get("mean_class_acc")  # None (null) where it was not computed
             print(f"last round ({last['remaining']:.2f}% of conv weights): best val top-1 "
-                  f"{last['best_val_acc']:.2f}%, mean class accuracy {last.get('mean_class_acc', float('nan')):.2f}%")
+                  f"{last['best_val_acc']:.2f}%, mean class accuracy "
+                  f"{'-' if mean_class is None else format(mean_class, '.2f')}%")
         print(f"done: tickets, checkpoints, metrics.jsonl, summary.jsonl and "
               f"accuracy_vs_remaining.png are in {args.save_dir}")
     distributed.teardown()

@@ -20,7 +20,7 @@ import torchvision.transforms as T  # noqa: E402
 
 import pruning_utils  # noqa: E402
 from lth import cli, distributed  # noqa: E402
-from lth.checkpoint import atomic_save  # noqa: E402
+from lth.checkpoint import atomic_save, trusted_checkpoints  # noqa: E402
 from lth.contrastive import TwoViews, contrastive_evaluate  # noqa: E402
 from lth.engine import Precision, StepResult  # noqa: E402
 from lth.errors import UserError  # noqa: E402
@@ -367,7 +367,8 @@ def _spawned(local_rank: int, launch: Launch, host: str, port: str, args, resume
                       LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(launch.local),
                       MASTER_ADDR=host, MASTER_PORT=port)
     try:
-        worker(args, launch, resume_file)
+        with trusted_checkpoints(args.trust_checkpoint):  # a fresh interpreter: run_main's setting is lost
+            worker(args, launch, resume_file)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

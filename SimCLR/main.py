@@ -103,6 +103,7 @@ def get_args_parser():
     group.add_argument("--print_freq", type=int, default=50,
                        help="update the progress bar's loss/accuracy every this many steps")
     cli.add_speed_args(group)
+    cli.add_trust_arg(group)
     return parser
 
 

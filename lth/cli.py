@@ -30,9 +30,12 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
              argv: list[str] | None = None) -> None:
     """Parse, run, and turn a ``UserError`` into ``error: ...`` on stderr with exit status 2."""
+    from lth.checkpoint import trusted_checkpoints
+
     args = parser.parse_args(argv)
     try:
-        main(args)
+        with trusted_checkpoints(getattr(args, "trust_checkpoint", False)):
+            main(args)
     except UserError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)
@@ -102,6 +105,15 @@ def add_speed_args(group) -> None:
                        help="memory layout of activations; auto: on for CUDA, off on CPU")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model (recompiled once per round, after re-pruning)")
+
+
+def add_trust_arg(group) -> None:
+    """--trust_checkpoint: the one way to load a checkpoint that holds arbitrary Python objects."""
+    group.add_argument("--trust_checkpoint", action="store_true",
+                       help="load every checkpoint, weight and mask file in full even when it holds "
+                            "Python objects besides tensors, numbers, argparse.Namespace and numpy "
+                            "scalars; unpickling such a file can run any code in it, so only pass "
+                            "this for files you trust (without it they are refused)")
 
 
 def apply_ticket_args(model, args, is_main: bool) -> tuple[dict, float]:
@@ -211,6 +223,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, names: Mapping[str, Sequen
     group.add_argument(*_names("--print_freq", names), dest="print_freq", type=int, default=50,
                        help="update the progress bar's loss/accuracy every this many steps")
     add_speed_args(group)
+    add_trust_arg(group)
     if workers is None:
         group.add_argument("--workers", "-j", type=int, default=0,
                            help="accepted for compatibility; small data sets live in memory and need no workers")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Mapping, Sequence
 
@@ -16,6 +17,9 @@ def plot_accuracy_vs_remaining(curves: Mapping[str, Sequence[tuple[float, float]
     """One line per curve of ``(remaining %, accuracy %)`` points, remaining weights on a log axis
     that runs from dense (left) to sparse (right), as in the paper's figures."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    # Figures read back from JSON are None where they were NaN: such points are left out.
+    curves = {label: [(x, y) for x, y in points if _is_number(x) and _is_number(y)]
+              for label, points in curves.items()}
     for label, points in curves.items():
         points = sorted(points, key=lambda point: -point[0])
         if points:
@@ -51,6 +55,7 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, titl
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     names = {"train": "train", "ta": "validation", "test_ta": "test"}
     for key, values in history.items():
+        values = [math.nan if value is None else value for value in values]  # None: null in JSON
         if any(value == value for value in values):  # a split without figures (all NaN) is left out
             ax.plot(range(len(values)), values, label=names.get(key, key))
     ax.set_xlabel("epoch")
@@ -60,6 +65,10 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, titl
     if title:
         ax.set_title(title)
     _save(fig, path)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _save(fig, path: str) -> None:

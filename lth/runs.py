@@ -8,7 +8,7 @@ import os
 import re
 import time
 
-from lth.checkpoint import append_jsonl, read_jsonl, run_record, write_json, atomic_write_text
+from lth.checkpoint import append_jsonl, atomic_write_text, jsonl_text, read_jsonl, run_record, write_json
 from lth.errors import UserError
 
 RUN_RECORD = "run.json"
@@ -105,7 +105,7 @@ class RunDir:
 
 
 def _rewrite_jsonl(rows: list[dict], path: str) -> None:
-    atomic_write_text("".join(json.dumps(row) + "\n" for row in rows), path)
+    atomic_write_text(jsonl_text(rows), path)
 
 
 def _now() -> str:
