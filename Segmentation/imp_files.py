@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 import pruning_utils
+from lth import tickets
 from lth.checkpoint import atomic_save, load_file
 from lth.errors import UserError
 from Segmentation.model import unwrap
@@ -63,11 +64,11 @@ def is_imp_file(obj) -> bool:
 
 def backbone_masks(source) -> tuple[dict[str, torch.Tensor], dict]:
     """Backbone masks and metadata from a ``seg_backbone_imp{n}.pth`` or from anything
-    ``pruning_utils.read_masks`` reads (tickets, classification checkpoints, ``mask-{i}.pt``)."""
+    ``lth.tickets.read_masks`` reads (tickets, classification checkpoints, ``mask-{i}.pt``)."""
     name = str(source) if isinstance(source, (str, os.PathLike)) else "the given object"
     obj = load_file(source, "mask") if isinstance(source, (str, os.PathLike)) else source
     if not is_imp_file(obj):
-        masks, meta = pruning_utils.read_masks(obj)
+        masks, meta = tickets.read_masks(obj)
         meta.setdefault("source", name)
         return masks, meta
     masks = {key: value.float() for key, value in pruning_utils.extract_mask(obj["backbone"]).items()}

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torchvision
 
 import pruning_utils
+from lth import tickets
 from lth.errors import UserError
 from lth.models import build_model, load_pretrained
 from Segmentation import imp_files
@@ -103,8 +104,12 @@ def test_classification_ticket_applies_to_the_backbone(tmp_path):
     pruning_utils.global_prune(classifier, 0.2)
     masks = pruning_utils.extract_mask(classifier)
     ticket = tmp_path / "ticket_02.pt"
-    pruning_utils.save_ticket(str(ticket), masks, arch="resnet18", dataset="cifar10")
-    read, meta = pruning_utils.read_masks(str(ticket))
+    tickets.save_ticket(str(ticket), masks, arch="resnet18", dataset="cifar10")
+    read, meta = tickets.read_masks(str(ticket))
+    # the segmentation reader takes the same files, and the original's plain mask-{i}.pt dicts
+    for source in (str(ticket), _saved(tmp_path / "mask-2.pt", {"module." + k: v for k, v in masks.items()})):
+        masks_read, _ = imp_files.backbone_masks(source)
+        assert masks_read.keys() == masks.keys() and all(torch.equal(masks_read[k], masks[k]) for k in masks)
     model = build_segmentation_model("deeplabv3plus_resnet18", num_classes=3)
     pruning_utils.apply_mask(model.backbone, read)
     assert pruning_utils.sparsity(model.backbone)["remaining"] == pytest.approx(64.0, abs=0.01)
@@ -112,6 +117,11 @@ def test_classification_ticket_applies_to_the_backbone(tmp_path):
         assert torch.equal(model.backbone.get_submodule(key[: -len(".weight_mask")]).weight_mask, mask)
     assert not any(pruning_utils.is_pruned(m) for m in model.classifier.modules())
     model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def _saved(path, obj):
+    torch.save(obj, path)
+    return str(path)
 
 
 def test_global_pruning_of_the_backbone_leaves_conv1_and_the_head_dense():
