@@ -36,12 +36,22 @@ def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.Argume
         with trusted_checkpoints(getattr(args, "trust_checkpoint", False)):
             main(args)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch's checkpoint is intact; continue with --resume",
               file=sys.stderr)
         sys.exit(130)
+
+
+def user_message(error: UserError) -> str:
+    """The error's one line; one raised in a DataLoader worker (a bad file found when read) arrives
+    re-raised with the worker's traceback, whose last line holds the message."""
+    text = str(error)
+    if text.startswith("Caught UserError in DataLoader worker"):
+        last = text.strip().splitlines()[-1]
+        return last.split("UserError: ", 1)[1] if "UserError: " in last else last
+    return text
 
 
 def milestones(text: str) -> list[int]:
