@@ -12,11 +12,10 @@ import sys
 import pruning_utils
 from lth import cli, data, distributed
 from lth.classification import load_task, make_model
-from lth.engine import Precision
 from lth.errors import UserError
 from lth.imp import PRUNE_TYPES, REWIND_TARGETS, ImpConfig, ImpRun
 from lth.models import ARCHS, load_pretrained
-from lth.runs import RunDir
+from lth.session import check_save_dir, open_session
 from lth.trainer import TrainConfig
 
 
@@ -67,12 +66,8 @@ def check_args(args) -> None:
 
 def main(args) -> ImpRun:
     check_args(args)
-    run = RunDir(args.save_dir)
-    run.check(args.resume)
-    ctx = distributed.setup(args.gpu, args.cpu)
-    run.is_main = ctx.is_main
-    args.seed = cli.resolve_seed(args.seed if not args.resume else run.recorded_seed(args.seed))
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
+    session = open_session(args, *check_save_dir(args.save_dir, args.resume))
+    run, ctx, precision = session.run, session.ctx, session.precision
     task = load_task(args, ctx, precision, args.seed)
     model = make_model(args, task.spec, ctx, precision, args.seed)
     if args.pretrained and args.prune_type != "pt_trans":
@@ -83,14 +78,12 @@ def main(args) -> ImpRun:
     elif args.pretrained:
         load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc, conv1=args.conv1,
                         quiet=not ctx.is_main)
-    distributed.barrier()
-    run.start(vars(args), args.resume)
-    train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                            weight_decay=args.weight_decay, warmup=args.warmup,
-                            milestones=args.decreasing_lr, print_freq=args.print_freq, compile=args.compile)
+    session.record(args)
+    train_cfg = TrainConfig.from_args(args)
     imp_cfg = ImpConfig(rounds=args.pruning_times, rate=args.rate, prune_type=args.prune_type,
                         random_prune=args.random_prune, conv1=args.conv1, rewind_epoch=args.rewind_epoch,
-                        seed=args.seed, meta={"arch": args.arch, "dataset": args.dataset})
+                        seed=args.seed, meta={"arch": args.arch, "dataset": args.dataset},
+                        rewind_in_checkpoint=True)
     imp = ImpRun(model, task.loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args))
     if args.resume:
         imp.resume(args.checkpoint)

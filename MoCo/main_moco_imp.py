@@ -10,7 +10,6 @@ if _ROOT not in sys.path:
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
-import json  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
@@ -21,16 +20,18 @@ from PIL import ImageFilter  # noqa: E402
 
 import pruning_utils  # noqa: E402
 from lth import cli, distributed  # noqa: E402
-from lth.checkpoint import atomic_save  # noqa: E402
+from lth.checkpoint import atomic_save, trusted_checkpoints  # noqa: E402
 from lth.contrastive import TwoViews, contrastive_evaluate  # noqa: E402
-from lth.engine import Precision, StepResult  # noqa: E402
+from lth.engine import StepResult  # noqa: E402
 from lth.errors import UserError  # noqa: E402
-from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, image_folder  # noqa: E402
+from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD, image_folder  # noqa: E402
+from lth.loaders import DeviceLoader, Loaders  # noqa: E402
 from lth.imp import ImpConfig, ImpRun, PruneStrategy  # noqa: E402
 from lth.models import ARCHS  # noqa: E402
 from lth.plots import plot_training_curves  # noqa: E402
-from lth.runs import RUN_RECORD, RunDir  # noqa: E402
-from lth.trainer import Loaders, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage  # noqa: E402
+from lth.runs import RunDir  # noqa: E402
+from lth.session import check_same_experiment, check_save_dir, open_session  # noqa: E402
+from lth.trainer import StageFiles, TrainConfig, train_stage  # noqa: E402
 from MoCo.builder import MoCo, export_checkpoint, load_moco_weights  # noqa: E402
 
 DENSE_FORMAT = "lth-moco-dense"
@@ -206,18 +207,6 @@ def check_args(args, launch: Launch) -> None:
                         f"is refilled one global batch at a time")
 
 
-def check_same_experiment(source: RunDir, args) -> None:
-    """A resumed run must keep the MoCo and pruning flags it was started with (from its run.json)."""
-    path = source.file(RUN_RECORD)
-    if not os.path.isfile(path):
-        return
-    with open(path) as handle:
-        saved = json.load(handle).get("args", {})
-    for flag in MOCO_IDENTITY:
-        if flag in saved and saved[flag] != getattr(args, flag):
-            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}")
-
-
 # --------------------------------------------------------------------------------------------
 # Data, model, step
 # --------------------------------------------------------------------------------------------
@@ -359,8 +348,7 @@ def mask_digest(masks: dict) -> str:
 def main(args) -> None:
     launch = launch_plan(args)
     check_args(args, launch)
-    run = RunDir(args.save_dir)
-    resume_file = cli.check_save_dir(run, args.resume)
+    _, resume_file = check_save_dir(args.save_dir, args.resume)
     first = os.environ.get("RANK", "0") == "0"
     if first and (args.cos or args.schedule is not None):
         print("notice: --cos/--schedule are accepted for compatibility and ignored: the learning rate "
@@ -387,7 +375,8 @@ def _spawned(local_rank: int, launch: Launch, host: str, port: str, args, resume
                       MASTER_ADDR=host, MASTER_PORT=port)
     cli.set_deterministic(args.deterministic)  # a spawned process starts with PyTorch's defaults
     try:
-        worker(args, launch, resume_file)
+        with trusted_checkpoints(args.trust_checkpoint):  # a fresh interpreter: run_main's setting is lost
+            worker(args, launch, resume_file)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -399,34 +388,28 @@ def worker(args, launch: Launch, resume_file: str | None) -> None:
     weights = None if args.pretrained_path in NO_WEIGHTS else args.pretrained_path
     seed_source = RunDir(os.path.dirname(resume_file) or ".") if resume_file else RunDir(args.save_dir)
     if args.resume:
-        check_same_experiment(seed_source, args)
-    ctx = distributed.setup(args.gpu, args.cpu)
-    run = RunDir(args.save_dir, ctx.is_main)
-    seed = args.seed if not args.resume else seed_source.recorded_seed(args.seed)
-    args.seed = cli.resolve_seed(seed)  # every rank calls it: it broadcasts rank 0's draw once
+        check_same_experiment(seed_source, args, MOCO_IDENTITY)
+    session = open_session(args, RunDir(args.save_dir), resume_file)
+    ctx, run, precision = session.ctx, session.run, session.precision
     backend = "nccl" if ctx.device.type == "cuda" else "gloo"
     if ctx.is_main and ctx.distributed and args.dist_backend not in ("nccl", backend):
         # The default (nccl) is silently gloo on the CPU; only an explicit other choice is worth a word.
         print(f"notice: --dist-backend {args.dist_backend} ignored: using {backend}", file=sys.stderr)
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
     loaders = make_loaders(args, ctx, launch)
     # On resume the checkpoint holds the weights, the masks and the rewind point.
     model = make_model(args, ctx, precision, None if args.resume else weights)
-    distributed.barrier()
-    run.start(vars(args), bool(args.resume))
-    cfg = TrainConfig(epochs=args.retrain_epoch or args.epochs, lr=args.lr, momentum=args.momentum,
-                      weight_decay=args.weight_decay, warmup=0, milestones=[], print_freq=args.print_freq,
-                      compile=args.compile)
+    session.record(args)
+    cfg = TrainConfig.from_args(args, epochs=args.retrain_epoch or args.epochs, warmup=0, milestones=[])
     stage_kwargs = dict(step=moco_step(precision.channels_last), evaluator=moco_evaluator(ctx, precision),
                         after_step_factory=lambda _: model.momentum_update)
     if args.retrain_epoch == 0:
-        train_dense(model, loaders, cfg, args, ctx, precision, run, resume_file, stage_kwargs)
+        train_dense(model, loaders, cfg, args, session, stage_kwargs)
     else:
         imp_cfg = ImpConfig(rounds=1 + args.epochs // args.retrain_epoch, rate=args.prune_percent,
                             prune_type="pt_trans" if weights else "lt", random_prune=False, conv1=False,
                             seed=args.seed, train_round0=False,
                             meta={"arch": args.arch, "dataset": os.path.basename(os.path.normpath(args.data)),
-                                  "pretraining": "moco"})
+                                  "pretraining": "moco"}, rewind_in_checkpoint=True)
         if args.epochs % args.retrain_epoch and ctx.is_main:
             print(f"notice: --epochs {args.epochs} is not a multiple of --retrain_epoch {args.retrain_epoch}: "
                   f"{imp_cfg.rounds - 1} rounds train {(imp_cfg.rounds - 1) * args.retrain_epoch} epochs",
@@ -449,12 +432,11 @@ def worker(args, launch: Launch, resume_file: str | None) -> None:
     distributed.teardown()
 
 
-def train_dense(model, loaders, cfg, args, ctx, precision, run, resume_file, stage_kwargs) -> None:
+def train_dense(model, loaders, cfg, args, session, stage_kwargs) -> None:
     """--retrain_epoch 0: dense MoCo training, resumable; the result is written in the released layout."""
-    progress, optimizer_state, scheduler_state = StageProgress(), None, None
+    ctx, precision, run = session.ctx, session.precision, session.run
+    progress, optimizer_state, scheduler_state = session.restore(model, DENSE_FORMAT, args)
     if args.resume:
-        checkpoint, progress = restore_stage(model, run, DENSE_FORMAT, vars(args), False, resume_file)
-        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
         model.freeze_key_encoder()
     extra = {"format": DENSE_FORMAT, "args": vars(args), "arch": args.arch, "seed": args.seed}
     progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, files=DENSE_FILES,

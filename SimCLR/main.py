@@ -10,7 +10,6 @@ SAVE_DIR/EXPERIMENT. --prun_percent 0 instead trains a dense SimCLR model for --
         --sim_model simclr_weight.pt --save_dir simclr_imp
 """
 
-import json
 import os
 import shlex
 import sys
@@ -26,13 +25,13 @@ import pruning_utils  # noqa: E402
 from lth import cli, distributed  # noqa: E402
 from lth.checkpoint import atomic_save  # noqa: E402
 from lth.contrastive import contrastive_evaluate  # noqa: E402
-from lth.engine import Precision  # noqa: E402
 from lth.errors import UserError  # noqa: E402
-from lth.imagedata import DeviceLoader, image_folder  # noqa: E402
+from lth.imagedata import image_folder  # noqa: E402
+from lth.loaders import DeviceLoader, Loaders  # noqa: E402
 from lth.imp import ImpConfig, ImpRun  # noqa: E402
 from lth.models import ARCHS  # noqa: E402
-from lth.runs import RUN_RECORD, RunDir  # noqa: E402
-from lth.trainer import Loaders, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage  # noqa: E402
+from lth.session import check_same_experiment, check_save_dir, open_session  # noqa: E402
+from lth.trainer import StageFiles, TrainConfig, train_stage  # noqa: E402
 from SimCLR import simclr  # noqa: E402
 
 DEFAULT_SIM_MODEL = "./simclr_pre-train_model/resnet50-1x.pth"
@@ -108,6 +107,7 @@ def get_args_parser():
     group.add_argument("--print_freq", type=int, default=50,
                        help="update the progress bar's loss/accuracy every this many steps")
     cli.add_speed_args(group)
+    cli.add_trust_arg(group)
     return parser
 
 
@@ -168,18 +168,6 @@ def select_devices(args) -> int:
     return len(ids)
 
 
-def check_same_experiment(run: RunDir, args) -> None:
-    """A resumed run must keep the flags that define it (the trainer checks the common ones)."""
-    path = run.file(RUN_RECORD)
-    if not os.path.exists(path):
-        return
-    with open(path) as handle:
-        saved = json.load(handle).get("args", {})
-    for flag in SIMCLR_IDENTITY:
-        if flag in saved and saved[flag] != getattr(args, flag):
-            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}")
-
-
 def start_weights(args) -> dict | None:
     """The --sim_model weights, or None for a dense run from random init (--prun_percent 0 only)."""
     path = args.sim_model
@@ -229,10 +217,9 @@ def make_model(args, ctx, precision, weights) -> tuple[nn.Module, dict | None]:
 
 def main(args) -> None:
     check_args(args)
-    run = RunDir(os.path.join(args.save_dir, args.experiment))
-    run.check(bool(args.resume))
+    run, _ = check_save_dir(os.path.join(args.save_dir, args.experiment), bool(args.resume))
     if args.resume:
-        check_same_experiment(run, args)
+        check_same_experiment(run, args, SIMCLR_IDENTITY)
     # On resume the checkpoint holds the weights, the masks and the rewind point.
     weights = None if args.resume else start_weights(args)
     devices = select_devices(args)
@@ -242,16 +229,15 @@ def main(args) -> None:
         sys.stdout.flush()
         os.execv(command[0], command)
     # Device 0 is the one --gpu named (CUDA_VISIBLE_DEVICES); under torchrun, LOCAL_RANK's.
-    ctx = distributed.setup(0, args.cpu)
-    run.is_main = ctx.is_main
+    checkpoint_path = None if args.resume in ("", LATEST) else args.resume
+    session = open_session(args, run, checkpoint_path, gpu=0)
+    ctx, precision = session.ctx, session.precision
     if args.batch_size % ctx.world_size:
         raise UserError(f"--batch_size {args.batch_size} must be divisible by the {ctx.world_size} processes")
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
     loaders = make_loaders(args, ctx)
     model, loaded = make_model(args, ctx, precision, weights)
     weights = None  # ``loaded`` keeps the part that is rewound to; free the rest of the file
-    distributed.barrier()
-    run.start(vars(args), bool(args.resume))
+    session.record(args)
     logits_fn = simclr.make_eval_logits(precision.channels_last)
 
     def evaluator(eval_model, loader, desc):
@@ -259,17 +245,16 @@ def main(args) -> None:
 
     stage_kwargs = {"step": simclr.make_step(args.temperature, precision.channels_last, args.loss),
                     "evaluator": evaluator}
-    train_cfg = TrainConfig(epochs=args.prun_epoch if args.prun_percent else args.epochs, lr=args.lr,
-                            momentum=MOMENTUM, weight_decay=0.0 if args.optimizer == "adam" else args.weight_decay,
-                            warmup=0, milestones=[],
-                            print_freq=args.print_freq, compile=args.compile, optimizer=args.optimizer)
+    # The original's Adam took no weight decay.
+    train_cfg = TrainConfig.from_args(args, epochs=args.prun_epoch if args.prun_percent else args.epochs,
+                                      momentum=MOMENTUM, optimizer=args.optimizer,
+                                      weight_decay=0.0 if args.optimizer == "adam" else args.weight_decay)
     meta = {"arch": args.arch, "dataset": os.path.basename(os.path.normpath(os.path.abspath(args.data))),
             "pretraining": "simclr"}
-    checkpoint_path = None if args.resume in ("", LATEST) else args.resume
     if args.prun_percent:
         imp_cfg = ImpConfig(rounds=1 + args.epochs // args.prun_epoch, rate=args.prun_percent,
                             prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
-                            meta=meta, train_round0=False, files=FILES)
+                            meta=meta, train_round0=False, files=FILES, rewind_in_checkpoint=True)
         imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),
                      strategy=simclr.CheckpointRewind(args.prun_percent), stage_kwargs=stage_kwargs)
         if args.resume:
@@ -279,19 +264,17 @@ def main(args) -> None:
             imp.start()
         done = "tickets (ticket_XX.pt), checkpoints, metrics.jsonl and summary.jsonl"
     else:
-        train_dense(model, loaders, train_cfg, precision, ctx, run, args, meta, stage_kwargs, checkpoint_path)
+        train_dense(model, loaders, train_cfg, session, args, meta, stage_kwargs)
         done = f"{DENSE_OUTPUT} (usable as --sim_model), checkpoints and metrics.jsonl"
     if ctx.is_main:
         print(f"done: {done} are in {run.path}")
     distributed.teardown()
 
 
-def train_dense(model, loaders, cfg, precision, ctx, run, args, meta, stage_kwargs, checkpoint_path) -> None:
+def train_dense(model, loaders, cfg, session, args, meta, stage_kwargs) -> None:
     """--prun_percent 0: plain SimCLR training; the final model is written as --sim_model reads it."""
-    progress, optimizer_state, scheduler_state = StageProgress(), None, None
-    if args.resume:
-        checkpoint, progress = restore_stage(model, run, DENSE_FORMAT, vars(args), False, checkpoint_path)
-        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
+    ctx, precision, run = session.ctx, session.precision, session.run
+    progress, optimizer_state, scheduler_state = session.restore(model, DENSE_FORMAT, args)
     extra = {"format": DENSE_FORMAT, "args": vars(args), "seed": args.seed, **meta}
     progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, progress=progress, files=FILES,
                            optimizer_state=optimizer_state, scheduler_state=scheduler_state,

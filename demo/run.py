@@ -80,7 +80,7 @@ def main(args) -> None:
 
 
 def _cell(row: dict | None, key: str = "test_acc_at_best_val") -> str:
-    return f"{row[key]:.2f}" if row else "-"
+    return f"{row[key]:.2f}" if row and row.get(key) is not None else "-"  # None: null (NaN) in JSON
 
 
 def write_report(args, imp_rows, random_rows, reversed_rows, seconds: float) -> None:

@@ -69,6 +69,11 @@ def test_lt_run_prunes_twenty_percent_of_what_remains_each_round(lt_run):
     assert {"lr", "train_acc", "val_acc", "test_acc", "seconds", "remaining"} <= set(metrics[0])
 
 
+def test_every_json_file_of_the_run_is_strict(lt_run, assert_strict_json):
+    parsed = assert_strict_json(lt_run, "metrics.jsonl", "summary.jsonl", "run.json")
+    assert [row["round"] for row in parsed["summary.jsonl"]] == [0, 1, 2]
+
+
 def test_lt_rewinds_to_the_initial_weights(lt_run):
     torch.manual_seed(0)
     init = build_model("resnet18", 10, 1, "cifar").state_dict()

@@ -121,6 +121,11 @@ def test_three_rounds_write_tickets_of_100_80_64_and_51_percent(imp_run):
         assert (out / f"{round_index}checkpoint.pth.tar").is_file()
 
 
+def test_every_json_file_of_the_run_is_strict(imp_run, assert_strict_json):
+    rows = assert_strict_json(imp_run["dir"], "metrics.jsonl", "summary.jsonl", "run.json")["summary.jsonl"]
+    assert rows and all(row["test_acc_at_best_val"] is None for row in rows)  # no test split: null
+
+
 def test_encoder_k_takes_encoder_q_mask_every_round(imp_run):
     out = imp_run["dir"]
     for stage, start in imp_run["starts"].items():

@@ -97,6 +97,12 @@ def test_imp_writes_tickets_checkpoints_and_logs(imp_run):
     assert [row["round"] for row in read_jsonl(out / "summary.jsonl")] == [0, 1, 2]
 
 
+def test_every_json_file_of_the_run_is_strict(imp_run, assert_strict_json):
+    out, _ = imp_run
+    rows = assert_strict_json(out, "metrics.jsonl", "summary.jsonl", "run.json")["summary.jsonl"]
+    assert len(rows) == 3 and all(row["test_acc_at_best_val"] is None for row in rows)  # no test split
+
+
 def test_tickets_prune_twenty_percent_of_the_backbone_convs_each_round(imp_run):
     out, _ = imp_run
     counts = []
