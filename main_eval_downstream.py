@@ -12,12 +12,11 @@ reversed. Example:
 from lth import cli, data, distributed
 from lth.checkpoint import write_json
 from lth.classification import load_task, make_model
-from lth.engine import Precision
 from lth.errors import UserError
 from lth.models import ARCHS, load_pretrained
 from lth.plots import plot_training_curves
-from lth.runs import RunDir
-from lth.trainer import StageFiles, StageProgress, TrainConfig, restore_stage, train_stage
+from lth.session import check_save_dir, open_session
+from lth.trainer import StageFiles, TrainConfig, train_stage
 
 CHECKPOINT_FORMAT = "lth-eval"
 EVAL_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_SA_best.pth.tar")
@@ -26,11 +25,12 @@ EVAL_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_SA_best.pth
 def get_args_parser():
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_data_args(parser, list(data.DATASETS), default="cifar10")
-    cli.add_model_args(parser, ARCHS)
+    cli.add_model_args(parser, ARCHS, conv1_loads=False)
     cli.add_optim_args(parser, batch_size=128)
     group = cli.add_ticket_args(parser)
     group.add_argument("--load_all", action="store_true",
-                       help="load every weight of --pretrained, fc and conv1 included (shapes must fit)")
+                       help="load every weight of --pretrained, fc and conv1 included (shapes must fit); "
+                            "without it conv1 and fc keep their random init, as in the original")
     group.add_argument("--save_model", action="store_true",
                        help="also keep the best-validation model as model_SA_best.pth.tar")
     cli.add_runtime_args(parser)
@@ -41,27 +41,18 @@ def main(args) -> None:
     cli.check_common(args)
     if args.reverse_mask and not args.mask_dir:
         raise UserError("--reverse_mask needs a mask to reverse: give --mask_dir")
-    run = RunDir(args.save_dir)
-    run.check(args.resume)
-    ctx = distributed.setup(args.gpu, args.cpu)
-    run.is_main = ctx.is_main
-    args.seed = cli.resolve_seed(args.seed if not args.resume else run.recorded_seed(args.seed))
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
+    session = open_session(args, *check_save_dir(args.save_dir, args.resume))
+    run, ctx, precision = session.run, session.ctx, session.precision
     task = load_task(args, ctx, precision, args.seed)
     model = make_model(args, task.spec, ctx, precision, args.seed)
     if args.pretrained:
+        # As the original: --conv1 only decides whether conv1 is masked; --load_all loads it.
         load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc or args.load_all,
-                        conv1=args.conv1 or args.load_all, quiet=not ctx.is_main)
+                        conv1=args.load_all, quiet=not ctx.is_main)
     mask_meta, remaining = cli.apply_ticket_args(model, args, ctx.is_main)
-    distributed.barrier()
-    run.start(vars(args), args.resume)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                      warmup=args.warmup, milestones=args.decreasing_lr, print_freq=args.print_freq,
-                      compile=args.compile)
-    progress, optimizer_state, scheduler_state = StageProgress(), None, None
-    if args.resume:
-        checkpoint, progress = restore_stage(model, run, CHECKPOINT_FORMAT, vars(args), args.conv1)
-        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
+    session.record(args)
+    cfg = TrainConfig.from_args(args)
+    progress, optimizer_state, scheduler_state = session.restore(model, CHECKPOINT_FORMAT, args, args.conv1)
     extra = {"format": CHECKPOINT_FORMAT, "args": vars(args), "mask_meta": mask_meta}
     progress = train_stage(model, task.loaders, cfg, precision, ctx, run, stage=0, files=EVAL_FILES,
                            progress=progress, optimizer_state=optimizer_state, scheduler_state=scheduler_state,

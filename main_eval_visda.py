@@ -10,16 +10,14 @@ metric, the mean of the per-class accuracies. Example:
 """
 
 import math
-import os
 
 from lth import cli, distributed, imagedata
 from lth.checkpoint import write_json
-from lth.engine import Precision
 from lth.errors import UserError
 from lth.models import ARCHS, load_pretrained
 from lth.plots import plot_training_curves
-from lth.runs import RunDir
-from lth.trainer import StageFiles, StageProgress, TrainConfig, restore_stage, train_stage
+from lth.session import check_save_dir, open_session
+from lth.trainer import StageFiles, TrainConfig, train_stage
 
 CHECKPOINT_FORMAT = "lth-eval-visda"
 EVAL_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_best.pth.tar")
@@ -50,13 +48,8 @@ def main(args) -> None:
         raise UserError("--reverse_mask needs a mask to reverse: give --mask_dir")
     if args.image_size < 1:
         raise UserError(f"--image_size must be positive, got {args.image_size}")
-    run = RunDir(args.save_dir)
-    resume_file = cli.check_save_dir(run, args.resume)
-    ctx = distributed.setup(args.gpu, args.cpu)
-    run.is_main = ctx.is_main
-    seed_source = RunDir(os.path.dirname(resume_file) or ".") if resume_file else run
-    args.seed = cli.resolve_seed(args.seed if not args.resume else seed_source.recorded_seed(args.seed))
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
+    session = open_session(args, *check_save_dir(args.save_dir, args.resume))
+    run, ctx, precision = session.run, session.ctx, session.precision
     train_set, val_set = imagedata.visda_splits(args.data, args.image_size)
     loaders = imagedata.image_loaders(train_set, val_set, imagedata.VISDA_CLASSES, batch_size=args.batch_size,
                                       eval_batch_size=args.eval_batch_size, workers=args.workers,
@@ -65,15 +58,9 @@ def main(args) -> None:
     if args.pretrained:
         load_pretrained(model, args.pretrained, args.dict_key, fc=False, conv1=True, quiet=not ctx.is_main)
     mask_meta, remaining = cli.apply_ticket_args(model, args, ctx.is_main)
-    distributed.barrier()
-    run.start(vars(args), bool(args.resume))
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                      warmup=args.warmup, milestones=args.decreasing_lr, print_freq=args.print_freq,
-                      compile=args.compile)
-    progress, optimizer_state, scheduler_state = StageProgress(), None, None
-    if args.resume:
-        checkpoint, progress = restore_stage(model, run, CHECKPOINT_FORMAT, vars(args), args.conv1, resume_file)
-        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
+    session.record(args)
+    cfg = TrainConfig.from_args(args)
+    progress, optimizer_state, scheduler_state = session.restore(model, CHECKPOINT_FORMAT, args, args.conv1)
     extra = {"format": CHECKPOINT_FORMAT, "args": vars(args), "arch": args.arch, "mask_meta": mask_meta}
     progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, files=EVAL_FILES,
                            progress=progress, optimizer_state=optimizer_state, scheduler_state=scheduler_state,

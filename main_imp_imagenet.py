@@ -9,20 +9,17 @@ dense model instead (to make a pre-trained start point). Example:
         --states 19 --save_dir imagenet_imp --pretrained imagenet_weight.pt
 """
 
-import os
 import sys
 
 import pruning_utils
 from lth import cli, distributed, imagedata
 from lth.checkpoint import load_file
-from lth.engine import Precision
 from lth.errors import UserError
 from lth.imp import CHECKPOINT_FORMAT, ImpConfig, ImpRun, examples_checkpoint_keys
 from lth.models import ARCHS, load_pretrained, select_state_dict
 from lth.plots import plot_training_curves
-from lth.runs import RunDir
-from lth.trainer import (StageFiles, StageProgress, TrainConfig, evaluate_and_print, restore_stage,
-                         train_stage)
+from lth.session import check_save_dir, open_session
+from lth.trainer import StageFiles, TrainConfig, evaluate_and_print, train_stage
 
 IMP_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="{stage}model_best.pth.tar")
 DENSE_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_best.pth.tar")
@@ -97,12 +94,10 @@ def load_start_weights(model, args, ctx) -> None:
     load_pretrained(model, args.pretrained, args.dict_key, fc=load_fc, conv1=True, quiet=not ctx.is_main)
 
 
-def train_dense(model, loaders, cfg, args, ctx, precision, run, resume_file) -> None:
+def train_dense(model, loaders, cfg, args, session) -> None:
     """--states 0: one dense training run, resumable, with the IMP scripts' files and logs."""
-    progress, optimizer_state, scheduler_state = StageProgress(), None, None
-    if args.resume:
-        checkpoint, progress = restore_stage(model, run, DENSE_FORMAT, vars(args), False, resume_file)
-        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
+    ctx, precision, run = session.ctx, session.precision, session.run
+    progress, optimizer_state, scheduler_state = session.restore(model, DENSE_FORMAT, args)
     extra = {"format": DENSE_FORMAT, "args": vars(args), "arch": args.arch, "dataset": "imagenet",
              "seed": args.seed, "if_pruned": False, "mask": None}
     progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, files=DENSE_FILES,
@@ -118,18 +113,14 @@ def train_dense(model, loaders, cfg, args, ctx, precision, run, resume_file) -> 
 
 def main(args) -> None:
     check_args(args)
-    run = RunDir(args.save_dir)
-    resume_file = None if args.evaluate else cli.check_save_dir(run, args.resume)
-    ctx = distributed.setup(args.gpu, args.cpu)
-    run.is_main = ctx.is_main
+    run, resume_file = check_save_dir(args.save_dir, args.resume, evaluate=args.evaluate)
     if args.evaluate and args.seed is None:
         args.seed = 0  # only the random init of a model without --pretrained depends on it
-    seed_source = RunDir(os.path.dirname(resume_file) or ".") if resume_file else run
-    args.seed = cli.resolve_seed(args.seed if not args.resume else seed_source.recorded_seed(args.seed))
+    session = open_session(args, run, resume_file)
+    ctx, precision = session.ctx, session.precision
     if args.resume and args.start_state and ctx.is_main:
         print("notice: --start_state is ignored with --resume: the run continues at the round of its "
               "checkpoint", file=sys.stderr)
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
     train_set, val_set = imagedata.image_folder_splits(args.data, args.image_size)
     loaders = imagedata.image_loaders(train_set, val_set, len(train_set.classes), batch_size=args.batch_size,
                                       eval_batch_size=args.eval_batch_size, workers=args.workers,
@@ -143,19 +134,16 @@ def main(args) -> None:
                            fmt=DENSE_FORMAT if args.states == 0 else CHECKPOINT_FORMAT)
         distributed.teardown()
         return
-    distributed.barrier()
-    run.start(vars(args), bool(args.resume))
-    train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                            weight_decay=args.weight_decay, warmup=args.warmup,
-                            milestones=args.decreasing_lr, print_freq=args.print_freq, compile=args.compile)
+    session.record(args)
+    train_cfg = TrainConfig.from_args(args)
     if args.states == 0:
-        train_dense(model, loaders, train_cfg, args, ctx, precision, run, resume_file)
+        train_dense(model, loaders, train_cfg, args, session)
         distributed.teardown()
         return
     # Both rewind to the weights the run starts from: pre-trained (pt_trans) or random init (lt).
     prune_type = "pt_trans" if args.pretrained else "lt"
     imp_cfg = ImpConfig(rounds=args.states, rate=args.percent, prune_type=prune_type, random_prune=False,
-                        conv1=False, seed=args.seed, train_round0=False, files=IMP_FILES,
+                        conv1=False, seed=args.seed, train_round0=False, files=IMP_FILES, rewind_in_checkpoint=True,
                         meta={"arch": args.arch, "dataset": "imagenet", "pretrained": args.pretrained,
                               "image_size": args.image_size, "num_classes": loaders.num_classes})
     imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),

@@ -9,17 +9,15 @@ Validation reports top-1 and the VisDA metric, the mean of the per-class accurac
         --prune_type pt_trans --pre_weight imagenet_weight.pt --states 19 --save_dir visda_imp
 """
 
-import os
 import sys
 
 import pruning_utils
 from lth import cli, distributed, imagedata
 from lth.checkpoint import atomic_save
-from lth.engine import Precision
 from lth.errors import UserError
 from lth.imp import CHECKPOINT_FORMAT, ImpConfig, ImpRun, examples_checkpoint_keys
 from lth.models import ARCHS, load_pretrained
-from lth.runs import RunDir
+from lth.session import check_save_dir, open_session
 from lth.trainer import StageFiles, TrainConfig, evaluate_and_print
 
 IMP_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="{stage}model_best.pth.tar")
@@ -85,14 +83,11 @@ def check_args(args) -> None:
 
 def main(args) -> None:
     check_args(args)
-    run = RunDir(args.save_dir)
-    resume_file = None if args.evaluate else cli.check_save_dir(run, args.resume)
-    ctx = distributed.setup(args.gpu, args.cpu)
-    run.is_main = ctx.is_main
+    run, resume_file = check_save_dir(args.save_dir, args.resume, evaluate=args.evaluate)
     if args.evaluate and args.seed is None:
         args.seed = 0  # only the random init depends on it
-    seed_source = RunDir(os.path.dirname(resume_file) or ".") if resume_file else run
-    args.seed = cli.resolve_seed(args.seed if not args.resume else seed_source.recorded_seed(args.seed))
+    session = open_session(args, run, resume_file)
+    ctx, precision = session.ctx, session.precision
     if ctx.is_main:
         if args.resume and args.start_state:
             print("notice: --start_state is ignored with --resume: the run continues at the round of "
@@ -100,7 +95,6 @@ def main(args) -> None:
         if args.pre_weight and args.prune_type == "lt":
             print("notice: --pre_weight is ignored with --prune_type lt (as in the original), which "
                   "starts from and rewinds to random init", file=sys.stderr)
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
     train_set, val_set = imagedata.visda_splits(args.data, args.image_size)
     loaders = imagedata.image_loaders(train_set, val_set, imagedata.VISDA_CLASSES, batch_size=args.batch_size,
                                       eval_batch_size=args.eval_batch_size, workers=args.workers,
@@ -114,15 +108,12 @@ def main(args) -> None:
                            fmt=CHECKPOINT_FORMAT)
         distributed.teardown()
         return
-    distributed.barrier()
-    run.start(vars(args), bool(args.resume))
+    session.record(args)
     if args.prune_type == "lt" and not args.resume and ctx.is_main:
         atomic_save({"state_dict": pruning_utils.dense_state_dict(model)}, run.file("random_init.pt"))
-    train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                            weight_decay=args.weight_decay, warmup=args.warmup,
-                            milestones=args.decreasing_lr, print_freq=args.print_freq, compile=args.compile)
+    train_cfg = TrainConfig.from_args(args)
     imp_cfg = ImpConfig(rounds=args.states, rate=args.percent, prune_type=args.prune_type, random_prune=False,
-                        conv1=False, seed=args.seed, files=IMP_FILES,
+                        conv1=False, seed=args.seed, files=IMP_FILES, rewind_in_checkpoint=True,
                         meta={"arch": args.arch, "dataset": args.dataset, "pre_weight": args.pre_weight,
                               "image_size": args.image_size})
     imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),
@@ -135,8 +126,10 @@ def main(args) -> None:
         rows = run.summary()
         if rows:
             last = rows[-1]
+            mean_class = last.get("mean_class_acc")  # None (null) where it was not computed
             print(f"last round ({last['remaining']:.2f}% of conv weights): best val top-1 "
-                  f"{last['best_val_acc']:.2f}%, mean class accuracy {last.get('mean_class_acc', float('nan')):.2f}%")
+                  f"{last['best_val_acc']:.2f}%, mean class accuracy "
+                  f"{'-' if mean_class is None else format(mean_class, '.2f')}%")
         print(f"done: tickets, checkpoints, metrics.jsonl, summary.jsonl and "
               f"accuracy_vs_remaining.png are in {args.save_dir}")
     distributed.teardown()

@@ -9,28 +9,24 @@ Vocabulary used throughout:
   ``torch.nn.utils.prune`` registers, with no ``module.``/``encoder_q.`` prefix.
 * *ticket file*: a small stand-alone file holding a mask dict packed as bits plus metadata
   (architecture, data set, prune type, round, remaining %); ``--mask_dir`` reads it directly.
+  Ticket file I/O (``save_ticket``, ``read_masks``, ...) lives in ``lth.tickets``; its names are
+  still reachable here (``pruning_utils.read_masks``) for the code that calls them so.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import math
-import os
 from typing import Mapping
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
-from lth.checkpoint import atomic_save, load_file
 from lth.errors import UserError
 
 MASK_SUFFIX = ".weight_mask"
 ORIG_SUFFIX = ".weight_orig"
-TICKET_FORMAT = "lth-ticket"
-TICKET_VERSION = 1
 
 # Prefixes that wrap a backbone in the checkpoints users have: DataParallel/DDP (``module.``) and
 # MoCo's query encoder. The momentum encoder and the queue are not part of a ticket.
@@ -387,72 +383,6 @@ def transferable_weights(state: Mapping[str, torch.Tensor], fc: bool = False, co
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# Tickets: compact stand-alone mask files
-# --------------------------------------------------------------------------------------------
-
-def pack_masks(masks: Mapping[str, torch.Tensor]) -> dict:
-    """Masks as one bit per weight (uint8 tensors) plus their shapes."""
-    packed, shapes = {}, {}
-    for key, mask in masks.items():
-        bits = mask.detach().to("cpu").reshape(-1).ne(0).numpy()
-        packed[key] = torch.from_numpy(np.packbits(bits))
-        shapes[key] = list(mask.shape)
-    return {"bits": packed, "shapes": shapes}
-
-
-def unpack_masks(packed: Mapping) -> dict[str, torch.Tensor]:
-    masks = {}
-    for key, bits in packed["bits"].items():
-        shape = packed["shapes"][key]
-        count = int(np.prod(shape))
-        flat = np.unpackbits(bits.numpy(), count=count)
-        masks[key] = torch.from_numpy(flat.astype(np.float32)).reshape(shape)
-    return masks
-
-
-def save_ticket(path: str, masks: Mapping[str, torch.Tensor], **meta) -> None:
-    """Write a ticket file: packed masks plus metadata (remaining % is computed here)."""
-    meta = dict(meta)
-    meta["remaining"] = mask_remaining(masks)
-    meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    atomic_save({"format": TICKET_FORMAT, "version": TICKET_VERSION, "meta": meta, **pack_masks(masks)}, path)
-
-
-def is_ticket(obj) -> bool:
-    return isinstance(obj, Mapping) and obj.get("format") == TICKET_FORMAT
-
-
-def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dict]:
-    """Masks and metadata from any mask source a user has.
-
-    ``source`` is a path or an already loaded object: a ticket file of this toolkit, a checkpoint
-    of this toolkit or of the original code (``state_dict`` holding ``*.weight_mask``), or a plain
-    ``{layer.weight_mask: tensor}`` dict (the original's ``mask-{i}.pt``). ``module.``,
-    ``encoder_q.`` and ``module.encoder_q.`` prefixes are stripped.
-    """
-    name = source if isinstance(source, (str, os.PathLike)) else "the given object"
-    obj = load_file(source, what) if isinstance(source, (str, os.PathLike)) else source
-    if is_ticket(obj):
-        if obj.get("version", 0) > TICKET_VERSION:
-            raise UserError(f"{name} is a ticket of format version {obj['version']}, newer than this "
-                            f"toolkit reads ({TICKET_VERSION})")
-        return unpack_masks(obj), dict(obj.get("meta", {}))
-    state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
-    if not isinstance(state, Mapping):
-        raise UserError(f"{name} holds no mask: expected a ticket file, a checkpoint with a "
-                        f"'state_dict', or a dict of '*.weight_mask' tensors")
-    masks = {k: v.float() for k, v in extract_mask(state).items() if isinstance(v, torch.Tensor)}
-    if not masks:
-        raise UserError(f"{name} holds no '*.weight_mask' tensor: it is not a pruned checkpoint "
-                        f"or mask file")
-    meta = {"source": str(name)}
-    for key in ("state", "round", "arch", "dataset", "prune_type"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], (int, str, float)):
-            meta[key] = obj[key]
-    return masks, meta
-
-
 def masks_to(masks: Mapping[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {key: mask.to(device) for key, mask in masks.items()}
 
@@ -461,3 +391,21 @@ def current_masks(model: nn.Module, conv1: bool = False) -> dict[str, torch.Tens
     """The mask dict in effect on ``model``'s prunable convs (all ones for a layer not pruned yet)."""
     return {name + MASK_SUFFIX: (module.weight_mask if is_pruned(module) else torch.ones_like(module.weight))
             .detach().to("cpu", copy=True) for name, module in prunable_convs(model, conv1)}
+
+
+# Ticket file I/O moved to lth.tickets (which imports this module); these names resolve lazily, on
+# first use, so that importing either module first works.
+_TICKET_NAMES = ("TICKET_FORMAT", "TICKET_VERSION", "pack_masks", "unpack_masks", "save_ticket",
+                 "is_ticket", "read_masks")
+
+
+def __getattr__(name: str):
+    if name in _TICKET_NAMES:
+        import lth.tickets
+
+        return getattr(lth.tickets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_TICKET_NAMES))

@@ -10,26 +10,28 @@ if _ROOT not in sys.path:
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
-import json  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
+from PIL import ImageFilter  # noqa: E402
 
 import pruning_utils  # noqa: E402
 from lth import cli, distributed  # noqa: E402
-from lth.checkpoint import atomic_save  # noqa: E402
+from lth.checkpoint import atomic_save, trusted_checkpoints  # noqa: E402
 from lth.contrastive import TwoViews, contrastive_evaluate  # noqa: E402
-from lth.engine import Precision, StepResult  # noqa: E402
+from lth.engine import StepResult  # noqa: E402
 from lth.errors import UserError  # noqa: E402
-from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, image_folder  # noqa: E402
+from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD, image_folder  # noqa: E402
+from lth.loaders import DeviceLoader, Loaders  # noqa: E402
 from lth.imp import ImpConfig, ImpRun, PruneStrategy  # noqa: E402
 from lth.models import ARCHS  # noqa: E402
 from lth.plots import plot_training_curves  # noqa: E402
-from lth.runs import RUN_RECORD, RunDir  # noqa: E402
-from lth.trainer import Loaders, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage  # noqa: E402
+from lth.runs import RunDir  # noqa: E402
+from lth.session import check_same_experiment, check_save_dir, open_session  # noqa: E402
+from lth.trainer import StageFiles, TrainConfig, train_stage  # noqa: E402
 from MoCo.builder import MoCo, export_checkpoint, load_moco_weights  # noqa: E402
 
 DENSE_FORMAT = "lth-moco-dense"
@@ -205,31 +207,35 @@ def check_args(args, launch: Launch) -> None:
                         f"is refilled one global batch at a time")
 
 
-def check_same_experiment(source: RunDir, args) -> None:
-    """A resumed run must keep the MoCo and pruning flags it was started with (from its run.json)."""
-    path = source.file(RUN_RECORD)
-    if not os.path.isfile(path):
-        return
-    with open(path) as handle:
-        saved = json.load(handle).get("args", {})
-    for flag in MOCO_IDENTITY:
-        if flag in saved and saved[flag] != getattr(args, flag):
-            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}")
-
-
 # --------------------------------------------------------------------------------------------
 # Data, model, step
 # --------------------------------------------------------------------------------------------
+
+class GaussianBlur:
+    """MoCo v2's blur: PIL's ``ImageFilter.GaussianBlur`` with a radius drawn uniformly from ``sigma``.
+
+    The original drew the radius with Python's ``random``; torch's generator is used here, which
+    the data loader seeds per (seed, epoch), so runs stay reproducible.
+    """
+
+    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)):
+        self.sigma = sigma
+
+    def __call__(self, image):
+        radius = float(torch.empty(()).uniform_(self.sigma[0], self.sigma[1]))
+        return image.filter(ImageFilter.GaussianBlur(radius=radius))
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(sigma={self.sigma})"
+
 
 def moco_augmentation(size: int, plus: bool) -> T.Compose:
     """MoCo v2's augmentation (``plus``) or MoCo v1's, ending in ImageNet normalisation."""
     crop = T.RandomResizedCrop(size, scale=(0.2, 1.0))
     finish = [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if plus:
-        # sigma in [0.1, 2] pixels as MoCo v2's PIL blur; 13 taps cover +-3 sigma at the largest.
         return T.Compose([crop, T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-                          T.RandomGrayscale(p=0.2),
-                          T.RandomApply([T.GaussianBlur(13, sigma=(0.1, 2.0))], p=0.5), *finish])
+                          T.RandomGrayscale(p=0.2), T.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5), *finish])
     return T.Compose([crop, T.RandomGrayscale(p=0.2), T.ColorJitter(0.4, 0.4, 0.4, 0.4), *finish])
 
 
@@ -241,11 +247,13 @@ def make_loaders(args, ctx, launch: Launch) -> Loaders:
     workers = -(-args.workers // launch.local)
     common = dict(seed=args.seed, ctx=ctx, workers=workers)
     loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, **common),
-                      val=DeviceLoader(val_set, per_process, train=False, **common),
+                      # The last partial batch is dropped in both, as the original's loaders did.
+                      val=DeviceLoader(val_set, per_process, train=False, drop_last=True, **common),
                       test=None, num_classes=len(train_set.classes))
-    if len(loaders.train) == 0:
-        raise UserError(f"{os.path.join(args.data, 'train')} has {len(train_set)} images, fewer than one "
-                        f"batch of {per_process} per process: lower --batch-size")
+    for split, loader, dataset in (("train", loaders.train, train_set), ("val", loaders.val, val_set)):
+        if len(loader) == 0:
+            raise UserError(f"{os.path.join(args.data, split)} has {len(dataset)} images, fewer than one "
+                            f"batch of {per_process} per process: lower --batch-size")
     return loaders
 
 
@@ -340,8 +348,7 @@ def mask_digest(masks: dict) -> str:
 def main(args) -> None:
     launch = launch_plan(args)
     check_args(args, launch)
-    run = RunDir(args.save_dir)
-    resume_file = cli.check_save_dir(run, args.resume)
+    _, resume_file = check_save_dir(args.save_dir, args.resume)
     first = os.environ.get("RANK", "0") == "0"
     if first and (args.cos or args.schedule is not None):
         print("notice: --cos/--schedule are accepted for compatibility and ignored: the learning rate "
@@ -366,8 +373,10 @@ def _spawned(local_rank: int, launch: Launch, host: str, port: str, args, resume
     os.environ.update(RANK=str(node * launch.local + local_rank), WORLD_SIZE=str(launch.world),
                       LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(launch.local),
                       MASTER_ADDR=host, MASTER_PORT=port)
+    cli.set_deterministic(args.deterministic)  # a spawned process starts with PyTorch's defaults
     try:
-        worker(args, launch, resume_file)
+        with trusted_checkpoints(args.trust_checkpoint):  # a fresh interpreter: run_main's setting is lost
+            worker(args, launch, resume_file)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -379,34 +388,28 @@ def worker(args, launch: Launch, resume_file: str | None) -> None:
     weights = None if args.pretrained_path in NO_WEIGHTS else args.pretrained_path
     seed_source = RunDir(os.path.dirname(resume_file) or ".") if resume_file else RunDir(args.save_dir)
     if args.resume:
-        check_same_experiment(seed_source, args)
-    ctx = distributed.setup(args.gpu, args.cpu)
-    run = RunDir(args.save_dir, ctx.is_main)
-    seed = args.seed if not args.resume else seed_source.recorded_seed(args.seed)
-    args.seed = distributed.broadcast_object(cli.resolve_seed(seed) if ctx.is_main else seed)
+        check_same_experiment(seed_source, args, MOCO_IDENTITY)
+    session = open_session(args, RunDir(args.save_dir), resume_file)
+    ctx, run, precision = session.ctx, session.run, session.precision
     backend = "nccl" if ctx.device.type == "cuda" else "gloo"
     if ctx.is_main and ctx.distributed and args.dist_backend not in ("nccl", backend):
         # The default (nccl) is silently gloo on the CPU; only an explicit other choice is worth a word.
         print(f"notice: --dist-backend {args.dist_backend} ignored: using {backend}", file=sys.stderr)
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
     loaders = make_loaders(args, ctx, launch)
     # On resume the checkpoint holds the weights, the masks and the rewind point.
     model = make_model(args, ctx, precision, None if args.resume else weights)
-    distributed.barrier()
-    run.start(vars(args), bool(args.resume))
-    cfg = TrainConfig(epochs=args.retrain_epoch or args.epochs, lr=args.lr, momentum=args.momentum,
-                      weight_decay=args.weight_decay, warmup=0, milestones=[], print_freq=args.print_freq,
-                      compile=args.compile)
+    session.record(args)
+    cfg = TrainConfig.from_args(args, epochs=args.retrain_epoch or args.epochs, warmup=0, milestones=[])
     stage_kwargs = dict(step=moco_step(precision.channels_last), evaluator=moco_evaluator(ctx, precision),
                         after_step_factory=lambda _: model.momentum_update)
     if args.retrain_epoch == 0:
-        train_dense(model, loaders, cfg, args, ctx, precision, run, resume_file, stage_kwargs)
+        train_dense(model, loaders, cfg, args, session, stage_kwargs)
     else:
         imp_cfg = ImpConfig(rounds=1 + args.epochs // args.retrain_epoch, rate=args.prune_percent,
                             prune_type="pt_trans" if weights else "lt", random_prune=False, conv1=False,
                             seed=args.seed, train_round0=False,
                             meta={"arch": args.arch, "dataset": os.path.basename(os.path.normpath(args.data)),
-                                  "pretraining": "moco"})
+                                  "pretraining": "moco"}, rewind_in_checkpoint=True)
         if args.epochs % args.retrain_epoch and ctx.is_main:
             print(f"notice: --epochs {args.epochs} is not a multiple of --retrain_epoch {args.retrain_epoch}: "
                   f"{imp_cfg.rounds - 1} rounds train {(imp_cfg.rounds - 1) * args.retrain_epoch} epochs",
@@ -429,12 +432,11 @@ def worker(args, launch: Launch, resume_file: str | None) -> None:
     distributed.teardown()
 
 
-def train_dense(model, loaders, cfg, args, ctx, precision, run, resume_file, stage_kwargs) -> None:
+def train_dense(model, loaders, cfg, args, session, stage_kwargs) -> None:
     """--retrain_epoch 0: dense MoCo training, resumable; the result is written in the released layout."""
-    progress, optimizer_state, scheduler_state = StageProgress(), None, None
+    ctx, precision, run = session.ctx, session.precision, session.run
+    progress, optimizer_state, scheduler_state = session.restore(model, DENSE_FORMAT, args)
     if args.resume:
-        checkpoint, progress = restore_stage(model, run, DENSE_FORMAT, vars(args), False, resume_file)
-        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
         model.freeze_key_encoder()
     extra = {"format": DENSE_FORMAT, "args": vars(args), "arch": args.arch, "seed": args.seed}
     progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, files=DENSE_FILES,

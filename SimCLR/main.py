@@ -10,7 +10,6 @@ SAVE_DIR/EXPERIMENT. --prun_percent 0 instead trains a dense SimCLR model for --
         --sim_model simclr_weight.pt --save_dir simclr_imp
 """
 
-import json
 import os
 import shlex
 import sys
@@ -26,13 +25,13 @@ import pruning_utils  # noqa: E402
 from lth import cli, distributed  # noqa: E402
 from lth.checkpoint import atomic_save  # noqa: E402
 from lth.contrastive import contrastive_evaluate  # noqa: E402
-from lth.engine import Precision  # noqa: E402
 from lth.errors import UserError  # noqa: E402
-from lth.imagedata import DeviceLoader, image_folder  # noqa: E402
+from lth.imagedata import image_folder  # noqa: E402
+from lth.loaders import DeviceLoader, Loaders  # noqa: E402
 from lth.imp import ImpConfig, ImpRun  # noqa: E402
 from lth.models import ARCHS  # noqa: E402
-from lth.runs import RUN_RECORD, RunDir  # noqa: E402
-from lth.trainer import Loaders, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage  # noqa: E402
+from lth.session import check_same_experiment, check_save_dir, open_session  # noqa: E402
+from lth.trainer import StageFiles, TrainConfig, train_stage  # noqa: E402
 from SimCLR import simclr  # noqa: E402
 
 DEFAULT_SIM_MODEL = "./simclr_pre-train_model/resnet50-1x.pth"
@@ -45,7 +44,7 @@ FILES = StageFiles(checkpoint="{stage}checkpoint.pth.tar", best="{stage}model_be
 MOMENTUM = 0.9  # LARS and SGD momentum, fixed as in the original
 # Flags (beyond lth.trainer.IDENTITY_FLAGS) whose change makes a resumed run another experiment.
 SIMCLR_IDENTITY = ("prun_percent", "prun_epoch", "mlpout", "phead", "temperature", "optimizer",
-                   "image_size")
+                   "image_size", "loss")
 
 
 def get_args_parser():
@@ -68,6 +67,10 @@ def get_args_parser():
     group.add_argument("--image_size", type=int, default=224, help="side of the random resized crops")
     group.add_argument("--temperature", type=float, default=0.5,
                        help="NT-Xent temperature (the original hard-coded 0.5)")
+    group.add_argument("--loss", default="original", choices=list(simclr.LOSS_FORMS),
+                       help="NT-Xent form: original is -log(mean p) over the 2N views, what the original "
+                            "SimCLR IMP code (and the paper's tickets) minimised; textbook is mean(-log p), "
+                            "the SimCLR paper's cross entropy")
     group = parser.add_argument_group("optimisation (the original's defaults)")
     group.add_argument("--epochs", type=int, default=150,
                        help="training epochs in all: rounds = 1 + epochs / prun_epoch, the first "
@@ -79,7 +82,8 @@ def get_args_parser():
     group.add_argument("--optimizer", default="lars", choices=["adam", "lars", "sgd"],
                        help=f"lars: trust ratio eta 1e-3; lars and sgd use momentum {MOMENTUM}; a "
                             f"fresh optimizer starts every round")
-    group.add_argument("--weight_decay", type=float, default=1e-6, help="weight decay")
+    group.add_argument("--weight_decay", type=float, default=1e-6,
+                       help="weight decay of lars and sgd (adam takes none, as in the original)")
     group = parser.add_argument_group("pruning")
     group.add_argument("--prun_percent", type=float, default=0.2,
                        help="fraction of the remaining backbone conv weights pruned each time; 0 "
@@ -103,6 +107,7 @@ def get_args_parser():
     group.add_argument("--print_freq", type=int, default=50,
                        help="update the progress bar's loss/accuracy every this many steps")
     cli.add_speed_args(group)
+    cli.add_trust_arg(group)
     return parser
 
 
@@ -163,18 +168,6 @@ def select_devices(args) -> int:
     return len(ids)
 
 
-def check_same_experiment(run: RunDir, args) -> None:
-    """A resumed run must keep the flags that define it (the trainer checks the common ones)."""
-    path = run.file(RUN_RECORD)
-    if not os.path.exists(path):
-        return
-    with open(path) as handle:
-        saved = json.load(handle).get("args", {})
-    for flag in SIMCLR_IDENTITY:
-        if flag in saved and saved[flag] != getattr(args, flag):
-            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}")
-
-
 def start_weights(args) -> dict | None:
     """The --sim_model weights, or None for a dense run from random init (--prun_percent 0 only)."""
     path = args.sim_model
@@ -194,7 +187,9 @@ def make_loaders(args, ctx) -> Loaders:
     val_set = image_folder(args.data, "val", transform)
     per_process = args.batch_size // ctx.world_size
     common = dict(seed=args.seed, ctx=ctx, workers=args.workers)
-    loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, **common),
+    # The last partial batch is kept, as the original's loader kept it (under DDP every rank's
+    # last batch has the same size: the sampler pads), so NT-Xent's gather stays aligned.
+    loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, drop_last=False, **common),
                       val=DeviceLoader(val_set, per_process, train=False, **common),
                       test=None, num_classes=len(train_set.classes))
     if len(loaders.train) == 0:
@@ -222,10 +217,9 @@ def make_model(args, ctx, precision, weights) -> tuple[nn.Module, dict | None]:
 
 def main(args) -> None:
     check_args(args)
-    run = RunDir(os.path.join(args.save_dir, args.experiment))
-    run.check(bool(args.resume))
+    run, _ = check_save_dir(os.path.join(args.save_dir, args.experiment), bool(args.resume))
     if args.resume:
-        check_same_experiment(run, args)
+        check_same_experiment(run, args, SIMCLR_IDENTITY)
     # On resume the checkpoint holds the weights, the masks and the rewind point.
     weights = None if args.resume else start_weights(args)
     devices = select_devices(args)
@@ -235,32 +229,32 @@ def main(args) -> None:
         sys.stdout.flush()
         os.execv(command[0], command)
     # Device 0 is the one --gpu named (CUDA_VISIBLE_DEVICES); under torchrun, LOCAL_RANK's.
-    ctx = distributed.setup(0, args.cpu)
-    run.is_main = ctx.is_main
+    checkpoint_path = None if args.resume in ("", LATEST) else args.resume
+    session = open_session(args, run, checkpoint_path, gpu=0)
+    ctx, precision = session.ctx, session.precision
     if args.batch_size % ctx.world_size:
         raise UserError(f"--batch_size {args.batch_size} must be divisible by the {ctx.world_size} processes")
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
     loaders = make_loaders(args, ctx)
     model, loaded = make_model(args, ctx, precision, weights)
     weights = None  # ``loaded`` keeps the part that is rewound to; free the rest of the file
-    distributed.barrier()
-    run.start(vars(args), bool(args.resume))
+    session.record(args)
     logits_fn = simclr.make_eval_logits(precision.channels_last)
 
     def evaluator(eval_model, loader, desc):
         return contrastive_evaluate(eval_model, loader, ctx, precision, logits_fn, desc=desc)
 
-    stage_kwargs = {"step": simclr.make_step(args.temperature, precision.channels_last), "evaluator": evaluator}
-    train_cfg = TrainConfig(epochs=args.prun_epoch if args.prun_percent else args.epochs, lr=args.lr,
-                            momentum=MOMENTUM, weight_decay=args.weight_decay, warmup=0, milestones=[],
-                            print_freq=args.print_freq, compile=args.compile, optimizer=args.optimizer)
+    stage_kwargs = {"step": simclr.make_step(args.temperature, precision.channels_last, args.loss),
+                    "evaluator": evaluator}
+    # The original's Adam took no weight decay.
+    train_cfg = TrainConfig.from_args(args, epochs=args.prun_epoch if args.prun_percent else args.epochs,
+                                      momentum=MOMENTUM, optimizer=args.optimizer,
+                                      weight_decay=0.0 if args.optimizer == "adam" else args.weight_decay)
     meta = {"arch": args.arch, "dataset": os.path.basename(os.path.normpath(os.path.abspath(args.data))),
             "pretraining": "simclr"}
-    checkpoint_path = None if args.resume in ("", LATEST) else args.resume
     if args.prun_percent:
         imp_cfg = ImpConfig(rounds=1 + args.epochs // args.prun_epoch, rate=args.prun_percent,
                             prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
-                            meta=meta, train_round0=False, files=FILES)
+                            meta=meta, train_round0=False, files=FILES, rewind_in_checkpoint=True)
         imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),
                      strategy=simclr.CheckpointRewind(args.prun_percent), stage_kwargs=stage_kwargs)
         if args.resume:
@@ -270,19 +264,17 @@ def main(args) -> None:
             imp.start()
         done = "tickets (ticket_XX.pt), checkpoints, metrics.jsonl and summary.jsonl"
     else:
-        train_dense(model, loaders, train_cfg, precision, ctx, run, args, meta, stage_kwargs, checkpoint_path)
+        train_dense(model, loaders, train_cfg, session, args, meta, stage_kwargs)
         done = f"{DENSE_OUTPUT} (usable as --sim_model), checkpoints and metrics.jsonl"
     if ctx.is_main:
         print(f"done: {done} are in {run.path}")
     distributed.teardown()
 
 
-def train_dense(model, loaders, cfg, precision, ctx, run, args, meta, stage_kwargs, checkpoint_path) -> None:
+def train_dense(model, loaders, cfg, session, args, meta, stage_kwargs) -> None:
     """--prun_percent 0: plain SimCLR training; the final model is written as --sim_model reads it."""
-    progress, optimizer_state, scheduler_state = StageProgress(), None, None
-    if args.resume:
-        checkpoint, progress = restore_stage(model, run, DENSE_FORMAT, vars(args), False, checkpoint_path)
-        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
+    ctx, precision, run = session.ctx, session.precision, session.run
+    progress, optimizer_state, scheduler_state = session.restore(model, DENSE_FORMAT, args)
     extra = {"format": DENSE_FORMAT, "args": vars(args), "seed": args.seed, **meta}
     progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, progress=progress, files=FILES,
                            optimizer_state=optimizer_state, scheduler_state=scheduler_state,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import os
 import platform
@@ -40,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pruning_utils  # noqa: E402
 from lth import data as lth_data  # noqa: E402
+from lth.checkpoint import write_json  # noqa: E402
 from lth.distributed import Context  # noqa: E402
 from lth.engine import Precision, classification_step, evaluate, make_optimizer, train_one_epoch  # noqa: E402
 from lth.models import build_model  # noqa: E402
@@ -467,9 +467,8 @@ def main(args) -> None:
         f"state_dict (weight_orig + weight_mask): {sizes['pruned_state_dict_bytes'] / 2**20:.1f} MiB "
         f"({sizes['pruned_state_dict_bytes'] / sizes['ticket_bytes']:.1f}x).")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"machine": machine_name(args.device), "args": {k: str(v) for k, v in vars(args).items()},
-                       "steps": results, "epoch": epoch_rows, "prune": prune_rows, "sizes": sizes}, handle, indent=2)
+        write_json({"machine": machine_name(args.device), "args": {k: str(v) for k, v in vars(args).items()},
+                    "steps": results, "epoch": epoch_rows, "prune": prune_rows, "sizes": sizes}, args.json)
     if args.markdown:
         with open(args.markdown, "a") as handle:
             handle.write(out.getvalue() + "\n")

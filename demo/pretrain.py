@@ -126,7 +126,8 @@ def write_report(args, rows, seconds: float) -> None:
         "| pre-training | ticket round | remaining (%) | downstream test accuracy |",
         "|---|---:|---:|---:|",
     ]
-    lines += [f"| {method} | {k} | {remaining:.2f} | {accuracy:.2f} |" for method, k, remaining, accuracy in rows]
+    lines += [f"| {method} | {k} | {remaining:.2f} | {'-' if accuracy is None else f'{accuracy:.2f}'} |"
+              for method, k, remaining, accuracy in rows]  # None: null (NaN) in summary.json
     lines += ["", f"Wall time {seconds / 60:.1f} min; code {code_version()}. Runs: `{args.out}`.", ""]
     text = "\n".join(lines)
     with open(os.path.join(args.out, "pretrain_report.md"), "w") as handle:

@@ -13,7 +13,7 @@ from lth.distributed import Context
 from lth.engine import Precision
 from lth.errors import UserError
 from lth.models import build_model
-from lth.trainer import Loaders
+from lth.loaders import Loaders
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import sys
 from typing import Callable, Mapping, Sequence
 
@@ -30,16 +29,30 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
              argv: list[str] | None = None) -> None:
     """Parse, run, and turn a ``UserError`` into ``error: ...`` on stderr with exit status 2."""
+    from lth.checkpoint import trusted_checkpoints
+
     args = parser.parse_args(argv)
     try:
-        main(args)
+        set_deterministic(getattr(args, "deterministic", False))
+        with trusted_checkpoints(getattr(args, "trust_checkpoint", False)):
+            main(args)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch's checkpoint is intact; continue with --resume",
               file=sys.stderr)
         sys.exit(130)
+
+
+def user_message(error: UserError) -> str:
+    """The error's one line; one raised in a DataLoader worker (a bad file found when read) arrives
+    re-raised with the worker's traceback, whose last line holds the message."""
+    text = str(error)
+    if text.startswith("Caught UserError in DataLoader worker"):
+        last = text.strip().splitlines()[-1]
+        return last.split("UserError: ", 1)[1] if "UserError: " in last else last
+    return text
 
 
 def milestones(text: str) -> list[int]:
@@ -59,16 +72,17 @@ def optional_int(text: str) -> int | None:
 
 
 def resolve_seed(seed: int | None) -> int:
-    """The run's seed: the one given (0 included) or a fresh one that is then recorded.
+    """The run's seed (see ``lth.session.resolve_seed``, which scripts reach through ``open_session``):
+    the one given or a fresh draw, rank 0's under torchrun, broadcast once."""
+    import torch.distributed as dist
 
-    Under torchrun rank 0's draw is broadcast, so every rank builds the same model and data order.
-    """
-    if seed is None:
-        from lth.distributed import broadcast_object
+    from lth.distributed import Context
+    from lth.session import resolve_seed as shared_resolve_seed
 
-        seed = broadcast_object(secrets.randbelow(2**31))
-        print(f"notice: no --seed given; using seed {seed} (recorded in run.json)", file=sys.stderr)
-    return seed
+    initialized = dist.is_available() and dist.is_initialized()
+    ctx = Context(device=None, rank=dist.get_rank() if initialized else 0,
+                  world_size=dist.get_world_size() if initialized else 1)
+    return shared_resolve_seed(seed, ctx)
 
 
 def add_data_args(parser: argparse.ArgumentParser, datasets: list[str], default: str) -> None:
@@ -84,14 +98,51 @@ def add_data_args(parser: argparse.ArgumentParser, datasets: list[str], default:
                             "(never done otherwise)")
 
 
+DETERMINISTIC_HELP = (
+    "CUDA only: make cuDNN pick deterministic convolution algorithms (cudnn.deterministic on, "
+    "cudnn.benchmark off) and PyTorch use its deterministic kernels where it has them (others "
+    "warn), as the original set when given a seed, so that the same seed gives the same masks "
+    "on a GPU too. Cost: only deterministic algorithms may then be chosen for convolutions, "
+    "scatter/index ops and cuBLAS (a fixed workspace), which are often slower; by how much depends "
+    "on the GPU and model (not measured here). On a CPU runs are deterministic without it")
+
+
+def set_deterministic(enabled: bool) -> None:
+    """--deterministic: deterministic cuDNN and PyTorch kernels (a no-op when not ``enabled``).
+
+    The cuBLAS workspace setting must precede the first CUDA matrix product; ``run_main`` calls
+    this before the script's ``main``. Ops without a deterministic kernel warn instead of failing
+    (``warn_only``), so no run stops because of the flag.
+    """
+    if not enabled:
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def add_speed_args(group) -> None:
-    """--precision, --channels_last and --compile: how fast the math runs (never what it computes on CPU)."""
+    """--precision, --channels_last, --compile and --deterministic: how fast the math runs (never what
+    it computes on CPU)."""
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
     group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
                        help="memory layout of activations; auto: on for CUDA, off on CPU")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model (recompiled once per round, after re-pruning)")
+    group.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
+
+
+def add_trust_arg(group) -> None:
+    """--trust_checkpoint: the one way to load a checkpoint that holds arbitrary Python objects."""
+    group.add_argument("--trust_checkpoint", action="store_true",
+                       help="load every checkpoint, weight and mask file in full even when it holds "
+                            "Python objects besides tensors, numbers, argparse.Namespace and numpy "
+                            "scalars; unpickling such a file can run any code in it, so only pass "
+                            "this for files you trust (without it they are refused)")
 
 
 def apply_ticket_args(model, args, is_main: bool) -> tuple[dict, float]:
@@ -135,13 +186,16 @@ def add_ticket_args(parser: argparse.ArgumentParser, weights_note: str = "") -> 
     return group
 
 
-def add_model_args(parser: argparse.ArgumentParser, archs: tuple[str, ...]) -> None:
+def add_model_args(parser: argparse.ArgumentParser, archs: tuple[str, ...], conv1_loads: bool = True) -> None:
+    """--arch, --conv1, --fc; ``conv1_loads=False`` where --conv1 only masks conv1 (the eval script)."""
     group = parser.add_argument_group("model")
     group.add_argument("--arch", default="resnet50", choices=archs,
                        help="ResNet depth (torchvision definition with the CIFAR 3x3 stem, no max-pool)")
     group.add_argument("--conv1", action="store_true",
                        help="also prune the stem conv1 and load it from pre-trained weights "
-                            "(by default it stays dense and keeps its random init)")
+                            "(by default it stays dense and keeps its random init)" if conv1_loads else
+                       "also mask the stem conv1 (its weights come from --pretrained only with --load_all, "
+                       "as in the original; by default it stays dense)")
     group.add_argument("--fc", action="store_true",
                        help="also load the classifier fc from pre-trained weights (needs the same "
                             "number of classes)")
@@ -175,6 +229,23 @@ def add_optim_args(parser: argparse.ArgumentParser, batch_size: int,
                        help="epochs at which the learning rate is multiplied by 0.1")
 
 
+def add_iteration_args(parser: argparse.ArgumentParser, total_itrs: int, val_interval: int,
+                       lr_policies: Sequence[str] = ("poly", "multistep", "cosine")) -> argparse._ArgumentGroup:
+    """--total_itrs, --val_interval and --lr_policy: training counted in iterations (DeepLab's way).
+
+    ``TrainConfig.from_args`` reads them. Returns the group so that a script can add its own flags.
+    """
+    group = parser.add_argument_group("iterations")
+    group.add_argument("--total_itrs", type=int, default=total_itrs,
+                       help="optimizer steps per round (the data loop restarts as often as needed)")
+    group.add_argument("--val_interval", type=int, default=val_interval,
+                       help="evaluate, log and checkpoint every this many iterations (and after the last)")
+    group.add_argument("--lr_policy", default=lr_policies[0], choices=list(lr_policies),
+                       help="poly: lr x (1 - itr/total_itrs)^0.9; multistep: x0.1 at each milestone "
+                            "iteration; cosine: half a cosine to 0")
+    return group
+
+
 def add_runtime_args(parser: argparse.ArgumentParser, names: Mapping[str, Sequence[str]] | None = None,
                      workers: int | None = None, save_dir: str | None = None,
                      resume_path: bool = False) -> None:
@@ -201,6 +272,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, names: Mapping[str, Sequen
     group.add_argument(*_names("--print_freq", names), dest="print_freq", type=int, default=50,
                        help="update the progress bar's loss/accuracy every this many steps")
     add_speed_args(group)
+    add_trust_arg(group)
     if workers is None:
         group.add_argument("--workers", "-j", type=int, default=0,
                            help="accepted for compatibility; small data sets live in memory and need no workers")

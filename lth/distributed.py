@@ -86,3 +86,13 @@ def broadcast_object(obj, src: int = 0):
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's copy of a picklable object, in rank order (``[obj]`` in a single process);
+    for evaluators that need all detections or predictions before computing a metric."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered

@@ -1,12 +1,14 @@
-"""The one train/eval loop every script uses: optimizer, LR schedule, precision, progress, metrics."""
+"""The one train/eval loop every task uses: optimizer and parameter groups, LR schedules, precision,
+the training pass over batches of any structure, and the classification evaluator."""
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -40,7 +42,10 @@ class Precision:
 
 def make_optimizer(params, lr: float, momentum: float, weight_decay: float, device: torch.device,
                    name: str = "sgd") -> torch.optim.Optimizer:
-    """SGD (the fused kernel on CUDA, the multi-tensor one on CPU), Adam or LARS (``lth.optim``)."""
+    """SGD (the fused kernel on CUDA, the multi-tensor one on CPU), Adam or LARS (``lth.optim``).
+
+    ``params`` is an iterable of tensors or of parameter groups (``param_groups`` makes them).
+    """
     params = list(params)
     if name == "sgd":
         fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
@@ -52,20 +57,60 @@ def make_optimizer(params, lr: float, momentum: float, weight_decay: float, devi
     raise ValueError(f"unknown optimizer '{name}'")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_epochs: int,
-                   milestones: Sequence[int], gamma: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step LR factor: linear warm-up over ``warmup_epochs``, then x``gamma`` at each milestone epoch.
+def param_groups(model: nn.Module, lr: float, lr_scales: Mapping[str, float] | None = None):
+    """The optimizer's parameters: one flat group, or one group per learning-rate scale.
 
-    Stepped once per optimizer step, so its state (``last_epoch``) resumes exactly mid-run.
+    ``lr_scales`` maps a parameter-name prefix to a factor of ``lr`` (``{"backbone.": 0.1}``: the
+    backbone at a tenth of the head's rate); the first matching prefix wins and unmatched
+    parameters train at ``lr``. That group comes first, so ``param_groups[0]["lr"]`` is the base rate.
+    """
+    if not lr_scales:
+        return model.parameters()
+    by_scale: dict[float, list] = {1.0: []}
+    for name, parameter in model.named_parameters():
+        scale = next((factor for prefix, factor in lr_scales.items() if name.startswith(prefix)), 1.0)
+        by_scale.setdefault(float(scale), []).append(parameter)
+    return [{"params": params, "lr": lr * scale, "lr_scale": scale}
+            for scale, params in by_scale.items() if params]
+
+
+LR_POLICIES = ("multistep", "poly", "cosine")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmup_epochs: int,
+                   milestones: Sequence[int], gamma: float = 0.1, *, policy: str = "multistep",
+                   total_steps: int | None = None, power: float = 0.9) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step LR factor after a linear warm-up over ``warmup_epochs``, by ``policy``:
+
+    * ``multistep``: x``gamma`` at each milestone epoch (the classification scripts');
+    * ``poly``: ``(1 - step / total_steps) ** power`` (DeepLab's, power 0.9);
+    * ``cosine``: half a cosine from 1 to 0 over the steps after the warm-up.
+
+    Epochs here are units of ``steps_per_epoch`` steps: a run counted in iterations passes 1, and
+    its warm-up and milestones are then in iterations. Stepped once per optimizer step, so its
+    state (``last_epoch``) resumes exactly mid-run; every parameter group keeps its own base rate.
     """
     warmup_steps = max(0, warmup_epochs) * steps_per_epoch
     milestones = sorted(milestones)
+    if policy == "multistep":
+        def factor(step: int) -> float:
+            if step < warmup_steps:
+                return (step + 1) / warmup_steps
+            return gamma ** bisect.bisect_right(milestones, step // max(1, steps_per_epoch))
+    elif policy in ("poly", "cosine"):
+        if not total_steps or total_steps < 1:
+            raise ValueError(f"the {policy} schedule needs the run's total number of steps")
+        decay_steps = max(1, total_steps - warmup_steps)
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return gamma ** bisect.bisect_right(milestones, step // max(1, steps_per_epoch))
-
+        def factor(step: int) -> float:
+            if step < warmup_steps:
+                return (step + 1) / warmup_steps
+            done = min(1.0, (step - warmup_steps) / decay_steps)
+            if policy == "poly":
+                return (1.0 - done) ** power
+            return 0.5 * (1.0 + math.cos(math.pi * done))
+    else:
+        raise ValueError(f"unknown learning-rate policy '{policy}': choose one of {', '.join(LR_POLICIES)}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -81,10 +126,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class StepResult(NamedTuple):
-    """What one training step reports: the loss to minimise and how many of ``count`` it got right."""
+    """What one training step reports: the loss to minimise over ``count`` samples, how many of
+    them it got right (None where the task has no accuracy: segmentation, detection), and
+    optional named parts of the loss (scalar tensors, averaged over the chunk and logged as
+    ``train_{name}``)."""
     loss: torch.Tensor
-    correct: torch.Tensor
+    correct: torch.Tensor | None
     count: int
+    parts: Mapping[str, torch.Tensor] | None = None
 
 
 def classification_step(model: nn.Module, batch) -> StepResult:
@@ -98,21 +147,27 @@ def classification_step(model: nn.Module, batch) -> StepResult:
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler, ctx: Context, precision: Precision, desc: str = "train",
                     print_freq: int = 50, after_step: Callable[[], None] | None = None,
-                    step: Callable[[nn.Module, object], StepResult] = classification_step) -> dict:
-    """One pass over ``loader``; returns mean loss, accuracy (%) and images/s.
+                    step: Callable[[nn.Module, object], StepResult] = classification_step,
+                    total: int | None = None) -> dict:
+    """One pass over ``loader`` (an epoch, or ``total`` batches of a run counted in iterations);
+    returns mean loss, accuracy (%, NaN where the step reports none), images/s and the means of
+    the step's loss parts.
 
     ``step`` computes the loss of a batch (classification by default; SimCLR and MoCo pass their
-    contrastive steps). ``after_step`` runs after each optimizer step (MoCo's momentum update).
-    Loss and accuracy are accumulated on the device and read once at the end (and every
-    ``print_freq`` steps for the progress bar), so the step never waits on the host.
+    contrastive steps, other tasks theirs). ``after_step`` runs after each optimizer step (MoCo's
+    momentum update, the masks). Loss and accuracy are accumulated on the device and read once at
+    the end (and every ``print_freq`` steps for the progress bar), so the step never waits on the host.
     """
     model.train()
     device = ctx.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    parts_sum: dict[str, torch.Tensor] = {}
+    counts_correct = False
     seen = 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, leave=False, disable=None if ctx.is_main else True, dynamic_ncols=True)
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if ctx.is_main else True, dynamic_ncols=True,
+               total=total)
     for index, batch in enumerate(bar):
         with precision.autocast(device):
             result = step(model, batch)
@@ -124,16 +179,28 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         if scheduler is not None:
             scheduler.step()
         loss_sum += result.loss.detach().float() * result.count
-        correct += result.correct
+        if result.correct is not None:
+            correct += result.correct
+            counts_correct = True
+        if result.parts:
+            for name, value in result.parts.items():
+                weighted = value.detach().float() * result.count
+                parts_sum[name] = parts_sum[name] + weighted if name in parts_sum else weighted
         seen += result.count
         if ctx.is_main and print_freq and (index + 1) % print_freq == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}")
+            shown = {"loss": f"{loss_sum.item() / seen:.3f}"}
+            if counts_correct:
+                shown["acc"] = f"{100 * correct.item() / seen:.1f}"
+            bar.set_postfix(**shown)
+    names = sorted(parts_sum)
     totals = all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
-                                         torch.tensor(float(seen), device=device)]))
-    loss_total, correct_total, count = totals.tolist()
+                                         torch.tensor(float(seen), device=device),
+                                         *(parts_sum[name] for name in names)]))
+    loss_total, correct_total, count, *part_totals = totals.tolist()
     elapsed = time.perf_counter() - start
-    return {"loss": loss_total / max(count, 1), "acc": 100.0 * correct_total / max(count, 1),
-            "images_per_s": count / max(elapsed, 1e-9)}
+    accuracy = 100.0 * correct_total / max(count, 1) if counts_correct else math.nan
+    return {"loss": loss_total / max(count, 1), "acc": accuracy, "images_per_s": count / max(elapsed, 1e-9),
+            **{name: value / max(count, 1) for name, value in zip(names, part_totals)}}
 
 
 @torch.inference_mode()

@@ -1,8 +1,7 @@
-"""Image-file data sets (ImageFolder, VisDA-2017 image lists) and a device-side DataLoader wrapper."""
+"""Image-file data sets (ImageFolder, VisDA-2017 image lists), their transforms, loaders and models."""
 
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Callable, Sequence
 
@@ -10,14 +9,14 @@ import torch
 import torch.nn as nn
 import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from lth.distributed import Context
 from lth.engine import Precision
 from lth.errors import UserError
 from lth.models import build_model
-from lth.trainer import Loaders
+from lth.loaders import DeviceLoader, Loaders  # noqa: F401  (DeviceLoader: imported from here by older code)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,7 +81,8 @@ def image_loaders(train: Dataset, val: Dataset, num_classes: int, *, batch_size:
                   precision: Precision) -> Loaders:
     """Loaders of an image-file task (no test split: the original reports validation accuracy)."""
     common = dict(seed=seed, ctx=ctx, workers=workers, channels_last=precision.channels_last)
-    loaders = Loaders(train=DeviceLoader(train, batch_size, train=True, **common),
+    # The last partial training batch is kept, as the original ImageNet and VisDA scripts kept it.
+    loaders = Loaders(train=DeviceLoader(train, batch_size, train=True, drop_last=False, **common),
                       val=DeviceLoader(val, eval_batch_size or 4 * batch_size, train=False, **common),
                       test=None, num_classes=num_classes)
     if len(loaders.train) == 0:
@@ -146,65 +146,3 @@ class ImageList(Dataset):
         except (OSError, UnidentifiedImageError) as error:
             raise UserError(f"cannot read image '{path}': {error}") from None
         return (self.transform(image) if self.transform else image), label
-
-
-class DeviceLoader:
-    """A DataLoader whose batches arrive on the training device, reproducible per (seed, epoch).
-
-    Order and augmentation come from generators seeded with ``(seed, epoch)`` (a
-    ``DistributedSampler`` under DDP), so a run resumed at epoch e sees the batches it would have.
-    """
-
-    def __init__(self, dataset: Dataset, batch_size: int, *, train: bool, seed: int, ctx: Context,
-                 workers: int = 4, channels_last: bool = False, drop_last: bool | None = None):
-        self.train, self.seed, self.ctx, self.channels_last = train, seed, ctx, channels_last
-        self.generator = torch.Generator()
-        drop_last = train if drop_last is None else drop_last
-        if ctx.distributed:
-            self.sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-                                              shuffle=train, seed=seed, drop_last=False)
-        elif train:
-            self.sampler = RandomSampler(dataset, generator=self.generator)
-        else:
-            self.sampler = SequentialSampler(dataset)
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
-                                 pin_memory=ctx.device.type == "cuda", drop_last=drop_last,
-                                 generator=self.generator, persistent_workers=False)
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch_seed = self.seed * 1_000_003 + epoch
-        self.generator.manual_seed(self._epoch_seed)
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        if self.loader.num_workers > 0:
-            # Worker processes seed their RNGs from self.generator: augmentation is reproducible.
-            for batch in self.loader:
-                yield _to_device(batch, self.ctx.device, self.channels_last)
-            return
-        # In this process the transforms draw from torch's global RNG, whose state a resumed run
-        # cannot restore; seeding each batch from (seed, epoch, index) makes it reproducible.
-        iterator = iter(self.loader)
-        for index in itertools.count():
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((self._epoch_seed * 1_000_033 + index) % 2**63)
-                batch = next(iterator, None)
-            if batch is None:
-                return
-            yield _to_device(batch, self.ctx.device, self.channels_last)
-
-
-def _to_device(batch, device: torch.device, channels_last: bool):
-    if isinstance(batch, torch.Tensor):
-        batch = batch.to(device, non_blocking=True)
-        if channels_last and batch.dim() == 4 and batch.is_floating_point():
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return batch
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(item, device, channels_last) for item in batch)
-    return batch

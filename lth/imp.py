@@ -1,8 +1,13 @@
-"""Iterative magnitude pruning: train, prune 20 % of what remains, rewind, repeat; resumable."""
+"""Iterative magnitude pruning: train, prune 20 % of what remains, rewind, repeat; resumable.
+
+Any task runs through ``ImpRun``: its model, ``Loaders``, a ``TrainConfig`` (with the task's
+``Objective``), the ``step``/``evaluator`` in ``stage_kwargs`` and a ``PruneStrategy`` saying what is
+pruned (``BackbonePruning`` for a task whose network holds a ResNet under ``model.backbone``).
+See docs/CORE.md.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,17 +22,20 @@ from lth.engine import Precision
 from lth.errors import UserError
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
 from lth.runs import RunDir
-from lth.trainer import (Loaders, StageFiles, StageProgress, TrainConfig, apply_checkpoint_masks,
-                         restore_stage, train_stage)
+from lth.loaders import Loaders
+from lth.trainer import (StageFiles, StageProgress, TrainConfig, apply_checkpoint_masks, restore_stage,
+                         train_stage)
 
 PRUNE_TYPES = ("lt", "pt", "rewind_lt", "pt_trans")
 REWIND_TARGETS = {
     "lt": "the weights the run started from (random init)",
-    "rewind_lt": "the weights after epoch --rewind_epoch of round 0",
+    "rewind_lt": "the weights after the first --rewind_epoch epochs of round 0",
     "pt": "the best-validation dense model of round 0",
     "pt_trans": "the pre-trained weights (--pretrained)",
 }
 CHECKPOINT_FORMAT = "lth-imp"
+REWIND_FILE = "rewind_point.pth.tar"  # the rewind weights, written once (see ImpConfig.rewind_in_checkpoint)
+REWIND_FORMAT = "lth-rewind-point"
 
 
 @dataclass
@@ -42,6 +50,11 @@ class ImpConfig:
     rewind_epoch: int = 9
     train_round0: bool = True  # False: round 0 only evaluates, then prunes one-shot (ImageNet, SimCLR, MoCo)
     files: StageFiles = field(default_factory=StageFiles)
+    # True: every checkpoint carries the rewind weights as ``init_weight`` (the original's layout,
+    # kept by the classification scripts, whose files are read with --dict_key init_weight).
+    # False: they are written once to REWIND_FILE (under the same key) when they are set, and
+    # checkpoints name that file as ``rewind_point``: large models write no unchanged copy per epoch.
+    rewind_in_checkpoint: bool = False
 
 
 class PruneStrategy:
@@ -75,6 +88,43 @@ class PruneStrategy:
     def restore(self, model: nn.Module, state_dict: dict) -> None:
         """Re-create a checkpoint's masks on ``model`` (on resume, before its strict load)."""
         apply_checkpoint_masks(model, state_dict, self.conv1)
+
+    def apply_ticket(self, model: nn.Module, masks: dict) -> None:
+        """Put a ticket's masks (``layer1.0.conv1.weight_mask``...) on the pruned network."""
+        pruning_utils.apply_mask(self.target(model), masks, conv1=self.conv1)
+
+
+class BackbonePruning(PruneStrategy):
+    """Global magnitude (or random) pruning of the backbone's convs only, conv1 excluded.
+
+    The backbone is ``model.<attribute>`` (``backbone`` by default), a module whose parameter
+    names are torchvision ResNet's (``conv1``, ``layer1.0.conv1``...: a ResNet, or torchvision's
+    ``IntermediateLayerGetter`` over one), so its 52 prunable convs on ResNet-50 are named as in a
+    classification ticket and any ticket of this toolkit fits it. Heads, necks, decoders and batch
+    norms are never pruned. Rewinding loads the whole model's rewind point and puts the backbone's
+    masks back; a task that rewinds less (only the backbone convs) overrides ``rewind``.
+    """
+
+    def __init__(self, rate: float, random: bool = False, conv1: bool = False, attribute: str = "backbone"):
+        super().__init__(rate, random, conv1)
+        self.attribute = attribute
+
+    def target(self, model: nn.Module) -> nn.Module:
+        return model.get_submodule(self.attribute)
+
+    def rewind(self, model: nn.Module, weights: dict) -> None:
+        masks = pruning_utils.extract_mask(self.target(model))
+        pruning_utils.remove_prune(model)
+        model.load_state_dict(pruning_utils.dense_state_dict(weights), strict=True)
+        if masks:
+            self.apply_ticket(model, masks)
+
+    def restore(self, model: nn.Module, state_dict: dict) -> None:
+        prefix = self.attribute + "."
+        masks = {key[len(prefix):]: value for key, value in pruning_utils.strip_prefixes(state_dict).items()
+                 if key.startswith(prefix) and key.endswith(pruning_utils.MASK_SUFFIX)}
+        if masks:
+            self.apply_ticket(model, masks)
 
 
 def examples_checkpoint_keys(imp: ImpRun) -> dict:
@@ -119,21 +169,48 @@ class ImpRun:
 
     # -- checkpoint payload ------------------------------------------------------------------
     def _extra(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "init_weight": self.rewind_weights, "args": self.args,
+        if self.cfg.rewind_in_checkpoint:
+            rewind = {"init_weight": self.rewind_weights}
+        else:
+            rewind = {"rewind_point": REWIND_FILE if self.rewind_weights is not None else None}
+        return {"format": CHECKPOINT_FORMAT, **rewind, "args": self.args,
                 "seed": self.cfg.seed, "prune_type": self.cfg.prune_type, **self.cfg.meta,
                 **self.extra_state()}
 
+    def set_rewind_point(self, weights: dict | None) -> None:
+        """The weights every later round rewinds to; written once to REWIND_FILE unless checkpoints carry them."""
+        self.rewind_weights = weights
+        if weights is not None and not self.cfg.rewind_in_checkpoint and self.ctx.is_main:
+            atomic_save({"format": REWIND_FORMAT, "init_weight": weights}, self.run.file(REWIND_FILE))
+
+    def _read_rewind_point(self, checkpoint: dict, checkpoint_path: str) -> dict | None:
+        if "init_weight" in checkpoint:
+            return checkpoint["init_weight"]
+        name = checkpoint.get("rewind_point")
+        if not name:
+            return None
+        path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), name)
+        if not os.path.isfile(path):
+            raise UserError(f"checkpoint '{checkpoint_path}' rewinds to '{path}', which is missing; "
+                            f"the run cannot be resumed without it")
+        saved = load_file(path, "rewind point")
+        if not isinstance(saved, dict) or saved.get("format") != REWIND_FORMAT:
+            raise UserError(f"'{path}' is not a rewind point written by this toolkit")
+        return saved["init_weight"]
+
     def _on_epoch_end(self, stage: int):
         def capture(epoch: int) -> None:
-            if self.cfg.prune_type == "rewind_lt" and stage == 0 and epoch == self.cfg.rewind_epoch:
-                self.rewind_weights = pruning_utils.dense_state_dict(self.model)
+            # As the original: after k = rewind_epoch epochs (0-based epoch k - 1), file epoch_{k}_...
+            trained = epoch + 1
+            if self.cfg.prune_type == "rewind_lt" and stage == 0 and trained == self.cfg.rewind_epoch:
+                self.set_rewind_point(pruning_utils.dense_state_dict(self.model))
                 if self.ctx.is_main:
-                    atomic_save(self.rewind_weights, self.run.file(f"epoch_{epoch}_rewind_weight.pt"))
+                    atomic_save(self.rewind_weights, self.run.file(f"epoch_{trained}_rewind_weight.pt"))
         return capture
 
     def _stage_config(self, stage: int) -> TrainConfig:
         if stage == 0 and not self.cfg.train_round0:
-            return dataclasses.replace(self.train_cfg, epochs=0)
+            return self.train_cfg.evaluating_only()
         return self.train_cfg
 
     # -- driving -----------------------------------------------------------------------------
@@ -145,13 +222,17 @@ class ImpRun:
         """
         if self.rewind_weights is None and self.cfg.prune_type in ("lt", "pt_trans"):
             self.rewind_weights = pruning_utils.dense_state_dict(self.model)
+        self.set_rewind_point(self.rewind_weights)
         self._write_ticket(0)
         self._train_from(0, StageProgress(), None, None)
 
     def resume(self, checkpoint_path: str | None = None) -> None:
+        if checkpoint_path is None:
+            checkpoints = self.run.checkpoints()
+            checkpoint_path = checkpoints[max(checkpoints)]
         checkpoint, progress = restore_stage(self.model, self.run, CHECKPOINT_FORMAT, self.args,
                                              self.cfg.conv1, checkpoint_path, apply_masks=self.strategy.restore)
-        self.rewind_weights = checkpoint.get("init_weight")
+        self.rewind_weights = self._read_rewind_point(checkpoint, checkpoint_path)
         self._train_from(int(checkpoint["state"]), progress, checkpoint.get("optimizer"),
                          checkpoint.get("scheduler"))
 
@@ -159,7 +240,7 @@ class ImpRun:
         for stage in range(first_round, self.cfg.rounds):
             self.progress = progress
             cfg = self._stage_config(stage)
-            if cfg.epochs == 0 or progress.next_epoch < cfg.epochs:
+            if not cfg.trains or not progress.finished(cfg):
                 progress = train_stage(
                     self.model, self.loaders, cfg, self.precision, self.ctx, self.run, stage=stage,
                     progress=progress, files=self.cfg.files, optimizer_state=optimizer_state,
@@ -174,18 +255,19 @@ class ImpRun:
         remaining = self.strategy.remaining(self.model)
         if self.ctx.is_main:
             history = progress.history
-            self.run.log_round(progress.summary_row(stage, remaining))
+            self.run.log_round(progress.summary_row(stage, remaining, self.train_cfg.objective))
             if history["train"]:
                 plot_training_curves(history, self.run.file(f"{stage}net_train.png"),
-                                     title=f"round {stage}: {remaining:.2f}% of conv weights remain")
+                                     title=f"round {stage}: {remaining:.2f}% of conv weights remain",
+                                     **training_curve_labels(self.train_cfg))
             self._plot_summary()
         if stage == 0 and self.cfg.prune_type == "pt":
             distributed.barrier()
             best = load_file(self.run.file(self.cfg.files.best_of(0)), "best round-0 model")
-            self.rewind_weights = pruning_utils.dense_state_dict(best["state_dict"])
+            self.set_rewind_point(pruning_utils.dense_state_dict(best["state_dict"]))
         if self.rewind_weights is None:
-            raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must be "
-                            "smaller than --epochs)")
+            raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must lie "
+                            "in [1, --epochs])")
         self.strategy.prune(self.model, seed=self.cfg.seed * 7919 + stage)
         self.strategy.rewind(self.model, self.rewind_weights)
         self._write_ticket(stage + 1)
@@ -205,8 +287,17 @@ class ImpRun:
 
     def _plot_summary(self) -> None:
         rows = self.run.summary()
+        objective = self.train_cfg.objective
         label = ("random pruning" if self.cfg.random_prune else "IMP") + f" ({self.cfg.prune_type})"
-        plot_accuracy_vs_remaining({label: [(row["remaining"], row["reported_acc"]) for row in rows]},
-                                   self.run.file("accuracy_vs_remaining.png"),
+        name = "accuracy" if objective.is_accuracy else objective.name
+        plot_accuracy_vs_remaining({label: [(row["remaining"], row.get("reported", row.get("reported_acc"))) for row in rows]},
+                                   self.run.file(f"{name}_vs_remaining.png"),
                                    title=f"{self.cfg.meta.get('arch')} on {self.cfg.meta.get('dataset')}",
-                                   ylabel="accuracy (%)")
+                                   ylabel="accuracy (%)" if objective.is_accuracy else name)
+
+
+def training_curve_labels(cfg: TrainConfig) -> dict:
+    """Axis labels of a round's training curves: the objective's name, and epochs or iterations."""
+    objective = cfg.objective
+    return {"ylabel": "accuracy (%)" if objective.is_accuracy else objective.name,
+            "xlabel": f"evaluation (every {cfg.val_interval} iterations)" if cfg.by_iterations else "epoch"}

@@ -1,4 +1,4 @@
-"""PNG plots: accuracy against remaining weights (one run, or groups of seeds), training curves, ticket analysis."""
+"""PNG plots: the primary metric against remaining weights (one run, or groups of seeds), training curves, ticket analysis."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ def plot_accuracy_vs_remaining(curves: Mapping[str, Sequence[tuple[float, float]
     """One line per curve of ``(remaining %, accuracy %)`` points, remaining weights on a log axis
     that runs from dense (left) to sparse (right), as in the paper's figures."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    # Figures read back from JSON are None where they were NaN: such points are left out.
+    curves = {label: [(x, y) for x, y in points if _is_number(x) and _is_number(y)]
+              for label, points in curves.items()}
     for label, points in curves.items():
         points = sorted(points, key=lambda point: -point[0])
         if points:
@@ -157,20 +160,27 @@ def plot_overlap(labels: Sequence[str], iou: Sequence[Sequence[float]], chance: 
     _save(fig, path)
 
 
-def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, title: str = "") -> None:
-    """Train, validation and test accuracy per epoch of one round (the original's ``net_train.png``)."""
+def plot_training_curves(history: Mapping[str, Sequence[float]], path: str, title: str = "",
+                         ylabel: str = "accuracy (%)", xlabel: str = "epoch") -> None:
+    """Train, validation and test figures per evaluation of one round (the original's
+    ``net_train.png``); ``ylabel`` names the metric shown (accuracy for classification)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     names = {"train": "train", "ta": "validation", "test_ta": "test"}
     for key, values in history.items():
+        values = [math.nan if value is None else value for value in values]  # None: null in JSON
         if any(value == value for value in values):  # a split without figures (all NaN) is left out
             ax.plot(range(len(values)), values, label=names.get(key, key))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     if title:
         ax.set_title(title)
     _save(fig, path)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _save(fig, path: str) -> None:

@@ -8,7 +8,7 @@ import os
 import re
 import time
 
-from lth.checkpoint import append_jsonl, read_jsonl, run_record, write_json, atomic_write_text
+from lth.checkpoint import append_jsonl, atomic_write_text, jsonl_text, read_jsonl, run_record, write_json
 from lth.errors import UserError
 
 RUN_RECORD = "run.json"
@@ -89,12 +89,13 @@ class RunDir:
     def summary(self) -> list[dict]:
         return read_jsonl(self.file(SUMMARY))
 
-    def rewind_logs(self, round_index: int, next_epoch: int) -> None:
-        """Drop log lines written after the checkpoint being resumed (a kill between the two)."""
+    def rewind_logs(self, round_index: int, next_epoch: int, key: str = "epoch") -> None:
+        """Drop log lines written after the checkpoint being resumed (a kill between the two):
+        those of later rounds and those of this round at ``key`` >= ``next_epoch``."""
         if not self.is_main:
             return
         keep = [row for row in self.metrics()
-                if (row.get("round", 0), row["epoch"]) < (round_index, next_epoch)]
+                if (row.get("round", 0), row.get(key, -1)) < (round_index, next_epoch)]
         _rewrite_jsonl(keep, self.file(METRICS))
         keep = [row for row in self.summary() if row.get("round", 0) < round_index]
         _rewrite_jsonl(keep, self.file(SUMMARY))
@@ -105,7 +106,7 @@ class RunDir:
 
 
 def _rewrite_jsonl(rows: list[dict], path: str) -> None:
-    atomic_write_text("".join(json.dumps(row) + "\n" for row in rows), path)
+    atomic_write_text(jsonl_text(rows), path)
 
 
 def _now() -> str:

@@ -12,3 +12,42 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _refuse_constant(name):
+    raise ValueError(f"not strict JSON: bare {name}")
+
+
+def strict_json_files(folder) -> dict:
+    """Every ``*.json``/``*.jsonl`` file under ``folder``, parsed as strict JSON (a bare NaN,
+    Infinity or -Infinity fails, as in jq and browsers): ``{path: object or list of rows}``."""
+    import json
+    import pathlib
+
+    parsed = {}
+    for path in sorted(pathlib.Path(folder).rglob("*.json*")):
+        if path.suffix not in (".json", ".jsonl"):
+            continue
+        text = path.read_text()
+        try:
+            if path.suffix == ".json":
+                parsed[path] = json.loads(text, parse_constant=_refuse_constant)
+            else:
+                parsed[path] = [json.loads(line, parse_constant=_refuse_constant)
+                                for line in text.splitlines() if line.strip()]
+        except ValueError as error:
+            raise AssertionError(f"{path}: {error}") from None
+    return parsed
+
+
+@pytest.fixture(scope="session")
+def assert_strict_json():
+    """Checks that a run folder's JSON files are all strict JSON; returns them parsed."""
+    def check(folder, *expected: str) -> dict:
+        import pathlib
+
+        parsed = {str(path.relative_to(folder)): value
+                  for path, value in strict_json_files(pathlib.Path(folder)).items()}
+        assert parsed and set(expected) <= set(parsed), (sorted(parsed), expected)
+        return parsed
+    return check

@@ -262,12 +262,19 @@ def test_visda_resume_after_an_interruption_gives_the_same_ticket(data, visda_ru
 # Tickets into main_eval_visda.py and main_eval_downstream.py
 # ------------------------------------------------------------------------------------------------
 
-def test_imagenet_ticket_trains_on_visda(data, imagenet_run, tmp_path):
+def test_json_files_are_strict_with_null_for_the_missing_test_split(imagenet_run, visda_run, assert_strict_json):
+    for out in (imagenet_run["dir"], visda_run):
+        rows = assert_strict_json(out, "metrics.jsonl", "summary.jsonl", "run.json")["summary.jsonl"]
+        assert rows and all(row["test_acc_at_best_val"] is None and row["final_test_acc"] is None
+                            and 0 <= row["reported_acc"] <= 100 for row in rows)
+
+
+def test_imagenet_ticket_trains_on_visda(data, imagenet_run, tmp_path, assert_strict_json):
     ticket = imagenet_run["dir"] / "ticket_02.pt"
     out = tmp_path / "eval"
     run_script(main_eval_visda, data["visda"], *FAST, "--mask_dir", ticket,
                "--pretrained", imagenet_run["dir"] / "1model_best.pth.tar", "--save_dir", out)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = assert_strict_json(out, "summary.json", "metrics.jsonl", "run.json")["summary.json"]
     assert summary["remaining"] == pytest.approx(64, abs=1e-3)
     assert 0 <= summary["best_val_acc"] <= 100 and 0 <= summary["mean_class_acc_at_best_val"] <= 100
     assert len(summary["per_class_acc_at_best_val"]) == 12

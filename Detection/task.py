@@ -1,0 +1,102 @@
+"""What the detection entry scripts plug into the shared core: data sets by name, pre-trained
+backbone loading, the training step, the evaluation, the primary metric and the prune target."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from Detection.data import (DIGIT_CLASSES, VOC_CLASSES, DetectionRecord, digit_detection_records,
+                            read_annotation_list, voc_records)
+from Detection.evaluate import DetectionEvaluator
+from Detection.loss import yolo_loss
+from Detection.model import YOLOv4
+from lth.errors import UserError
+from lth.models import LoadReport, load_pretrained
+
+PRIMARY_METRIC = "ap"
+DATASETS = ("voc", "digits", "lists")
+# Sizes of the embedded digits set (canvases); small enough for a CPU demo.
+DIGITS_COUNTS = {"train": 600, "val": 100, "test": 200}
+
+
+@dataclass
+class DetectionData:
+    train: list[DetectionRecord]
+    test: list[DetectionRecord]
+    class_names: tuple[str, ...]
+    val: list[DetectionRecord] | None = None     # only the digits set has one (VOC: the original had none)
+
+
+def load_detection_data(dataset: str, data_root: str | None = None, seed: int = 0, canvas: int = 64,
+                        train_list: str | None = None, test_list: str | None = None,
+                        digits_counts: Mapping[str, int] = DIGITS_COUNTS) -> DetectionData:
+    """``voc``: VOC07+12 trainval / VOC07 test under ``data_root``; ``lists``: the original's
+    ``train_annotation.txt``/``test_annotation.txt`` (VOC classes); ``digits``: the embedded set
+    (its validation and test canvases are fixed, whatever ``seed``)."""
+    if dataset == "voc":
+        if not data_root:
+            raise UserError("--data_root is required for the VOC data set")
+        return DetectionData(voc_records(data_root, "train"), voc_records(data_root, "test"), VOC_CLASSES)
+    if dataset == "lists":
+        if not (train_list and test_list):
+            raise UserError("the annotation-list data set needs both a train and a test list")
+        return DetectionData([r for r in read_annotation_list(train_list) if len(r.boxes)],
+                             read_annotation_list(test_list), VOC_CLASSES)
+    if dataset == "digits":
+        return DetectionData(digit_detection_records("train", digits_counts["train"], seed, canvas),
+                             digit_detection_records("test", digits_counts["test"], 0, canvas), DIGIT_CLASSES,
+                             val=digit_detection_records("val", digits_counts["val"], 0, canvas))
+    raise UserError(f"unknown detection data set '{dataset}': choose one of {', '.join(DATASETS)}")
+
+
+def load_backbone_weights(model: YOLOv4, path: str, quiet: bool = False) -> LoadReport:
+    """Released ImageNet / MoCo v2 / SimCLR weights (any format the core reads) into the backbone,
+    conv1 included and fc left out, as the original's overlap loading did."""
+    return load_pretrained(model.backbone, path, conv1=True, fc=False, quiet=quiet)
+
+
+def prune_target(model: nn.Module) -> nn.Module:
+    """The module IMP prunes: the backbone (its conv1 excluded by pruning_utils' default)."""
+    return unwrap(model).backbone
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def move_batch(batch, device: torch.device):
+    """A collated batch (tensors, lists and dicts of tensors) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: move_batch(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_batch(value, device) for value in batch)
+    return batch
+
+
+def loss_step(model: nn.Module, batch: Mapping, iou_threshold: float = 0.5) -> dict[str, torch.Tensor]:
+    """Forward one training batch (already on the model's device) and return the original's loss:
+    ``{"loss", "ciou", "conf", "cls"}``; the caller backpropagates ``loss``."""
+    raw, decoded = model(batch["image"])
+    return yolo_loss(raw, decoded, batch["labels"], batch["boxes"], unwrap(model).strides, iou_threshold)
+
+
+@torch.no_grad()
+def run_evaluation(model: nn.Module, loader: Sequence[Mapping], evaluator: DetectionEvaluator, result_dir: str,
+                   progress: bool = True) -> dict:
+    """Detect on every batch of ``loader`` (this rank's shard), then gather, write the comp4 files
+    to ``result_dir`` and return ``{"ap", "ap50", "ap75", "class_ap50", ...}`` on every rank."""
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    for batch in tqdm(loader, desc="detect", disable=not progress, file=sys.stderr, leave=False):
+        evaluator.add(batch, model)
+    model.train(was_training)
+    return evaluator.finish(result_dir)
