@@ -224,7 +224,10 @@ def _expected_rounds(script: str, args: dict) -> int | None:
 
 
 def _metric_name(row: dict, default: str) -> str:
-    return str(row.get("primary_metric") or default)
+    """The primary metric a summary row names; classification's ``acc`` (the core's name) and the
+    unnamed accuracy of older rows and ``summary.json`` files are one metric."""
+    name = str(row.get("primary_metric") or default)
+    return "accuracy" if name == "acc" else name
 
 
 def _reported(row: dict) -> float:
