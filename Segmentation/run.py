@@ -483,8 +483,8 @@ def check_round_inputs(save_dir: str, round_index: int, continuing: bool) -> Non
     for path in written:
         if not os.path.isfile(path):
             continue
-        raise UserError(f"'{path}' already exists: round {round_index} of this --save_dir has run; "
-                        f"pass --resume to continue it or choose another --save_dir")
+        raise UserError(f"'{path}' already exists: round {round_index} of this --save_dir has started; "
+                        f"pass --resume to continue it, remove the file to start over, or choose another --save_dir")
 
 
 def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None) -> None:
