@@ -49,7 +49,7 @@ NO_WEIGHTS = "none"
 TORCHVISION_FILES = {"resnet50": "resnet50-19c8e357.pth", "resnet101": "resnet101-5d3b4d8f.pth",
                      "resnet18": "resnet18-5c106cde.pth"}
 # Identity flags of a segmentation run beyond the trainer's (a resume must keep them).
-RUN_FLAGS = ("model", "output_stride", "separable_conv", "crop_size", "crop_val", "year", "total_itrs",
+RUN_FLAGS = ("rate", "model", "output_stride", "separable_conv", "crop_size", "crop_val", "year", "total_itrs",
              "val_interval", "lr_policy", "step_size", "loss_type", "imp_num", "exp")
 
 
@@ -92,8 +92,11 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
         group.add_argument("--imp_num", type=int, default=None,
                            help="the round to run: 0 saves the starting state (seg_backbone_imp0.pth) and "
                                 "trains; k loads seg_backbone_imp{k}.pth's mask, rewinds to round 0, trains; "
-                                "each round prunes 20%% of the remaining backbone conv weights and writes "
+                                "each round prunes --rate of the remaining backbone conv weights and writes "
                                 "seg_backbone_imp{k+1}.pth. Omitted: rounds 0..--imp_rounds-1 in one command")
+        group.add_argument("--rate", type=float, default=PRUNE_RATE,
+                           help="fraction of the remaining backbone conv weights pruned after each round "
+                                "(the original's 0.2: round k keeps 0.8^k)")
         group.add_argument("--imp_rounds", type=int, default=IMP_ROUNDS,
                            help="rounds run without --imp_num (finished ones are skipped with --resume)")
     else:
@@ -214,6 +217,7 @@ def check_args(args: argparse.Namespace, mode: str) -> None:
     if mode == "imp":
         if args.imp_num is not None and args.imp_num < 0:
             raise UserError(f"--imp_num must be 0 or more, got {args.imp_num}")
+        pruning_utils.check_rate(args.rate)
         if args.imp_rounds < 1:
             raise UserError(f"--imp_rounds must be at least 1, got {args.imp_rounds}")
         if args.ckpt and not (args.continue_training or args.test_only):
@@ -491,7 +495,7 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
     """One IMP round: start (or rewind), train, prune the last model, write the next round's files."""
     args, ctx = task.args, task.ctx
     save_dir = args.save_dir
-    strategy = BackbonePruning(PRUNE_RATE)
+    strategy = BackbonePruning(args.rate)
     model = build_model(task)
     start_file = imp_file_path(save_dir, 0)
     if args.ckpt and not args.continue_training:  # --test_only of a checkpoint

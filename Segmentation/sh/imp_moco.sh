@@ -1,21 +1,8 @@
 #!/usr/bin/env bash
 # IMP of DeepLabV3+ from moco weights, rounds 0..18, one command per round (the original's sh/imp_moco.sh).
 # Usage: Segmentation/sh/imp_moco.sh GPU [more flags, e.g. --data_root DIR --pretrained FILE]
-# Runs from Segmentation/ as the original; the rounds write into seed${SEED}_imp_moco_outbackbone/.
 set -e
 GPU=$1
 SEED=10
-cd "$(dirname "$0")/.."
-for i in {0..18}
-do
-    python -u main_imp_moco.py \
-    --model deeplabv3plus_resnet50 \
-    --year 2012 \
-    --crop_val \
-    --gpu_id ${GPU} \
-    --random_seed ${SEED} \
-    --batch_size 4 \
-    --imp_num ${i} \
-    "${@:2}" \
-    seed${SEED}_imp_moco_${i}
-done
+source "$(dirname "$0")/common.sh"
+imp_sweep main_imp_moco.py seed${SEED}_imp_moco "${@:2}"
