@@ -169,6 +169,19 @@ def test_a_kill_mid_round_resumes_to_the_same_masks(three_rounds, tmp_path, monk
         [numbers(r) for r in rows(save_dir / "r0" / "metrics.jsonl")]
 
 
+def test_all_rounds_in_one_resumable_command(tmp_path, capsys):
+    argv = ["sweep", "--imp_rounds", "2", "--save_dir", str(tmp_path), *FAST, "--total_itrs", "2"]
+    segrun.imp_entry("imagenet", argv)
+    assert [row["exp"] for row in rows(tmp_path / "summary.jsonl")] == ["sweep_0", "sweep_1"]
+    assert pruning_utils.mask_remaining(masks_of(tmp_path / "ticket_02.pt")) == pytest.approx(64, abs=0.01)
+    ticket = (tmp_path / "ticket_02.pt").read_bytes()
+    with pytest.raises(SystemExit):
+        segrun.imp_entry("imagenet", argv)
+    assert "already holds an IMP run" in capsys.readouterr().err
+    segrun.imp_entry("imagenet", [*argv, "--resume"])  # finished rounds are skipped
+    assert (tmp_path / "ticket_02.pt").read_bytes() == ticket and len(rows(tmp_path / "summary.jsonl")) == 2
+
+
 def test_moco_and_simclr_imp_validate_only_in_the_second_half(tmp_path):
     imp(tmp_path, 0, "--total_itrs", "6", source="moco")
     assert [row["itr"] for row in rows(tmp_path / "r0" / "metrics.jsonl")] == [4, 6]
