@@ -288,6 +288,8 @@ def build_model(task: Task) -> nn.Module:
     torch.manual_seed(args.seed)
     model = build_segmentation_model(args.model, task.data.num_classes, args.output_stride, args.separable_conv)
     if args.sync_bn and task.ctx.distributed:
+        if task.ctx.device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(task.ctx.device)
     if task.precision.channels_last:
@@ -429,8 +431,9 @@ def test_only(task: Task, model: nn.Module, run: RunDir, strategy: BackbonePruni
 
 
 def prediction_writer(task: Task, run: RunDir) -> PredictionWriter | None:
-    """--save_val_results: EXP/results/{image_id}_pred.png, rewritten at every evaluation (rank 0)."""
-    if not (task.args.save_val_results and task.ctx.is_main):
+    """--save_val_results: EXP/results/{image_id}_pred.png, rewritten at every evaluation (under
+    torchrun each rank writes the images of its shard)."""
+    if not task.args.save_val_results:
         return None
     return PredictionWriter(run.file("results"), task.data.val.ids, palette_for(task.args.dataset))
 

@@ -53,10 +53,12 @@ def command(script: str, *flags: str) -> list[str]:
     return [sys.executable, "-u", os.path.join(ROOT, "Segmentation", script), *flags]
 
 
-def start(cmd: list[str], log: str, threads: int = 1) -> subprocess.Popen:
-    """Start a run with ``threads`` threads (two runs side by side take one core each), output in ``log``."""
+def start(cmd: list[str], log: str) -> subprocess.Popen:
+    """Start a run with one thread (two runs side by side take one core each), its output in ``log``.
+
+    Two threads per run were slower on a loaded machine: each waits for the other to be scheduled."""
     print("$ " + " ".join(cmd[1:]), flush=True)
-    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -90,7 +92,7 @@ def main(args) -> None:
     log = os.path.join(logs, "pretrain.log")
     finish(start(command("main_transfer_imagenet.py", "dense", "--save_dir", pretrain_dir, "--pretrained", "none",
                          "--total_itrs", str(args.pretrain_itrs), "--val_interval", str(args.pretrain_itrs),
-                         *common), log, threads=2), log)
+                         *common), log), log)
     state = torch.load(os.path.join(pretrain_dir, "dense", CHECKPOINT), map_location="cpu", weights_only=False)
     backbone = {key[len("backbone."):]: value for key, value in state["state_dict"].items()
                 if key.startswith("backbone.")}
@@ -129,7 +131,7 @@ def write_report(args, imp_dir: str, control_dir: str, pretrained_miou: float, s
                                title="DeepLabV3+ ResNet-18 on digits segmentation", ylabel="test mIoU (%)")
     lines = ["# Segmentation demo: a DeepLabV3+ ResNet-18 ticket on the digits segmentation set", "",
              f"Code {code_version()}; `make demo-seg`; {os.cpu_count()} CPU cores (load average "
-             f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} at the end), one thread per run (two for the starting point).", "",
+             f"{' '.join(f'{v:.1f}' for v in os.getloadavg())} at the end), one thread per run.", "",
              f"Starting point: {args.pretrain_itrs} dense steps from random init, test mIoU {pretrained_miou:.2f} %. "
              f"Each IMP round and each control: {args.itrs} steps of {args.batch_size} from that backbone "
              f"(head at its round-0 init), lr {args.lr} (backbone 0.1x) poly; {args.rate:g} of the remaining "
