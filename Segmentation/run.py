@@ -275,7 +275,9 @@ def build_task(args: argparse.Namespace, source: Source, session: Session, eval_
                       val=loader(data.val, args.val_batch_size, False),
                       test=loader(data.test, args.val_batch_size, False) if data.test is not None else None,
                       num_classes=data.num_classes)
-    milestones = list(range(args.step_size, args.total_itrs, args.step_size)) if args.lr_policy == "step" else []
+    # StepLR(step_size, gamma=0.1): x0.1 at every multiple of step_size (the last one included, so the
+    # scheduler state at the end matches the original's too)
+    milestones = list(range(args.step_size, args.total_itrs + 1, args.step_size)) if args.lr_policy == "step" else []
     cfg = TrainConfig.from_args(args, epochs=0, momentum=0.9, warmup=0, milestones=milestones,
                                 lr_policy="multistep" if args.lr_policy == "step" else args.lr_policy,
                                 lr_scales={"backbone.": 0.1}, objective=OBJECTIVE, eval_from=eval_from)

@@ -215,6 +215,15 @@ def test_transfer_of_a_classification_ticket_and_its_controls(tmp_path):
     assert (out / "miou_vs_remaining.png").exists()
 
 
+def test_step_policy_and_the_backbone_at_a_tenth_of_the_head_rate(tmp_path):
+    transfer(tmp_path, "step", "--lr_policy", "step", "--step_size", "1", "--total_itrs", "2", "--val_interval", "1")
+    assert [row["lr"] for row in rows(tmp_path / "step" / "metrics.jsonl")] == pytest.approx([0.01, 0.001])
+    checkpoint = torch.load(tmp_path / "step" / "latest_deeplabv3plus_resnet18_digits_os16.pth", weights_only=False)
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert [group["lr"] for group in groups] == pytest.approx([1e-4, 1e-5])  # head, backbone after 2 steps
+    assert checkpoint["cur_itrs"] == 2 and 0 <= checkpoint["best_score"] <= 1  # the original's keys
+
+
 def test_test_only_prints_the_scores_and_writes_only_predictions(tmp_path, capsys):
     transfer(tmp_path, "look", "--test_only", "--save_val_results")
     out = capsys.readouterr().out
