@@ -13,7 +13,6 @@ Then writes report.md (what was measured) and miou_vs_remaining.png.
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from lth.checkpoint import code_version  # noqa: E402
+from lth.checkpoint import code_version, read_jsonl  # noqa: E402
 from lth.plots import plot_accuracy_vs_remaining  # noqa: E402
 
 MODEL = "deeplabv3plus_resnet18"
@@ -67,11 +66,6 @@ def finish(process: subprocess.Popen, log: str) -> None:
         with open(log) as handle:
             tail = handle.read()[-2000:]
         sys.exit(f"error: a demo run failed (log {log}):\n{tail}")
-
-
-def read_jsonl(path: str) -> list[dict]:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def main(args) -> None:
