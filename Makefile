@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-pretrain test bench
+.PHONY: demo demo-pretrain demo-seg test bench bench-seg
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -21,3 +21,9 @@ bench: $(VENV)/.installed
 
 demo-pretrain: $(VENV)/.installed
 	$(PY) -u demo/pretrain.py
+
+demo-seg: $(VENV)/.installed
+	$(PY) -u demo/segmentation.py
+
+bench-seg: $(VENV)/.installed
+	$(PY) -u bench/segmentation_throughput.py

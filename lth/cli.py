@@ -263,9 +263,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, names: Mapping[str, Sequen
     else:
         group.add_argument("--resume", action="store_true",
                            help="continue the run in --save_dir from its latest checkpoint")
-    group.add_argument("--seed", type=optional_int, default=None,
+    group.add_argument(*_names("--seed", names), dest="seed", type=optional_int, default=None,
                        help="random seed (0 is a valid seed); without it a seed is drawn and recorded")
-    group.add_argument("--gpu", default="0",
+    group.add_argument(*_names("--gpu", names), dest="gpu", default="0",
                        help="CUDA device number for a single-process run (ignored on a CPU-only "
                             "machine and under torchrun, where each process takes LOCAL_RANK)")
     group.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")

@@ -76,6 +76,10 @@ class TrainConfig:
     # Counted in iterations instead of epochs when set: evaluate every val_interval iterations.
     total_itrs: int | None = None
     val_interval: int | None = None
+    # Counted in iterations: no evaluation before this iteration (the last one is always evaluated);
+    # the chunks before it still end in a checkpoint, so a kill there resumes exactly.
+    # The original MoCo/SimCLR segmentation IMP scripts validate only in a round's second half.
+    eval_from: int = 0
     lr_policy: str = "multistep"  # or poly (power ``power``) or cosine, see lth.engine.make_scheduler
     power: float = 0.9
     lr_scales: Mapping[str, float] | None = None  # {"backbone.": 0.1}: per-prefix LR factors
@@ -304,6 +308,12 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     if progress.rng_state:
         _rng_restore(progress.rng_state, ctx.device)
         progress.rng_state = None
+
+    def save_checkpoint() -> None:
+        atomic_save({"state": stage, "state_dict": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     **progress.to_checkpoint(), **checkpoint_extra()}, run.file(files.checkpoint_of(stage)))
+
     # Masks multiplied into the weights after each step instead of prune's forward pre-hooks:
     # the same numbers for element-wise optimizers, a little faster (docs/PERFORMANCE.md); the
     # hooks are back afterwards. LARS's whole-tensor norms need the hooks' dense weight_orig.
@@ -332,6 +342,12 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                 train = train_one_epoch(train_model, loaders.train, optimizer, scheduler, ctx, precision,
                                         desc=f"round {stage} epoch {position + 1}/{cfg.epochs}", **common)
                 where = {"epoch": position}
+            if cfg.by_iterations and position < cfg.eval_from and not progress.finished(cfg):
+                if ctx.is_main:  # no evaluation yet: only the resumable checkpoint
+                    save_checkpoint()
+                    print(f"round {stage} itr {position}: train loss {train['loss']:.4f} (evaluations "
+                          f"start at itr {cfg.eval_from})", flush=True)
+                continue
             val, test = _evaluate_splits(model, loaders, evaluator)
             name = objective.name
             improved = progress.record(position, train["acc"], _metric(val, name, "val"),
@@ -352,10 +368,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                        "train_images_per_s": round(train["images_per_s"], 1),
                        "seconds": round(time.perf_counter() - start, 3)}
                 run.log_epoch(row)
-                atomic_save({"state": stage, "state_dict": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             **progress.to_checkpoint(), **checkpoint_extra()},
-                            run.file(files.checkpoint_of(stage)))
+                save_checkpoint()
                 shown = f" test {test[name]:.2f}" if test else ""
                 trained = f" train {train['acc']:.2f}" if not math.isnan(train["acc"]) else ""
                 at = f"itr {position}" if cfg.by_iterations else f"epoch {position}"
