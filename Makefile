@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-pretrain demo-det test bench
+.PHONY: demo demo-pretrain demo-det demo-seg test bench bench-seg
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -24,3 +24,9 @@ demo-pretrain: $(VENV)/.installed
 
 demo-det: $(VENV)/.installed
 	$(PY) -u demo/detection.py
+
+demo-seg: $(VENV)/.installed
+	$(PY) -u demo/segmentation.py
+
+bench-seg: $(VENV)/.installed
+	$(PY) -u bench/segmentation_throughput.py

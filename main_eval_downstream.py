@@ -25,11 +25,12 @@ EVAL_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_SA_best.pth
 def get_args_parser():
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_data_args(parser, list(data.DATASETS), default="cifar10")
-    cli.add_model_args(parser, ARCHS)
+    cli.add_model_args(parser, ARCHS, conv1_loads=False)
     cli.add_optim_args(parser, batch_size=128)
     group = cli.add_ticket_args(parser)
     group.add_argument("--load_all", action="store_true",
-                       help="load every weight of --pretrained, fc and conv1 included (shapes must fit)")
+                       help="load every weight of --pretrained, fc and conv1 included (shapes must fit); "
+                            "without it conv1 and fc keep their random init, as in the original")
     group.add_argument("--save_model", action="store_true",
                        help="also keep the best-validation model as model_SA_best.pth.tar")
     cli.add_runtime_args(parser)
@@ -45,8 +46,9 @@ def main(args) -> None:
     task = load_task(args, ctx, precision, args.seed)
     model = make_model(args, task.spec, ctx, precision, args.seed)
     if args.pretrained:
+        # As the original: --conv1 only decides whether conv1 is masked; --load_all loads it.
         load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc or args.load_all,
-                        conv1=args.conv1 or args.load_all, quiet=not ctx.is_main)
+                        conv1=args.load_all, quiet=not ctx.is_main)
     mask_meta, remaining = cli.apply_ticket_args(model, args, ctx.is_main)
     session.record(args)
     cfg = TrainConfig.from_args(args)

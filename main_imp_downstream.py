@@ -34,10 +34,13 @@ def get_args_parser():
     group.add_argument("--random_prune", action="store_true",
                        help="prune at random (the control) instead of by weight magnitude")
     group.add_argument("--rewind_epoch", type=int, default=9,
-                       help="for rewind_lt: rewind to the weights after this epoch (0-based) of round 0")
+                       help="for rewind_lt: rewind to the weights after this many epochs of round 0 "
+                            "(1 to --epochs; saved as epoch_{k}_rewind_weight.pt, as in the original)")
     group.add_argument("--pretrained", default=None,
-                       help="pre-trained weights to start from (required for pt_trans): a torchvision "
-                            "state_dict, simclr_weight.pt, moco.pt, a MoCo v2 checkpoint or an IMP checkpoint")
+                       help="pre-trained weights to start from and rewind to, for pt_trans (required there): "
+                            "a torchvision state_dict, simclr_weight.pt, moco.pt, a MoCo v2 checkpoint or an "
+                            "IMP checkpoint; ignored by lt, rewind_lt and pt, which start from a random "
+                            "init (as in the original)")
     group.add_argument("--dict_key", default=None,
                        help="entry of the --pretrained file that holds the weights (default: "
                             "'state_dict' when present, else the whole file)")
@@ -54,8 +57,9 @@ def check_args(args) -> None:
         raise UserError(f"--pruning_times must be at least 1, got {args.pruning_times}")
     if args.prune_type == "pt_trans" and not args.pretrained:
         raise UserError("--prune_type pt_trans rewinds to pre-trained weights: give them with --pretrained")
-    if args.prune_type == "rewind_lt" and not 0 <= args.rewind_epoch < args.epochs:
-        raise UserError(f"--rewind_epoch {args.rewind_epoch} must lie in [0, --epochs {args.epochs})")
+    if args.prune_type == "rewind_lt" and not 1 <= args.rewind_epoch <= args.epochs:
+        raise UserError(f"--rewind_epoch {args.rewind_epoch} must lie in [1, --epochs {args.epochs}] (the "
+                        f"weights after that many epochs; --prune_type lt rewinds to the initial weights)")
     if args.checkpoint and not args.resume:
         raise UserError("--checkpoint picks the file to resume from: use it with --resume")
 
@@ -66,10 +70,12 @@ def main(args) -> ImpRun:
     run, ctx, precision = session.run, session.ctx, session.precision
     task = load_task(args, ctx, precision, args.seed)
     model = make_model(args, task.spec, ctx, precision, args.seed)
-    if args.pretrained:
-        if args.prune_type in ("lt", "rewind_lt", "pt"):
-            print(f"notice: round 0 starts from --pretrained; {args.prune_type} then rewinds to "
-                  f"{REWIND_TARGETS[args.prune_type]}", file=sys.stderr)
+    if args.pretrained and args.prune_type != "pt_trans":
+        if ctx.is_main:
+            print(f"notice: --pretrained is ignored with --prune_type {args.prune_type} (as in the original): "
+                  f"round 0 starts from a random init; use --prune_type pt_trans to start from and "
+                  f"rewind to it", file=sys.stderr)
+    elif args.pretrained:
         load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc, conv1=args.conv1,
                         quiet=not ctx.is_main)
     session.record(args)

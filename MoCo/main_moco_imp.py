@@ -16,6 +16,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
+from PIL import ImageFilter  # noqa: E402
 
 import pruning_utils  # noqa: E402
 from lth import cli, distributed  # noqa: E402
@@ -210,15 +211,31 @@ def check_args(args, launch: Launch) -> None:
 # Data, model, step
 # --------------------------------------------------------------------------------------------
 
+class GaussianBlur:
+    """MoCo v2's blur: PIL's ``ImageFilter.GaussianBlur`` with a radius drawn uniformly from ``sigma``.
+
+    The original drew the radius with Python's ``random``; torch's generator is used here, which
+    the data loader seeds per (seed, epoch), so runs stay reproducible.
+    """
+
+    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)):
+        self.sigma = sigma
+
+    def __call__(self, image):
+        radius = float(torch.empty(()).uniform_(self.sigma[0], self.sigma[1]))
+        return image.filter(ImageFilter.GaussianBlur(radius=radius))
+
+    def __repr__(self) -> str:
+        return f"GaussianBlur(sigma={self.sigma})"
+
+
 def moco_augmentation(size: int, plus: bool) -> T.Compose:
     """MoCo v2's augmentation (``plus``) or MoCo v1's, ending in ImageNet normalisation."""
     crop = T.RandomResizedCrop(size, scale=(0.2, 1.0))
     finish = [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     if plus:
-        # sigma in [0.1, 2] pixels as MoCo v2's PIL blur; 13 taps cover +-3 sigma at the largest.
         return T.Compose([crop, T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-                          T.RandomGrayscale(p=0.2),
-                          T.RandomApply([T.GaussianBlur(13, sigma=(0.1, 2.0))], p=0.5), *finish])
+                          T.RandomGrayscale(p=0.2), T.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5), *finish])
     return T.Compose([crop, T.RandomGrayscale(p=0.2), T.ColorJitter(0.4, 0.4, 0.4, 0.4), *finish])
 
 
@@ -230,11 +247,13 @@ def make_loaders(args, ctx, launch: Launch) -> Loaders:
     workers = -(-args.workers // launch.local)
     common = dict(seed=args.seed, ctx=ctx, workers=workers)
     loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, **common),
-                      val=DeviceLoader(val_set, per_process, train=False, **common),
+                      # The last partial batch is dropped in both, as the original's loaders did.
+                      val=DeviceLoader(val_set, per_process, train=False, drop_last=True, **common),
                       test=None, num_classes=len(train_set.classes))
-    if len(loaders.train) == 0:
-        raise UserError(f"{os.path.join(args.data, 'train')} has {len(train_set)} images, fewer than one "
-                        f"batch of {per_process} per process: lower --batch-size")
+    for split, loader, dataset in (("train", loaders.train, train_set), ("val", loaders.val, val_set)):
+        if len(loader) == 0:
+            raise UserError(f"{os.path.join(args.data, split)} has {len(dataset)} images, fewer than one "
+                            f"batch of {per_process} per process: lower --batch-size")
     return loaders
 
 
@@ -354,6 +373,7 @@ def _spawned(local_rank: int, launch: Launch, host: str, port: str, args, resume
     os.environ.update(RANK=str(node * launch.local + local_rank), WORLD_SIZE=str(launch.world),
                       LOCAL_RANK=str(local_rank), LOCAL_WORLD_SIZE=str(launch.local),
                       MASTER_ADDR=host, MASTER_PORT=port)
+    cli.set_deterministic(args.deterministic)  # a spawned process starts with PyTorch's defaults
     try:
         with trusted_checkpoints(args.trust_checkpoint):  # a fresh interpreter: run_main's setting is lost
             worker(args, launch, resume_file)

@@ -44,7 +44,7 @@ FILES = StageFiles(checkpoint="{stage}checkpoint.pth.tar", best="{stage}model_be
 MOMENTUM = 0.9  # LARS and SGD momentum, fixed as in the original
 # Flags (beyond lth.trainer.IDENTITY_FLAGS) whose change makes a resumed run another experiment.
 SIMCLR_IDENTITY = ("prun_percent", "prun_epoch", "mlpout", "phead", "temperature", "optimizer",
-                   "image_size")
+                   "image_size", "loss")
 
 
 def get_args_parser():
@@ -67,6 +67,10 @@ def get_args_parser():
     group.add_argument("--image_size", type=int, default=224, help="side of the random resized crops")
     group.add_argument("--temperature", type=float, default=0.5,
                        help="NT-Xent temperature (the original hard-coded 0.5)")
+    group.add_argument("--loss", default="original", choices=list(simclr.LOSS_FORMS),
+                       help="NT-Xent form: original is -log(mean p) over the 2N views, what the original "
+                            "SimCLR IMP code (and the paper's tickets) minimised; textbook is mean(-log p), "
+                            "the SimCLR paper's cross entropy")
     group = parser.add_argument_group("optimisation (the original's defaults)")
     group.add_argument("--epochs", type=int, default=150,
                        help="training epochs in all: rounds = 1 + epochs / prun_epoch, the first "
@@ -78,7 +82,8 @@ def get_args_parser():
     group.add_argument("--optimizer", default="lars", choices=["adam", "lars", "sgd"],
                        help=f"lars: trust ratio eta 1e-3; lars and sgd use momentum {MOMENTUM}; a "
                             f"fresh optimizer starts every round")
-    group.add_argument("--weight_decay", type=float, default=1e-6, help="weight decay")
+    group.add_argument("--weight_decay", type=float, default=1e-6,
+                       help="weight decay of lars and sgd (adam takes none, as in the original)")
     group = parser.add_argument_group("pruning")
     group.add_argument("--prun_percent", type=float, default=0.2,
                        help="fraction of the remaining backbone conv weights pruned each time; 0 "
@@ -182,7 +187,9 @@ def make_loaders(args, ctx) -> Loaders:
     val_set = image_folder(args.data, "val", transform)
     per_process = args.batch_size // ctx.world_size
     common = dict(seed=args.seed, ctx=ctx, workers=args.workers)
-    loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, **common),
+    # The last partial batch is kept, as the original's loader kept it (under DDP every rank's
+    # last batch has the same size: the sampler pads), so NT-Xent's gather stays aligned.
+    loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, drop_last=False, **common),
                       val=DeviceLoader(val_set, per_process, train=False, **common),
                       test=None, num_classes=len(train_set.classes))
     if len(loaders.train) == 0:
@@ -236,9 +243,12 @@ def main(args) -> None:
     def evaluator(eval_model, loader, desc):
         return contrastive_evaluate(eval_model, loader, ctx, precision, logits_fn, desc=desc)
 
-    stage_kwargs = {"step": simclr.make_step(args.temperature, precision.channels_last), "evaluator": evaluator}
+    stage_kwargs = {"step": simclr.make_step(args.temperature, precision.channels_last, args.loss),
+                    "evaluator": evaluator}
+    # The original's Adam took no weight decay.
     train_cfg = TrainConfig.from_args(args, epochs=args.prun_epoch if args.prun_percent else args.epochs,
-                                      momentum=MOMENTUM, optimizer=args.optimizer)
+                                      momentum=MOMENTUM, optimizer=args.optimizer,
+                                      weight_decay=0.0 if args.optimizer == "adam" else args.weight_decay)
     meta = {"arch": args.arch, "dataset": os.path.basename(os.path.normpath(os.path.abspath(args.data))),
             "pretraining": "simclr"}
     if args.prun_percent:

@@ -111,21 +111,21 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start:start + ctx.rows]
 
 
-def nt_xent_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Similarity logits of this rank's 2n views against all 2N views, and each row's positive.
+LOSS_FORMS = ("original", "textbook")
+
+
+def _similarities(z1: torch.Tensor, z2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cosine similarities of this rank's 2n views against all 2N views, and each row's own and
+    positive column.
 
     Rows are this rank's views (first views, then second views); columns are every rank's views
     (all first views, then all second views), gathered so that gradients flow back to the rank
-    that computed them (ranks' batches are equal: the train loader drops a last partial batch).
-    A view's own column is excluded (-inf). Under DDP each rank's loss is the mean over its own
-    rows; DDP's gradient averaging then gives exactly the gradient of the mean over all 2N rows,
-    the single-process loss on the global batch.
+    that computed them (ranks' batches are equal: the distributed sampler gives every rank as many
+    images). Similarity is the original's ``pair_cosine_similarity``: dot product over the
+    product of the norms, clamped at 1e-8; in at least fp32, as bf16 would blur 1/t-scaled values.
     """
-    # Similarities in at least fp32: bf16 autocast outputs would blur 1/temperature-scaled logits.
     dtype = torch.promote_types(z1.dtype, torch.float32)
-    z1 = F.normalize(z1.to(dtype), dim=1)
-    z2 = F.normalize(z2.to(dtype), dim=1)
+    z1, z2 = z1.to(dtype), z2.to(dtype)
     n = z1.size(0)
     if _distributed():
         all1, all2 = _GatherWithGrad.apply(z1), _GatherWithGrad.apply(z2)
@@ -133,46 +133,102 @@ def nt_xent_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float
     else:
         all1, all2, offset = z1, z2, 0
     total = all1.size(0)
-    logits = torch.cat([z1, z2]) @ torch.cat([all1, all2]).T / temperature
+    rows, columns = torch.cat([z1, z2]), torch.cat([all1, all2])
+    norms = rows.norm(dim=1, keepdim=True) * columns.norm(dim=1)[None]
+    cosine = rows @ columns.T / norms.clamp(min=1e-8)
     index = torch.arange(n, device=z1.device) + offset
-    own = torch.cat([index, index + total])
-    positive = torch.cat([index + total, index])
-    logits = logits.masked_fill(F.one_hot(own, 2 * total).bool(), float("-inf"))
+    return cosine, torch.cat([index, index + total]), torch.cat([index + total, index])
+
+
+def nt_xent_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarity logits (cosine / t) of this rank's views against all views, a view's own column
+    excluded (-inf), and each row's positive: the inputs of the textbook loss and of the accuracy."""
+    cosine, own, positive = _similarities(z1, z2)
+    logits = (cosine / temperature).masked_fill(F.one_hot(own, cosine.size(1)).bool(), float("-inf"))
     return logits, positive
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
-    """Normalised temperature-scaled cross entropy over the 2N views of a batch (SimCLR's loss)."""
-    logits, positive = nt_xent_logits(z1, z2, temperature)
+def _textbook_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """mean(-log p) over the rows: SimCLR paper's NT-Xent, a cross entropy.
+
+    Under DDP each rank's loss is the mean over its own rows; DDP's gradient averaging then gives
+    exactly the gradient of the mean over all 2N rows, the single-process loss on the global batch.
+    """
     return F.cross_entropy(logits, positive)
 
 
-def make_step(temperature: float, channels_last: bool = False):
-    """The training step for ``lth.engine.train_one_epoch``: NT-Xent on the head's outputs.
+def _original_loss(cosine: torch.Tensor, positive: torch.Tensor, temperature: float) -> torch.Tensor:
+    """-log(mean p), p = exp(s_pos / t) / (sum_j exp(s_j / t) - exp(1 / t)): the original's ``nt_xent``.
+
+    The sum runs over every column, the view's own included, and exp(1/t) (the similarity of a
+    view with itself) is then subtracted, as the original did. Every term is scaled by exp(-1/t)
+    (the same ratio; no overflow at small t). Under DDP the mean runs over all 2N rows: each rank
+    returns the global value, and a surrogate whose gradient, averaged by DDP over the ranks, is
+    the gradient of the global -log(mean p).
+    """
+    shifted = torch.exp((cosine - 1.0) / temperature)
+    rows = torch.arange(cosine.size(0), device=cosine.device)
+    p = shifted[rows, positive] / (shifted.sum(dim=1) - 1.0)
+    local_sum, count = p.sum(), p.new_tensor(float(p.numel()))
+    if not _distributed():
+        return -torch.log(local_sum / count)
+    totals = torch.stack([local_sum.detach(), count])
+    dist.all_reduce(totals)
+    total_sum, total_count = totals[0], totals[1]
+    world = dist.get_world_size()
+    surrogate = -world * local_sum / total_sum  # d/dz summed over ranks = world * d(-log sum)
+    return surrogate - surrogate.detach() - torch.log(total_sum / total_count)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, form: str = "original") -> torch.Tensor:
+    """Normalised temperature-scaled cross entropy over the 2N views of a batch (SimCLR's loss).
+
+    ``form`` "original": -log(mean p), what the original SimCLR IMP code minimised; "textbook":
+    mean(-log p), the SimCLR paper's definition.
+    """
+    if form == "textbook":
+        return _textbook_loss(*nt_xent_logits(z1, z2, temperature))
+    if form != "original":
+        raise ValueError(f"unknown NT-Xent form '{form}' (expected one of {LOSS_FORMS})")
+    cosine, _, positive = _similarities(z1, z2)
+    return _original_loss(cosine, positive, temperature)
+
+
+def make_step(temperature: float, channels_last: bool = False, form: str = "original"):
+    """The training step for ``lth.engine.train_one_epoch``: NT-Xent (``form``) on the head's outputs.
 
     "Accuracy" is how often a view's most similar other view is its positive (contrastive top-1).
     """
+    if form not in LOSS_FORMS:
+        raise ValueError(f"unknown NT-Xent form '{form}' (expected one of {LOSS_FORMS})")
+
     def step(model: nn.Module, batch) -> StepResult:
         views, _ = batch
         z = model(stack_views(views, channels_last))
         z1, z2 = z.chunk(2)
-        logits, positive = nt_xent_logits(z1, z2, temperature)
-        loss = F.cross_entropy(logits, positive)
+        cosine, own, positive = _similarities(z1, z2)
+        logits = (cosine / temperature).masked_fill(F.one_hot(own, cosine.size(1)).bool(), float("-inf"))
+        loss = (_textbook_loss(logits, positive) if form == "textbook"
+                else _original_loss(cosine, positive, temperature))
         correct = (logits.detach().argmax(1) == positive).sum()
         return StepResult(loss, correct, positive.numel())
     return step
 
 
 def make_eval_logits(channels_last: bool = False):
-    """``logits_fn`` for ``lth.contrastive.contrastive_evaluate``: cosine similarity of backbone
-    features between all 2n views of a batch (self excluded), and each view's positive."""
+    """``logits_fn`` for ``lth.contrastive.contrastive_evaluate``: the original's ``contrastive_acc``.
+
+    Cosine similarity of the backbone features of this rank's 2n views against the 2N views of
+    the whole batch (gathered under DDP, so every view has as many distractors as with the
+    original's single process), a view's similarity with itself set to 0 (as the original did,
+    not excluded), and each view's positive.
+    """
     def logits_fn(model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor]:
         views, _ = batch
-        n = views.size(0)
-        h = F.normalize(backbone_features(model, stack_views(views, channels_last)).float(), dim=1)
-        logits = (h @ h.T).fill_diagonal_(float("-inf"))
-        positive = (torch.arange(2 * n, device=h.device) + n) % (2 * n)
-        return logits, positive
+        h1, h2 = backbone_features(model, stack_views(views, channels_last)).float().chunk(2)
+        cosine, own, positive = _similarities(h1, h2)
+        return cosine.masked_fill(F.one_hot(own, cosine.size(1)).bool(), 0.0), positive
     return logits_fn
 
 

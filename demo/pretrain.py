@@ -7,7 +7,8 @@ For a user without released weights, as the paper's pipeline end to end, on a CP
      pre-trained weights);
   4. transfers each ticket (pre-trained weights + mask) to digits classification with
      main_eval_downstream.py, beside the dense pre-trained network;
-then writes results/demo/pretrain_report.md and adds its table to results/demo/report.md.
+then writes results/demo/pretrain/pretrain_report.md and adds its table to results/demo/report/report.md
+(the report of `make demo`, when there is one).
 """
 
 import argparse
@@ -131,7 +132,7 @@ def write_report(args, rows, seconds: float) -> None:
     text = "\n".join(lines)
     with open(os.path.join(args.out, "pretrain_report.md"), "w") as handle:
         handle.write(text)
-    report = os.path.join(os.path.dirname(args.out), "report.md")
+    report = os.path.join(os.path.dirname(args.out), "report", "report.md")
     if os.path.exists(report):
         with open(report) as handle:
             existing = handle.read()

@@ -1,25 +1,26 @@
-"""The embedded demo: find a ticket on scikit-learn's digits with IMP on a CPU, then run the controls.
+"""The embedded demo: IMP tickets against random pruning and other controls on scikit-learn's digits, 3 seeds.
 
-Runs the real entry scripts, as a user would type them, into results/demo/:
-  1. main_imp_downstream.py --prune_type lt: IMP; round k trains ticket k from the original init;
+Runs the real entry scripts, as a user would type them, two at a time (one per core), into
+results/demo/runs/:
+  1. main_imp_downstream.py --prune_type lt, one run per seed: IMP; round k trains ticket k from the
+     seed's original init;
   2. the same with --random_prune: random masks at the same sparsities (the random-pruning control);
-  3. main_eval_downstream.py --reverse_mask on each ticket, from the same init (the reversed-mask control).
-Then writes results/demo/report.md (a table of what was measured) and accuracy_vs_remaining.png.
+  3. main_eval_downstream.py on tickets of step 1: their masks from a new random init (the random
+     re-init control) and their reversed masks from the ticket's own init (the reversed-mask control).
+Then main_report.py pools the seeds into results/demo/report/ (report.md, levels.csv, the figure with
+mean and +-std bands, matching verdicts and Welch t-tests) and analyses the sparsest tickets.
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from lth.checkpoint import code_version, library_versions  # noqa: E402
-from lth.plots import plot_accuracy_vs_remaining  # noqa: E402
 
 
 def get_args_parser():
@@ -27,101 +28,107 @@ def get_args_parser():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "demo"),
                         help="output folder (replaced if it holds an earlier demo)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; every experiment runs once per seed")
     parser.add_argument("--arch", default="resnet18", help="ResNet depth")
-    parser.add_argument("--rounds", type=int, default=8, help="IMP rounds")
-    parser.add_argument("--rate", type=float, default=0.5,
-                        help="fraction of remaining conv weights pruned per round (the paper uses 0.2; "
-                             "0.5 reaches 0.8 %% remaining in 8 rounds, so the demo fits in minutes)")
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs per round")
-    parser.add_argument("--batch_size", type=int, default=128, help="training batch size")
-    parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every run")
+    parser.add_argument("--rounds", type=int, default=5, help="IMP rounds (round k keeps (1 - rate)^k)")
+    parser.add_argument("--rate", type=float, default=0.8,
+                        help="fraction of remaining conv weights pruned per round (the paper uses 0.2; 0.8 "
+                             "reaches 0.16 %% remaining in 5 rounds, so 3 seeds fit in minutes)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs per round")
+    parser.add_argument("--batch_size", type=int, default=64, help="training batch size")
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (x0.1 at the last epoch)")
+    parser.add_argument("--reinit_rounds", default="3,4",
+                        help="tickets (rounds) trained from a new random init: the random re-init control")
+    parser.add_argument("--reversed_rounds", default="2",
+                        help="tickets (rounds) whose reversed mask is trained from the ticket's init")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     return parser
+
+
+_print_lock = threading.Lock()
 
 
 def run(script: str, *flags: str) -> None:
     command = [sys.executable, "-u", os.path.join(ROOT, script), *flags]
-    print("$ " + " ".join(command[1:]), flush=True)
-    env = dict(os.environ, TQDM_DISABLE="1")
-    subprocess.run(command, check=True, env=env, cwd=ROOT)
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    start = time.time()
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    with _print_lock:
+        print(f"$ {' '.join(command[1:])}  ({time.time() - start:.0f} s)", flush=True)
+        if result.returncode != 0:
+            print(result.stdout[-2000:] + result.stderr[-2000:], flush=True)
+    if result.returncode != 0:
+        raise SystemExit(f"error: {script} failed (exit {result.returncode})")
 
 
-def read_jsonl(path: str) -> list[dict]:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def main(args) -> None:
     start = time.time()
-    if os.path.exists(os.path.join(args.out, "report.md")):
+    runs, report = os.path.join(args.out, "runs"), os.path.join(args.out, "report")
+    earlier = [path for path in (runs, report) if os.path.exists(path)]
+    if earlier:
+        # The demo owns runs/ and report/ (also after an interrupted demo); anything else in --out stays.
+        demo_runs = os.path.isdir(runs) and any(name.startswith(("imp_lt_s", "random_s")) for name in os.listdir(runs))
+        if not (os.path.isfile(os.path.join(report, "report.md")) or demo_runs):
+            sys.exit(f"error: {args.out} holds runs/ or report/ that are not a demo's; move them away or pass --out")
         print(f"replacing the earlier demo in {args.out}")
-        shutil.rmtree(args.out)
-    elif os.path.exists(args.out) and os.listdir(args.out):
-        sys.exit(f"error: {args.out} exists and does not hold a demo; move it away or pass --out")
+        for path in earlier:
+            shutil.rmtree(path)
+    seeds = _ints(args.seeds)
+    for k in _ints(args.reinit_rounds) + _ints(args.reversed_rounds):
+        if not 0 < k < args.rounds:
+            sys.exit(f"error: ticket rounds must lie in 1..{args.rounds - 1} (trained tickets), got {k}")
+    last = args.epochs - 1
     common = ["--dataset", "digits", "--arch", args.arch, "--epochs", str(args.epochs),
-              "--batch_size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed),
-              "--decreasing_lr", f"{args.epochs // 2},{args.epochs * 3 // 4}", "--warmup", "1"]
-    imp_dir, random_dir = os.path.join(args.out, "imp_lt"), os.path.join(args.out, "imp_random")
+              "--batch_size", str(args.batch_size), "--lr", str(args.lr),
+              "--decreasing_lr", str(last if last > 0 else 1), "--warmup", "1", "--print_freq", "0"]
     imp_flags = ["--pruning_times", str(args.rounds), "--rate", str(args.rate), "--prune_type", "lt"]
-    run("main_imp_downstream.py", *common, *imp_flags, "--save_dir", imp_dir)
-    run("main_imp_downstream.py", *common, *imp_flags, "--random_prune", "--save_dir", random_dir)
-    reversed_rows = []
-    for k in range(1, args.rounds):
-        out = os.path.join(args.out, f"reversed_{k:02d}")
-        # The ticket's own init (the IMP run's rewind point) with the complement of its mask.
-        run("main_eval_downstream.py", *common, "--save_dir", out, "--mask_dir",
-            os.path.join(imp_dir, f"ticket_{k:02d}.pt"), "--reverse_mask",
-            "--pretrained", os.path.join(imp_dir, "0checkpoint.pth.tar"), "--dict_key", "init_weight",
-            "--load_all")
-        with open(os.path.join(out, "summary.json")) as handle:
-            reversed_rows.append(json.load(handle))
-    write_report(args, read_jsonl(os.path.join(imp_dir, "summary.jsonl")),
-                 read_jsonl(os.path.join(random_dir, "summary.jsonl")), reversed_rows, time.time() - start)
 
+    def imp_then_controls(seed: int):
+        imp_dir = os.path.join(runs, f"imp_lt_s{seed}")
+        run("main_imp_downstream.py", *common, *imp_flags, "--seed", str(seed), "--save_dir", imp_dir)
+        jobs = []
+        for k in _ints(args.reinit_rounds):
+            # The ticket's mask from a new random init (seed + 100 draws another init, and another data order).
+            jobs.append(pool.submit(run, "main_eval_downstream.py", *common, "--seed", str(seed + 100),
+                                    "--mask_dir", os.path.join(imp_dir, f"ticket_{k:02d}.pt"),
+                                    "--save_dir", os.path.join(runs, f"reinit_r{k:02d}_s{seed}")))
+        for k in _ints(args.reversed_rounds):
+            # The ticket's own init (the IMP run's rewind point) with the complement of its mask.
+            jobs.append(pool.submit(run, "main_eval_downstream.py", *common, "--seed", str(seed),
+                                    "--mask_dir", os.path.join(imp_dir, f"ticket_{k:02d}.pt"), "--reverse_mask",
+                                    "--pretrained", os.path.join(imp_dir, "0checkpoint.pth.tar"),
+                                    "--dict_key", "init_weight", "--load_all",
+                                    "--save_dir", os.path.join(runs, f"reversed_r{k:02d}_s{seed}")))
+        return jobs
 
-def _cell(row: dict | None, key: str = "test_acc_at_best_val") -> str:
-    return f"{row[key]:.2f}" if row and row.get(key) is not None else "-"  # None: null (NaN) in JSON
-
-
-def write_report(args, imp_rows, random_rows, reversed_rows, seconds: float) -> None:
-    plot_accuracy_vs_remaining(
-        {"IMP ticket (lt)": [(r["remaining"], r["test_acc_at_best_val"]) for r in imp_rows],
-         "random pruning": [(r["remaining"], r["test_acc_at_best_val"]) for r in random_rows],
-         "reversed ticket mask": [(r["remaining"], r["test_acc_at_best_val"]) for r in reversed_rows]},
-        os.path.join(args.out, "accuracy_vs_remaining.png"),
-        title=f"{args.arch} on digits (test accuracy at the best validation epoch)")
-    lines = [
-        "# Demo: lottery tickets on scikit-learn's digits",
-        "",
-        f"{args.arch} (CIFAR stem), {args.rounds} IMP rounds pruning {args.rate:g} of the remaining conv "
-        f"weights each, {args.epochs} epochs per round, batch {args.batch_size}, lr {args.lr:g}, seed "
-        f"{args.seed}. Test accuracy (%) on the 360 held-out digits at the epoch of best validation "
-        f"accuracy. One seed: differences of a point or two are within run-to-run noise.",
-        "",
-        "| round | remaining (%) | IMP ticket | random pruning | reversed mask: remaining (%) | reversed mask |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for k, row in enumerate(imp_rows):
-        rnd = random_rows[k] if k < len(random_rows) else None
-        rev = reversed_rows[k - 1] if 0 < k <= len(reversed_rows) else None
-        lines.append(f"| {k} | {row['remaining']:.2f} | {_cell(row)} | {_cell(rnd)} | "
-                     f"{_cell(rev, 'remaining')} | {_cell(rev)} |")
-    lines += [
-        "",
-        "The reversed mask keeps exactly the weights the ticket pruned, so its remaining share is "
-        "100 % minus the ticket's.",
-        "",
-        "![accuracy against remaining weights](accuracy_vs_remaining.png)",
-        "",
-        f"Wall time {seconds / 60:.1f} min on this machine; code {code_version()}; "
-        + ", ".join(f"{k} {v}" for k, v in library_versions().items()) + ".",
-        "Per-epoch logs: `*/metrics.jsonl`; per-round summaries: `*/summary.jsonl`; tickets: `imp_lt/ticket_XX.pt`.",
-        "",
-    ]
-    with open(os.path.join(args.out, "report.md"), "w") as handle:
-        handle.write("\n".join(lines))
-    print("\n".join(lines[6:6 + len(imp_rows)]))
-    print(f"report: {os.path.join(args.out, 'report.md')}")
+    # --jobs scripts at a time; an IMP job queues its seed's controls when it ends (without waiting for them).
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        control_jobs = []
+        imp_jobs = [pool.submit(imp_then_controls, seed) for seed in seeds]
+        random_jobs = [pool.submit(run, "main_imp_downstream.py", *common, *imp_flags, "--random_prune",
+                                   "--seed", str(seed), "--save_dir", os.path.join(runs, f"random_s{seed}"))
+                       for seed in seeds]
+        for job in imp_jobs:
+            control_jobs.extend(job.result())
+        for job in random_jobs + control_jobs:
+            job.result()
+    sparsest = args.rounds - 1
+    tickets = [f"IMP s{seeds[0]}={os.path.join(runs, f'imp_lt_s{seeds[0]}', f'ticket_{sparsest:02d}.pt')}"]
+    if len(seeds) > 1:
+        tickets.append(f"IMP s{seeds[1]}={os.path.join(runs, f'imp_lt_s{seeds[1]}', f'ticket_{sparsest:02d}.pt')}")
+    tickets.append(f"random s{seeds[0]}={os.path.join(runs, f'random_s{seeds[0]}', f'ticket_{sparsest:02d}.pt')}")
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    subprocess.run([sys.executable, os.path.join(ROOT, "main_report.py"), runs, "--out", report,
+                    "--title", f"{args.arch} on digits, {len(seeds)} seeds", "--tickets", *tickets],
+                   check=True, cwd=ROOT, env=env)
+    minutes = (time.time() - start) / 60
+    with open(os.path.join(report, "report.md"), "a") as handle:
+        handle.write(f"\nDemo wall time {minutes:.1f} min ({os.cpu_count()} CPUs, {args.jobs} runs at a time).\n")
+    print(f"demo finished in {minutes:.1f} min")
 
 
 if __name__ == "__main__":

@@ -33,15 +33,26 @@ def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.Argume
 
     args = parser.parse_args(argv)
     try:
+        set_deterministic(getattr(args, "deterministic", False))
         with trusted_checkpoints(getattr(args, "trust_checkpoint", False)):
             main(args)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch's checkpoint is intact; continue with --resume",
               file=sys.stderr)
         sys.exit(130)
+
+
+def user_message(error: UserError) -> str:
+    """The error's one line; one raised in a DataLoader worker (a bad file found when read) arrives
+    re-raised with the worker's traceback, whose last line holds the message."""
+    text = str(error)
+    if text.startswith("Caught UserError in DataLoader worker"):
+        last = text.strip().splitlines()[-1]
+        return last.split("UserError: ", 1)[1] if "UserError: " in last else last
+    return text
 
 
 def milestones(text: str) -> list[int]:
@@ -87,14 +98,42 @@ def add_data_args(parser: argparse.ArgumentParser, datasets: list[str], default:
                             "(never done otherwise)")
 
 
+DETERMINISTIC_HELP = (
+    "CUDA only: make cuDNN pick deterministic convolution algorithms (cudnn.deterministic on, "
+    "cudnn.benchmark off) and PyTorch use its deterministic kernels where it has them (others "
+    "warn), as the original set when given a seed, so that the same seed gives the same masks "
+    "on a GPU too. Cost: only deterministic algorithms may then be chosen for convolutions, "
+    "scatter/index ops and cuBLAS (a fixed workspace), which are often slower; by how much depends "
+    "on the GPU and model (not measured here). On a CPU runs are deterministic without it")
+
+
+def set_deterministic(enabled: bool) -> None:
+    """--deterministic: deterministic cuDNN and PyTorch kernels (a no-op when not ``enabled``).
+
+    The cuBLAS workspace setting must precede the first CUDA matrix product; ``run_main`` calls
+    this before the script's ``main``. Ops without a deterministic kernel warn instead of failing
+    (``warn_only``), so no run stops because of the flag.
+    """
+    if not enabled:
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def add_speed_args(group) -> None:
-    """--precision, --channels_last and --compile: how fast the math runs (never what it computes on CPU)."""
+    """--precision, --channels_last, --compile and --deterministic: how fast the math runs (never what
+    it computes on CPU)."""
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
     group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
                        help="memory layout of activations; auto: on for CUDA, off on CPU")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the model (recompiled once per round, after re-pruning)")
+    group.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
 
 
 def add_trust_arg(group) -> None:
@@ -147,13 +186,16 @@ def add_ticket_args(parser: argparse.ArgumentParser, weights_note: str = "") -> 
     return group
 
 
-def add_model_args(parser: argparse.ArgumentParser, archs: tuple[str, ...]) -> None:
+def add_model_args(parser: argparse.ArgumentParser, archs: tuple[str, ...], conv1_loads: bool = True) -> None:
+    """--arch, --conv1, --fc; ``conv1_loads=False`` where --conv1 only masks conv1 (the eval script)."""
     group = parser.add_argument_group("model")
     group.add_argument("--arch", default="resnet50", choices=archs,
                        help="ResNet depth (torchvision definition with the CIFAR 3x3 stem, no max-pool)")
     group.add_argument("--conv1", action="store_true",
                        help="also prune the stem conv1 and load it from pre-trained weights "
-                            "(by default it stays dense and keeps its random init)")
+                            "(by default it stays dense and keeps its random init)" if conv1_loads else
+                       "also mask the stem conv1 (its weights come from --pretrained only with --load_all, "
+                       "as in the original; by default it stays dense)")
     group.add_argument("--fc", action="store_true",
                        help="also load the classifier fc from pre-trained weights (needs the same "
                             "number of classes)")
@@ -221,9 +263,9 @@ def add_runtime_args(parser: argparse.ArgumentParser, names: Mapping[str, Sequen
     else:
         group.add_argument("--resume", action="store_true",
                            help="continue the run in --save_dir from its latest checkpoint")
-    group.add_argument("--seed", type=optional_int, default=None,
+    group.add_argument(*_names("--seed", names), dest="seed", type=optional_int, default=None,
                        help="random seed (0 is a valid seed); without it a seed is drawn and recorded")
-    group.add_argument("--gpu", default="0",
+    group.add_argument(*_names("--gpu", names), dest="gpu", default="0",
                        help="CUDA device number for a single-process run (ignored on a CPU-only "
                             "machine and under torchrun, where each process takes LOCAL_RANK)")
     group.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")

@@ -81,7 +81,8 @@ def image_loaders(train: Dataset, val: Dataset, num_classes: int, *, batch_size:
                   precision: Precision) -> Loaders:
     """Loaders of an image-file task (no test split: the original reports validation accuracy)."""
     common = dict(seed=seed, ctx=ctx, workers=workers, channels_last=precision.channels_last)
-    loaders = Loaders(train=DeviceLoader(train, batch_size, train=True, **common),
+    # The last partial training batch is kept, as the original ImageNet and VisDA scripts kept it.
+    loaders = Loaders(train=DeviceLoader(train, batch_size, train=True, drop_last=False, **common),
                       val=DeviceLoader(val, eval_batch_size or 4 * batch_size, train=False, **common),
                       test=None, num_classes=num_classes)
     if len(loaders.train) == 0:

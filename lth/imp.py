@@ -29,7 +29,7 @@ from lth.trainer import (StageFiles, StageProgress, TrainConfig, apply_checkpoin
 PRUNE_TYPES = ("lt", "pt", "rewind_lt", "pt_trans")
 REWIND_TARGETS = {
     "lt": "the weights the run started from (random init)",
-    "rewind_lt": "the weights after epoch --rewind_epoch of round 0",
+    "rewind_lt": "the weights after the first --rewind_epoch epochs of round 0",
     "pt": "the best-validation dense model of round 0",
     "pt_trans": "the pre-trained weights (--pretrained)",
 }
@@ -207,10 +207,12 @@ class ImpRun:
 
     def _on_epoch_end(self, stage: int):
         def capture(epoch: int) -> None:
-            if self.cfg.prune_type == "rewind_lt" and stage == 0 and epoch == self.cfg.rewind_epoch:
+            # As the original: after k = rewind_epoch epochs (0-based epoch k - 1), file epoch_{k}_...
+            trained = epoch + 1
+            if self.cfg.prune_type == "rewind_lt" and stage == 0 and trained == self.cfg.rewind_epoch:
                 self.set_rewind_point(pruning_utils.dense_state_dict(self.model))
                 if self.ctx.is_main:
-                    atomic_save(self.rewind_weights, self.run.file(f"epoch_{epoch}_rewind_weight.pt"))
+                    atomic_save(self.rewind_weights, self.run.file(f"epoch_{trained}_rewind_weight.pt"))
         return capture
 
     def _stage_config(self, stage: int) -> TrainConfig:
@@ -274,8 +276,8 @@ class ImpRun:
             best = load_file(self.run.file(self.cfg.files.best_of(0)), "best round-0 model")
             self.set_rewind_point(pruning_utils.dense_state_dict(best["state_dict"]))
         if self.rewind_weights is None:
-            raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must be "
-                            "smaller than --epochs)")
+            raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must lie "
+                            "in [1, --epochs])")
         self.strategy.prune(self.model, seed=self.cfg.seed * 7919 + stage)
         if self.on_pruned is not None:
             self.on_pruned(self.model, stage + 1)

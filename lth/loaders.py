@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from lth.distributed import Context
 
@@ -22,6 +22,19 @@ class Loaders:
     val: object
     test: object | None = None  # None where the task has no separate test split (ImageNet, VisDA, VOC)
     num_classes: int | None = None  # the classification evaluator's; other tasks may leave it out
+
+
+class EvalShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: the ranks' shards cover a data set once, without padding."""
+
+    def __init__(self, size: int, rank: int, world_size: int):
+        self.size, self.rank, self.world_size = size, rank, world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.size, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.size, self.world_size))
 
 
 class DeviceLoader:
@@ -41,9 +54,13 @@ class DeviceLoader:
         self.train, self.seed, self.ctx, self.channels_last = train, seed, ctx, channels_last
         self.generator = torch.Generator()
         drop_last = train if drop_last is None else drop_last
-        if ctx.distributed:
+        if ctx.distributed and train:
             self.sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-                                              shuffle=train, seed=seed, drop_last=False)
+                                              shuffle=True, seed=seed, drop_last=False)
+        elif ctx.distributed:
+            # DistributedSampler pads the shards with repeated samples, which would count twice in a
+            # confusion matrix or a detection list: evaluation takes every sample exactly once.
+            self.sampler = EvalShardSampler(len(dataset), ctx.rank, ctx.world_size)
         elif train:
             self.sampler = RandomSampler(dataset, generator=self.generator)
         else:

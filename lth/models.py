@@ -14,7 +14,7 @@ import pruning_utils
 from lth.checkpoint import load_file
 from lth.errors import UserError
 
-ARCHS = ("resnet18", "resnet50", "resnet152")
+ARCHS = ("resnet18", "resnet50", "resnet101", "resnet152")
 
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3, stem: str = "cifar") -> nn.Module:

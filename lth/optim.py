@@ -4,25 +4,37 @@ from __future__ import annotations
 
 import torch
 
+# Optimizers whose update of an element reads only that element (and its gradient and state). For
+# them, masking the weights in place after each step (``pruning_utils.masks_in_place``) gives bit
+# for bit the update through ``torch.nn.utils.prune``'s hooks, where the optimizer steps the dense
+# ``weight_orig`` with the masked gradient. LARS is not one: its trust ratio takes whole-tensor
+# norms, which the original computed on the dense ``weight_orig``, so it trains through the hooks.
+ELEMENTWISE_OPTIMIZERS = ("sgd", "adam")
+
+
+def masks_in_place_exact(name: str) -> bool:
+    """Whether the optimizer ``name`` (sgd, adam, lars) steps a masked model exactly under in-place masks."""
+    return name in ELEMENTWISE_OPTIMIZERS
+
 
 class LARS(torch.optim.Optimizer):
-    """Layer-wise Adaptive Rate Scaling (You et al., 2017), as SimCLR trains with it.
+    """Layer-wise Adaptive Rate Scaling (You et al., 2017), the original SimCLR IMP code's rule.
 
     For every parameter tensor ``w`` with gradient ``g``::
 
-        g      <- g + weight_decay * w
-        ratio  =  eta * ||w|| / ||g||      (1 where either norm is 0)
-        v      <- momentum * v + lr * ratio * g
+        ratio  =  eta * ||w|| / (||g|| + weight_decay * ||w||)   (1 where ||w|| or ||g|| < 1e-15)
+        v      <- momentum * v + lr * ratio * (g + weight_decay * w)
         w      <- w - v
 
-    Tensors with one dimension (batch-norm weights and every bias) are excluded from both weight
-    decay and the trust ratio when ``exclude_1d`` is set, as in the SimCLR paper: their norms say
-    little about a sensible step size. ``exclude_1d=False`` adapts every tensor (what the original
-    SimCLR IMP code did). The learning rate is used as given; a schedule, if any, is the caller's.
+    Under a pruning mask the original stepped ``weight_orig`` (dense, its pruned entries kept)
+    with the masked gradient, through prune's hooks; the trainer keeps the hooks for LARS so that
+    both norms are those. ``exclude_1d=True`` instead gives one-dimensional tensors (batch-norm
+    weights, biases) a plain momentum-SGD step without weight decay (the SimCLR paper's rule); the
+    default adapts every tensor, as the original did. The learning rate is used as given.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 eta: float = 1e-3, exclude_1d: bool = True):
+                 eta: float = 1e-3, exclude_1d: bool = False):
         if lr <= 0:
             raise ValueError(f"invalid learning rate {lr}")
         if not 0.0 <= momentum < 1.0:
@@ -39,23 +51,24 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            decay = group["weight_decay"]
             for param in group["params"]:
                 if param.grad is None:
                     continue
                 grad = param.grad
-                if not (group["exclude_1d"] and param.ndim <= 1):
-                    if group["weight_decay"]:
-                        grad = grad.add(param, alpha=group["weight_decay"])
+                if group["exclude_1d"] and param.ndim <= 1:
+                    step = grad
+                else:
                     weight_norm, grad_norm = torch.linalg.vector_norm(param), torch.linalg.vector_norm(grad)
                     # torch.where keeps the ratio on the device: no host sync per tensor.
-                    ratio = torch.where((weight_norm > 0) & (grad_norm > 0),
-                                        group["eta"] * weight_norm / grad_norm.clamp(min=1e-30),
-                                        torch.ones_like(weight_norm))
-                    grad = grad * ratio
+                    ratio = torch.where((weight_norm < 1e-15) | (grad_norm < 1e-15),
+                                        torch.ones_like(weight_norm),
+                                        group["eta"] * weight_norm / (grad_norm + decay * weight_norm))
+                    step = (grad.add(param, alpha=decay) if decay else grad) * ratio
                 state = self.state[param]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(param)
                 buffer = state["momentum_buffer"]
-                buffer.mul_(group["momentum"]).add_(grad, alpha=group["lr"])
+                buffer.mul_(group["momentum"]).add_(step, alpha=group["lr"])
                 param.sub_(buffer)
         return loss

@@ -28,6 +28,7 @@ from lth.errors import UserError
 from lth.engine import (LR_POLICIES, Precision, classification_step, evaluate, make_optimizer, make_scheduler,
                         param_groups, train_one_epoch)
 from lth.loaders import Loaders  # noqa: F401  (scripts and tasks used to import it from here)
+from lth.optim import masks_in_place_exact
 from lth.runs import RunDir
 
 
@@ -75,6 +76,10 @@ class TrainConfig:
     # Counted in iterations instead of epochs when set: evaluate every val_interval iterations.
     total_itrs: int | None = None
     val_interval: int | None = None
+    # Counted in iterations: no evaluation before this iteration (the last one is always evaluated);
+    # the chunks before it still end in a checkpoint, so a kill there resumes exactly.
+    # The original MoCo/SimCLR segmentation IMP scripts validate only in a round's second half.
+    eval_from: int = 0
     lr_policy: str = "multistep"  # or poly (power ``power``) or cosine, see lth.engine.make_scheduler
     power: float = 0.9
     lr_scales: Mapping[str, float] | None = None  # {"backbone.": 0.1}: per-prefix LR factors
@@ -311,17 +316,20 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     if scheduler_state:
         scheduler.load_state_dict(scheduler_state)
 
+    if progress.rng_state:
+        _rng_restore(progress.rng_state, ctx.device)
+        progress.rng_state = None
+
     def save_checkpoint() -> None:
         atomic_save({"state": stage, "state_dict": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      **progress.to_checkpoint(), **checkpoint_extra()}, run.file(files.checkpoint_of(stage)))
 
-    if progress.rng_state:
-        _rng_restore(progress.rng_state, ctx.device)
-        progress.rng_state = None
     # Masks multiplied into the weights after each step instead of prune's forward pre-hooks:
-    # the same numbers, a little faster (docs/PERFORMANCE.md); the hooks are back afterwards.
-    in_place = pruning_utils.masks_in_place(model) if cfg.inplace_masks else contextlib.nullcontext(None)
+    # the same numbers for element-wise optimizers, a little faster (docs/PERFORMANCE.md); the
+    # hooks are back afterwards. LARS's whole-tensor norms need the hooks' dense weight_orig.
+    in_place = (pruning_utils.masks_in_place(model) if cfg.inplace_masks and masks_in_place_exact(cfg.optimizer)
+                else contextlib.nullcontext(None))
     with in_place as reapply_masks:
         train_model = wrap_for_training(model, ctx, cfg.compile)
         after_step = _chain(after_step_factory(train_model) if after_step_factory else None, reapply_masks)
@@ -354,6 +362,12 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                                        "seconds": round(time.perf_counter() - start, 3)})
                         save_checkpoint()
                     continue
+            if cfg.by_iterations and position < cfg.eval_from and not progress.finished(cfg):
+                if ctx.is_main:  # no evaluation yet: only the resumable checkpoint
+                    save_checkpoint()
+                    print(f"round {stage} itr {position}: train loss {train['loss']:.4f} (evaluations "
+                          f"start at itr {cfg.eval_from})", flush=True)
+                continue
             val, test = _evaluate_splits(model, loaders, evaluator)
             name = objective.name
             improved = progress.record(position, train["acc"], _metric(val, name, "val"),

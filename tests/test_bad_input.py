@@ -47,6 +47,7 @@ def tree_digest(path):
     (["--rate", "1.5"], ["between 0 and 1"]),
     (["--prune_type", "pt_trans"], ["--pretrained"]),
     (["--prune_type", "rewind_lt", "--rewind_epoch", "5"], ["--rewind_epoch"]),
+    (["--prune_type", "rewind_lt", "--rewind_epoch", "0"], ["--rewind_epoch", "[1, --epochs"]),
 ])
 def test_imp_rejects_bad_flags_before_writing(tmp_path, flags, needles):
     out = tmp_path / "run"

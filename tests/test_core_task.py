@@ -297,3 +297,21 @@ def test_resuming_from_a_round_start_drops_that_rounds_iteration_lines(tmp_path)
     run.rewind_logs(1, 0)
     run.rewind_logs(1, 1, key="itr")
     assert [(row["round"], row["itr"]) for row in run.metrics()] == [(0, 3), (0, 5)]
+
+
+def test_evaluation_shards_cover_every_sample_exactly_once_under_ddp():
+    # DistributedSampler pads shards with repeats (7 samples on 2 ranks: one counted twice); an
+    # evaluation must see each sample once, or a confusion matrix or a detection list double-counts it.
+    samples = torch.arange(7).float()
+    seen = []
+    for rank in range(2):
+        ctx = Context(device=torch.device("cpu"), rank=rank, world_size=2)
+        loader = DeviceLoader(samples, batch_size=3, train=False, seed=0, ctx=ctx, workers=0)
+        seen += [int(value) for batch in loader for value in batch]
+    assert sorted(seen) == list(range(7))
+    train_seen = []
+    for rank in range(2):
+        ctx = Context(device=torch.device("cpu"), rank=rank, world_size=2)
+        loader = DeviceLoader(samples, batch_size=4, train=True, seed=0, ctx=ctx, workers=0, drop_last=False)
+        train_seen += [int(value) for batch in loader for value in batch]
+    assert len(train_seen) == 8 and set(train_seen) == set(range(7))  # training keeps torch's padded shards

@@ -96,8 +96,9 @@ def test_pt_rewinds_to_the_best_dense_round_zero_model(tmp_path):
 
 
 def test_rewind_lt_rewinds_to_the_chosen_epoch(tmp_path):
-    imp(tmp_path / "rw", "--pruning_times", "2", "--prune_type", "rewind_lt", "--rewind_epoch", "0")
-    saved = load_file(str(tmp_path / "rw" / "epoch_0_rewind_weight.pt"))
+    # --rewind_epoch k: the weights after k epochs (here 1 of 2), saved as the original named them.
+    imp(tmp_path / "rw", "--pruning_times", "2", "--prune_type", "rewind_lt", "--rewind_epoch", "1")
+    saved = load_file(str(tmp_path / "rw" / "epoch_1_rewind_weight.pt"))
     init = load_file(str(tmp_path / "rw" / "1checkpoint.pth.tar"))["init_weight"]
     assert all(torch.equal(saved[key], init[key]) for key in saved)
     metrics = [json.loads(line) for line in (tmp_path / "rw" / "metrics.jsonl").read_text().splitlines()]

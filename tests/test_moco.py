@@ -322,15 +322,31 @@ def test_help_explains_every_flag():
     assert exit_info.value.code == 0
 
 
-def test_two_process_gloo_run_ends_with_the_same_masks_on_both_ranks(files, tmp_path):
+def test_two_process_gloo_run_without_seed_ends_with_the_same_masks_on_both_ranks(files, tmp_path):
+    """No --seed: rank 0 draws one and broadcasts it once (a second collective on rank 0 alone
+    used to hang the run; the timeout turns a hang into a failure)."""
     out = tmp_path / "ddp"
     flags = [arg for arg in TINY]
     flags[flags.index("--epochs") + 1] = "1"
+    del flags[flags.index("--seed"):flags.index("--seed") + 2]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                SCRIPT, files["data"], "--pretrained_path", files["v2"], *flags, "--save_dir", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        # SIGTERM, not SIGKILL: torchrun then stops its workers (each runs in a session of its own).
+        process.terminate()
+        try:
+            process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        pytest.fail("the 2-process run without --seed hung (mismatched collectives?)")
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "no --seed given" in result.stderr
+    assert isinstance(json.loads((out / "run.json").read_text())["args"]["seed"], int)
     digests = dict(re.findall(r"rank (\d): mask digest (\w+); encoder_k's mask equals", result.stdout))
     assert sorted(digests) == ["0", "1"], result.stdout
     ticket, meta = pruning_utils.read_masks(str(out / "ticket_02.pt"))

@@ -160,22 +160,71 @@ def reference_nt_xent(z1, z2, temperature):
     return torch.stack(losses).mean()
 
 
-def test_nt_xent_matches_the_definition():
+def test_textbook_nt_xent_matches_the_definition():
     torch.manual_seed(0)
     z1, z2 = torch.randn(5, 7), torch.randn(5, 7)
     for temperature in (0.5, 0.1):
-        assert simclr.nt_xent(z1, z2, temperature).item() == pytest.approx(
+        assert simclr.nt_xent(z1, z2, temperature, form="textbook").item() == pytest.approx(
             reference_nt_xent(z1, z2, temperature).item(), rel=1e-5)
 
 
-def test_nt_xent_is_smallest_for_identical_views_far_from_the_others():
+def test_textbook_nt_xent_is_smallest_for_identical_views_far_from_the_others():
     z = torch.eye(4, 8) * 3.0  # orthogonal: every other view is far
-    best = simclr.nt_xent(z, z, 0.5).item()
+    best = simclr.nt_xent(z, z, 0.5, form="textbook").item()
     expected = -np.log(np.exp(2.0) / (np.exp(2.0) + 6))  # cos 1 to the positive, 0 to 6 negatives
     assert best == pytest.approx(expected, rel=1e-6)
     torch.manual_seed(0)
-    assert best < simclr.nt_xent(z, z[[1, 2, 3, 0]], 0.5).item()
-    assert best < simclr.nt_xent(z, z + 0.5 * torch.randn(4, 8), 0.5).item()
+    assert best < simclr.nt_xent(z, z[[1, 2, 3, 0]], 0.5, form="textbook").item()
+    assert best < simclr.nt_xent(z, z + 0.5 * torch.randn(4, 8), 0.5, form="textbook").item()
+
+
+def original_nt_xent(x, t=0.5):
+    """The original SimCLR IMP code's ``utils.nt_xent``, written out: ``x`` holds the two views of
+    image i in rows 2i and 2i + 1 (its ``inputs.view(2B, ...)`` of a (B, 2, ...) batch)."""
+    norms = x.norm(p=2, dim=1, keepdim=True)
+    x = (x @ x.t()) / (norms * norms.t()).clamp(min=1e-8)
+    x = torch.exp(x / t)
+    idx = torch.arange(x.size(0))
+    idx[::2] += 1  # put positive pairs on the diagonal
+    idx[1::2] -= 1
+    x = x[idx]
+    x = x.diag() / (x.sum(0) - torch.exp(torch.tensor(1 / t)))
+    return -torch.log(x.mean())
+
+
+def interleave(z1, z2):
+    return torch.stack([z1, z2], dim=1).reshape(-1, z1.size(1))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 0.2])
+def test_default_nt_xent_is_the_originals_value_and_gradient(temperature):
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(6, 9, dtype=torch.float64), torch.randn(6, 9, dtype=torch.float64)
+    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    loss = simclr.nt_xent(a, b, temperature)  # the default form
+    loss.backward()
+    ra, rb = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    expected = original_nt_xent(interleave(ra, rb), temperature)
+    expected.backward()
+    # (The original subtracts exp(1/t) as a float32 constant: agreement to float32 precision.)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-7)
+    assert torch.allclose(a.grad, ra.grad, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(b.grad, rb.grad, rtol=1e-5, atol=1e-6)
+    # Not the textbook loss: -log(mean p) < mean(-log p) (Jensen), strictly for unequal p.
+    assert loss.item() < simclr.nt_xent(z1, z2, temperature, form="textbook").item() - 1e-3
+
+
+def test_training_step_minimises_the_original_loss_unless_told_otherwise():
+    torch.manual_seed(0)
+    model = simclr.build_simclr_model("resnet18", 8)
+    views = torch.rand(3, 2, 3, 32, 32)
+    batch = (views, torch.zeros(3, dtype=torch.long))
+    z = model(simclr.stack_views(views))
+    expected = original_nt_xent(interleave(*z.chunk(2)), 0.5)
+    assert simclr.make_step(0.5)(model, batch).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    textbook = simclr.make_step(0.5, form="textbook")(model, batch).loss
+    assert textbook.item() == pytest.approx(simclr.nt_xent(*z.chunk(2), 0.5, form="textbook").item(), rel=1e-5)
+    assert simclr_main.get_args_parser().parse_args(["x"]).loss == "original"
 
 
 def test_model_keeps_torchvision_names_and_the_head_is_optional():
@@ -204,10 +253,13 @@ def test_contrastive_accuracy_is_perfect_for_identical_views():
 def _nt_xent_rank(rank, world, port, z1, z2, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     rows = slice(rank * z1.size(0) // world, (rank + 1) * z1.size(0) // world)
-    a, b = z1[rows].clone().requires_grad_(), z2[rows].clone().requires_grad_()
-    loss = simclr.nt_xent(a, b, 0.5)
-    loss.backward()
-    torch.save((loss.detach(), a.grad, b.grad), os.path.join(out, f"{rank}.pt"))
+    for form in simclr.LOSS_FORMS:
+        a, b = z1[rows].clone().requires_grad_(), z2[rows].clone().requires_grad_()
+        loss = simclr.nt_xent(a, b, 0.5, form=form)
+        loss.backward()
+        torch.save((loss.detach(), a.grad, b.grad), os.path.join(out, f"{form}{rank}.pt"))
+    with torch.inference_mode():  # validation ranks each view against the views of every rank
+        torch.save(simclr._similarities(z1[rows], z2[rows]), os.path.join(out, f"similarities{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -218,34 +270,68 @@ def test_nt_xent_under_ddp_equals_the_global_batch_loss(tmp_path):
     torch.manual_seed(0)
     z1, z2 = torch.randn(6, 5), torch.randn(6, 5)
     mp.spawn(_nt_xent_rank, args=(2, port, z1, z2, str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
-    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
-    loss = simclr.nt_xent(a, b, 0.5)
-    loss.backward()
-    assert (ranks[0][0] + ranks[1][0]).item() / 2 == pytest.approx(loss.item(), rel=1e-6)
-    # DDP averages gradients over the 2 ranks: that must give the global-batch gradient.
-    assert torch.allclose(torch.cat([ranks[0][1], ranks[1][1]]) / 2, a.grad, atol=1e-6)
-    assert torch.allclose(torch.cat([ranks[0][2], ranks[1][2]]) / 2, b.grad, atol=1e-6)
+    for form in simclr.LOSS_FORMS:
+        ranks = [torch.load(tmp_path / f"{form}{rank}.pt") for rank in range(2)]
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        if form == "original":
+            loss = original_nt_xent(interleave(a, b), 0.5)
+        else:
+            loss = reference_nt_xent(a, b, 0.5)
+        loss.backward()
+        assert (ranks[0][0] + ranks[1][0]).item() / 2 == pytest.approx(loss.item(), rel=1e-5), form
+        # DDP averages gradients over the 2 ranks: that must give the global-batch gradient.
+        assert torch.allclose(torch.cat([ranks[0][1], ranks[1][1]]) / 2, a.grad.float(), atol=1e-6), form
+        assert torch.allclose(torch.cat([ranks[0][2], ranks[1][2]]) / 2, b.grad.float(), atol=1e-6), form
+    cosine, own, positive = simclr._similarities(z1, z2)
+    for rank in range(2):
+        part, part_own, part_positive = torch.load(tmp_path / f"similarities{rank}.pt")
+        rows = torch.cat([torch.arange(3) + 3 * rank, torch.arange(3) + 6 + 3 * rank])
+        assert torch.allclose(part, cosine[rows], atol=1e-6)
+        assert torch.equal(part_own, own[rows]) and torch.equal(part_positive, positive[rows])
 
 
-def test_lars_scales_each_step_by_the_trust_ratio():
+def original_lars_step(weight, grad, buffer, lr, momentum, weight_decay, eta=1e-3):
+    """One step of the original SimCLR IMP code's LARS (its optimizer/lars.py), written out."""
+    weight_norm, grad_norm = torch.norm(weight), torch.norm(grad)
+    local_lr = eta * weight_norm / (grad_norm + weight_decay * weight_norm)
+    if weight_norm < 1e-15 or grad_norm < 1e-15:
+        local_lr = torch.ones(())
+    buffer = buffer * momentum + local_lr * lr * (grad + weight_decay * weight)
+    return weight - buffer, buffer
+
+
+def test_lars_is_the_originals_rule_on_every_tensor():
     weight = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))  # norm 5
     bias = torch.nn.Parameter(torch.tensor([1.0]))
-    optimizer = engine.make_optimizer([weight, bias], lr=0.1, momentum=0.9, weight_decay=0.5,
+    zero = torch.nn.Parameter(torch.zeros(2))
+    optimizer = engine.make_optimizer([weight, bias, zero], lr=0.1, momentum=0.9, weight_decay=0.5,
                                       device=torch.device("cpu"), name="lars")
     assert isinstance(optimizer, LARS)
-    weight.grad = torch.tensor([[0.0, 1.0]])
-    bias.grad = torch.tensor([2.0])
-    optimizer.step()
-    grad = torch.tensor([[1.5, 3.0]])  # gradient + 0.5 * weight
-    ratio = 1e-3 * 5.0 / grad.norm()
-    assert torch.allclose(weight.detach(), torch.tensor([[3.0, 4.0]]) - 0.1 * ratio * grad)
-    # A 1-D tensor (bias, batch-norm) takes a plain momentum-SGD step without weight decay.
-    assert torch.allclose(bias.detach(), torch.tensor([1.0 - 0.1 * 2.0]))
+    expected = {}
+    buffers = {name: torch.zeros_like(p) for name, p in (("w", weight), ("b", bias), ("z", zero))}
+    for step in range(3):
+        grads = {"w": torch.tensor([[0.0, 1.0 + step]]), "b": torch.tensor([2.0 - step]),
+                 "z": torch.tensor([0.5, -1.0])}
+        for name, param in (("w", weight), ("b", bias), ("z", zero)):
+            expected[name], buffers[name] = original_lars_step(param.detach().clone(), grads[name],
+                                                               buffers[name], 0.1, 0.9, 0.5)
+            param.grad = grads[name]
+        optimizer.step()
+        # Bias and batch-norm tensors are adapted too, and a zero tensor takes ratio 1 (as the original).
+        for name, param in (("w", weight), ("b", bias), ("z", zero)):
+            assert torch.allclose(param.detach(), expected[name], rtol=1e-6, atol=1e-7), (step, name)
     state = optimizer.state_dict()
-    restored = LARS([weight, bias], lr=0.1)
+    restored = LARS([weight, bias, zero], lr=0.1)
     restored.load_state_dict(state)
     assert torch.equal(restored.state[weight]["momentum_buffer"], optimizer.state[weight]["momentum_buffer"])
+
+
+def test_lars_can_exclude_one_dimensional_tensors():
+    bias = torch.nn.Parameter(torch.tensor([1.0]))
+    optimizer = LARS([bias], lr=0.1, momentum=0.9, weight_decay=0.5, exclude_1d=True)
+    bias.grad = torch.tensor([2.0])
+    optimizer.step()
+    assert torch.allclose(bias.detach(), torch.tensor([1.0 - 0.1 * 2.0]))
 
 
 def test_lars_reduces_a_quadratic():

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# IMP of DeepLabV3+ from imagenet weights, rounds 0..18, one command per round (the original's sh/imp_imagenet.sh).
+# Usage: Segmentation/sh/imp_imagenet.sh GPU [more flags, e.g. --data_root DIR --pretrained FILE]
+set -e
+GPU=$1
+SEED=10
+source "$(dirname "$0")/common.sh"
+imp_sweep main_imp_imagenet.py seed${SEED}_imp_imagenet "${@:2}"

@@ -1,0 +1,323 @@
+"""main_report.py and the ticket analysis: pooling seeds, matching verdicts, controls, overlap, FLOPs, bad input."""
+
+import csv
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import main_report
+import pruning_utils
+from lth import cli, report, ticket_analysis
+from lth.errors import UserError
+from lth.plots import _remaining_ticks
+
+IMP_ARGS = {"dataset": "digits", "arch": "resnet18", "epochs": 3, "lr": 0.05, "batch_size": 64,
+            "prune_type": "lt", "random_prune": False, "rate": 0.2, "pruning_times": 3,
+            "decreasing_lr": [2], "pretrained": None, "gpu": "0", "print_freq": 50}
+
+
+EVAL_ARGS = {k: v for k, v in IMP_ARGS.items() if k not in ("prune_type", "random_prune", "rate", "pruning_times")}
+
+
+def fake_run(folder, script="main_imp_downstream.py", rows=(), one_off=None, **args):
+    """A run folder as the scripts write it: run.json plus summary.jsonl (or summary.json)."""
+    os.makedirs(folder, exist_ok=True)
+    base = IMP_ARGS if script == "main_imp_downstream.py" else EVAL_ARGS
+    full = {**base, **args, "save_dir": str(folder)}
+    record = {"args": full, "argv": [script, "--save_dir", str(folder)], "code_version": "abc123",
+              "versions": {"torch": "2.x"}, "host": "box"}
+    with open(os.path.join(folder, "run.json"), "w") as handle:
+        json.dump(record, handle)
+    if rows:
+        with open(os.path.join(folder, "summary.jsonl"), "w") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+    if one_off is not None:
+        with open(os.path.join(folder, "summary.json"), "w") as handle:
+            json.dump(one_off, handle)
+    return str(folder)
+
+
+def rounds(values, finals=None, remaining=(100.0, 80.0, 64.0)):
+    finals = finals or values
+    return [{"round": k, "remaining": r, "reported_acc": v, "test_acc_at_best_val": v, "final_test_acc": f}
+            for k, (r, v, f) in enumerate(zip(remaining, values, finals))]
+
+
+def make_report(tmp_path, *runs, extra=()):
+    out = tmp_path / "report"
+    args = main_report.get_args_parser().parse_args([*runs, "--out", str(out), *extra])
+    main_report.main(args)
+    return out
+
+
+def read_levels(out):
+    with open(out / "levels.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+# -- aggregation -----------------------------------------------------------------------------
+
+def test_levels_are_the_mean_and_sample_std_over_seeds(tmp_path):
+    fake_run(tmp_path / "runs" / "s0", rows=rounds([90.0, 91.0, 80.0], finals=[90.0, 89.0, 70.0]), seed=0)
+    fake_run(tmp_path / "runs" / "s1", rows=rounds([92.0, 93.0, 84.0], finals=[92.0, 90.0, 75.0]), seed=1)
+    fake_run(tmp_path / "runs" / "s2", rows=rounds([97.0, 95.0, 82.0], finals=[97.0, 94.0, 71.0]), seed=2)
+    out = make_report(tmp_path, str(tmp_path / "runs"))
+    rows = read_levels(out)
+    assert [(r["group"], float(r["remaining"]), int(r["n"])) for r in rows] == [
+        ("IMP (lt)", 100.0, 3), ("IMP (lt)", 80.0, 3), ("IMP (lt)", 64.0, 3)]
+    # By hand: 90, 92, 97 -> mean 93, deviations -3, -1, 4 -> sum of squares 26 / (3 - 1) = 13.
+    assert float(rows[0]["mean"]) == pytest.approx(93.0)
+    assert float(rows[0]["std"]) == pytest.approx(math.sqrt(13.0), rel=1e-5)
+    # 91, 93, 95 -> mean 93, std 2; finals 89, 90, 94 -> mean 91, deviations -2, -1, 3 -> 14 / 2 = 7.
+    assert float(rows[1]["mean"]) == pytest.approx(93.0) and float(rows[1]["std"]) == pytest.approx(2.0)
+    assert float(rows[1]["final_mean"]) == pytest.approx(91.0)
+    assert float(rows[1]["final_std"]) == pytest.approx(math.sqrt(7.0), rel=1e-5)
+    assert rows[2]["seeds"] == "0 1 2" and float(rows[2]["sparsity"]) == pytest.approx(36.0)
+    text = (out / "report.md").read_text()
+    assert "93.00 ± 3.61 (n=3)" in text and "abc123" in text and "metric_vs_remaining.png" in text
+    assert (out / "metric_vs_remaining.png").stat().st_size > 1000
+
+
+def test_one_seed_has_std_zero_and_new_metric_keys_and_null_are_read(tmp_path):
+    rows = [{"round": 0, "remaining": 100.0, "primary_metric": "miou", "reported": 70.0, "final": 69.0,
+             "reported_acc": 1.0},
+            {"round": 1, "remaining": 80.0, "primary_metric": "miou", "reported": None, "final": None},
+            {"round": 2, "remaining": 64.0, "primary_metric": "miou", "reported": 65.0, "final": float("nan")}]
+    fake_run(tmp_path / "seg", rows=rows, seed=0)
+    out = make_report(tmp_path, str(tmp_path / "seg"))
+    levels = read_levels(out)
+    # The null round is left out; "reported"/"final" win over "reported_acc".
+    assert [(float(r["remaining"]), float(r["mean"]), float(r["std"])) for r in levels] == [(100, 70, 0), (64, 65, 0)]
+    assert levels[0]["metric"] == "miou" and levels[0]["final_mean"] == "69"
+    assert "(miou)" in (out / "report.md").read_text()
+
+
+# -- grouping ------------------------------------------------------------------------------
+
+def test_runs_are_pooled_only_when_they_differ_in_the_seed_alone(tmp_path):
+    fake_run(tmp_path / "a", rows=rounds([90, 90, 90]), seed=0, gpu="0", print_freq=10)
+    fake_run(tmp_path / "b", rows=rounds([92, 92, 92]), seed=1, gpu="1", print_freq=50)  # same experiment
+    fake_run(tmp_path / "c", rows=rounds([94, 94, 94]), seed=2, lr=0.1)  # another learning rate
+    fake_run(tmp_path / "d", rows=rounds([96, 96, 96]), seed=3, random_prune=True)
+    fake_run(tmp_path / "e", rows=rounds([98, 98, 98]), seed=4, prune_type="rewind_lt")
+    groups = report.group_runs(report.read_runs([str(tmp_path / n) for n in "abcde"]).runs)
+    members = sorted(sorted(os.path.basename(r.path) for r in g.runs) for g in groups)
+    assert members == [["a", "b"], ["c"], ["d"], ["e"]]
+    labels = {g.label for g in groups}
+    assert "IMP (rewind_lt)" in labels and "random pruning (lt)" in labels
+    assert any("lr=0.05" in label for label in labels) and any("lr=0.1" in label for label in labels)
+    random_group = next(g for g in groups if g.kind == "random")
+    assert random_group.reference is not None and random_group.reference.runs[0].args["lr"] == 0.05
+
+
+# -- matching --------------------------------------------------------------------------------
+
+def reference_extreme(curve, dense_mean, dense_std, criterion):
+    """The rule written out: the lowest remaining level whose mean is >= dense mean - std
+    ('within one std') or >= dense mean ('at least dense')."""
+    bound = dense_mean - (dense_std if criterion == "within_std" else 0.0)
+    good = [level for level, value in curve if level < 100 and value >= bound]
+    return min(good) if good else None
+
+
+@pytest.mark.parametrize("curve", [
+    [(80.0, 91.0), (64.0, 89.5), (51.2, 88.0), (40.96, 89.2), (32.77, 70.0)],
+    [(80.0, 89.9), (64.0, 90.0), (51.2, 90.5)],
+    [(80.0, 85.0), (64.0, 80.0)],
+])
+def test_matching_verdict_follows_the_papers_two_criteria(curve):
+    dense = report.Baseline("dense", 90.0, 1.0, 3)
+    levels = [report.LevelStats(level, [value], [value], [0]) for level, value in curve]
+    for criterion in ("within_std", "at_least"):
+        verdict = report.matching_verdict(levels, dense, criterion)
+        assert verdict.extreme == reference_extreme(curve, 90.0, 1.0, criterion)
+    first = report.matching_verdict(levels, dense, "within_std")
+    if curve[0][1] == 91.0:  # 51.2 fails in between: the contiguous range stops at 64
+        assert first.contiguous == 64.0 and first.failing_above == [51.2]
+    lower = report.matching_verdict([report.LevelStats(80.0, [0.5], [0.5], [0])],
+                                    report.Baseline("d", 0.4, 0.2, 2), "within_std", higher_is_better=False)
+    assert lower.extreme == 80.0  # a loss of 0.5 is within one std (0.2) of 0.4 when lower is better
+
+
+# -- controls -----------------------------------------------------------------------------------
+
+def test_reversed_masks_are_shown_at_the_level_of_their_ticket_with_a_welch_test(tmp_path):
+    imp_values = {0: [96.0, 95.0, 90.0], 1: [97.0, 96.0, 91.0], 2: [95.0, 94.0, 92.0]}
+    reversed_values = {0: 60.0, 1: 64.0, 2: 66.0}
+    for seed in range(3):
+        imp = fake_run(tmp_path / f"imp_s{seed}", rows=rounds(imp_values[seed], remaining=(100.0, 80.0, 64.0, 51.2)),
+                       seed=seed)
+        fake_run(tmp_path / f"rev_s{seed}", script="main_eval_downstream.py", seed=seed,
+                 mask_dir=os.path.join(imp, "ticket_02.pt"), reverse_mask=True,
+                 pretrained=os.path.join(imp, "0checkpoint.pth.tar"),
+                 one_off={"remaining": 36.0, "reverse_mask": True, "test_acc_at_best_val": reversed_values[seed],
+                          "final_test_acc": reversed_values[seed]})
+    out = make_report(tmp_path, str(tmp_path / "imp_s*"), str(tmp_path / "rev_s*"))
+    rows = {(r["group"], float(r["remaining"])): r for r in read_levels(out)}
+    reversed_row = rows[("reversed masks of IMP (lt)", 64.0)]  # keeps 36 %, shown at its ticket's 64 %
+    assert int(reversed_row["n"]) == 3 and reversed_row["reference"] == "IMP (lt)"
+    # Welch's t by hand: IMP at 64 %: 90, 91, 92 (mean 91, var 1); reversed 60, 64, 66 (mean 63.33, var 9.33).
+    t = (91.0 - 190.0 / 3) / math.sqrt(1.0 / 3 + (28.0 / 3) / 3)
+    results = report.analyse(report.read_runs([str(tmp_path / "imp_s*"), str(tmp_path / "rev_s*")]))
+    comparison = results.controls["reversed masks of IMP (lt)"][0]
+    assert comparison.level == 64.0 and comparison.t == pytest.approx(t, rel=1e-6)
+    assert 0 < comparison.p < 0.05
+    assert "### reversed masks of IMP (lt) vs IMP (lt)" in (out / "report.md").read_text()
+
+
+def test_no_t_test_with_one_seed_on_a_side():
+    assert report.welch([1.0, 2.0], [3.0]) == (None, None)
+
+
+# -- mask overlap, kernels, FLOPs -----------------------------------------------------------------
+
+def random_masks(seed, shares=(0.3, 0.6)):
+    generator = torch.Generator().manual_seed(seed)
+    return {f"l{i}.weight_mask": (torch.rand(8, 4, 3, 3, generator=generator) < share).float()
+            for i, share in enumerate(shares)}
+
+
+def test_overlap_of_a_mask_with_itself_is_one_and_with_its_reverse_zero():
+    masks = random_masks(0)
+    assert ticket_analysis.mask_iou(masks, masks) == 1.0
+    assert ticket_analysis.mask_iou(masks, pruning_utils.reverse_mask(masks)) == 0.0
+
+
+def test_random_overlap_is_what_random_masks_of_the_same_layer_shares_give():
+    a, b = random_masks(0, (0.2, 0.7)), random_masks(1, (0.5, 0.4))
+    expected = ticket_analysis.random_mask_iou(a, b)
+    # Monte Carlo: shuffle each layer of both masks (same shares) and average the IoU.
+    generator = torch.Generator().manual_seed(2)
+    draws = []
+    for _ in range(400):
+        shuffle = {k: m.flatten()[torch.randperm(m.numel(), generator=generator)].view_as(m) for k, m in a.items()}
+        draws.append(ticket_analysis.mask_iou(shuffle, b))
+    assert expected == pytest.approx(sum(draws) / len(draws), abs=0.01)
+
+
+def test_fully_pruned_kernels_per_block():
+    mask = torch.ones(2, 2, 3, 3)
+    mask[0, 0] = 0  # one kernel fully pruned
+    mask[1, 1, 0, 0] = 0  # one weight of another: not a pruned kernel
+    masks = {"layer1.0.conv1.weight_mask": mask, "layer2.0.conv1.weight_mask": torch.zeros(1, 4, 3, 3),
+             "layer2.0.downsample.0.weight_mask": torch.zeros(4, 4, 1, 1)}
+    assert ticket_analysis.pruned_kernel_share(masks) == {"layer1": 25.0, "layer2": 100.0}
+
+
+def test_flops_and_parameters_of_a_known_small_model():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.Conv2d(4, 2, 3, stride=2, padding=1, bias=True), nn.Flatten(), nn.Linear(2 * 3 * 3, 5))
+    mask = torch.zeros(2, 4, 3, 3)
+    mask.view(-1)[:10] = 1
+    costs = {c.layer: c for c in ticket_analysis.layer_costs(model, {"2.weight_mask": mask}, (3, 5, 5))}
+    # conv 0: 5x5 outputs x (4 x 3 x 3 x 3 = 108 weights) = 2700 MACs; dense (no mask).
+    assert (costs["0"].dense_flops, costs["0"].nonzero_flops, costs["0"].dense_params) == (2700, 2700, 108)
+    # conv 2: 3x3 outputs x 72 weights = 648 MACs dense; 10 kept weights -> 90; params + 2 biases.
+    assert (costs["2"].dense_flops, costs["2"].nonzero_flops) == (648, 90)
+    assert (costs["2"].dense_params, costs["2"].nonzero_params) == (74, 12)
+    assert (costs["4"].dense_flops, costs["4"].dense_params) == (90, 95)
+
+
+def test_tick_labels_are_spread_on_the_log_axis():
+    levels = [100 * 0.8 ** k for k in range(20)] + [100 - 100 * 0.8 ** k for k in range(1, 20)]
+    ticks = _remaining_ticks(levels)
+    assert ticks[0] == 100 and ticks[-1] == pytest.approx(100 * 0.8 ** 19, rel=0.01) and len(ticks) <= 9
+    logs = [math.log10(t) for t in ticks]
+    assert min(a - b for a, b in zip(logs, logs[1:])) >= (logs[0] - logs[-1]) / 8 / 2
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_main(main_report.main, main_report.get_args_parser(), argv)
+    return exit_info.value.code, capsys.readouterr().err.strip()
+
+
+def test_unfinished_run_is_reported_with_what_is_missing(tmp_path):
+    fake_run(tmp_path / "done", rows=rounds([90, 91, 92]), seed=0)
+    fake_run(tmp_path / "cut", rows=rounds([93, 94]), seed=1)  # 2 of 3 rounds
+    fake_run(tmp_path / "started", seed=2)  # run.json only: died before its first round
+    os.makedirs(tmp_path / "empty")
+    out = make_report(tmp_path, str(tmp_path / "done"), str(tmp_path / "cut"), str(tmp_path / "started"),
+                      str(tmp_path / "empty"))
+    text = (out / "report.md").read_text()
+    assert "2 of 3 rounds" in text and "rounds 2 missing" in text
+    assert "no round finished yet" in text and "empty folder" in text
+    rows = read_levels(out)
+    assert [int(r["n"]) for r in rows] == [2, 2, 1]
+
+
+def test_bad_input_gives_one_line_errors(tmp_path, capsys):
+    os.makedirs(tmp_path / "empty")
+    code, err = run_cli([str(tmp_path / "empty"), "--out", str(tmp_path / "o1")], capsys)
+    assert code == 2 and err.startswith("error: no finished round") and "\n" not in err
+    fake_run(tmp_path / "started", seed=0)
+    code, err = run_cli([str(tmp_path / "started"), "--out", str(tmp_path / "o2")], capsys)
+    assert code == 2 and "no round finished yet" in err
+    (tmp_path / "notarun").mkdir()
+    (tmp_path / "notarun" / "notes.txt").write_text("hello")
+    code, err = run_cli([str(tmp_path / "notarun"), "--out", str(tmp_path / "o3")], capsys)
+    assert code == 2 and "not a run folder" in err
+    fake_run(tmp_path / "digits", rows=rounds([90, 91, 92]), seed=0)
+    fake_run(tmp_path / "cifar", rows=rounds([60, 61, 62]), seed=0, dataset="cifar10")
+    code, err = run_cli([str(tmp_path / "digits"), str(tmp_path / "cifar"), "--out", str(tmp_path / "o4")], capsys)
+    assert code == 2 and "different tasks" in err and "cifar10" in err and "\n" not in err
+    for out in ("o1", "o2", "o3", "o4"):
+        assert not (tmp_path / out).exists()  # nothing written
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("mine")
+    code, err = run_cli([str(tmp_path / "digits"), "--out", str(tmp_path / "busy")], capsys)
+    assert code == 2 and "holds other files" in err and (tmp_path / "busy" / "keep.txt").read_text() == "mine"
+
+
+# -- end to end on real runs -------------------------------------------------------------------------
+
+FAST = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "1", "--batch_size", "256", "--lr", "0.05",
+        "--decreasing_lr", "1", "--print_freq", "0", "--warmup", "0"]
+
+
+def test_real_runs_and_tickets_end_to_end(tmp_path, one_thread):
+    import main_eval_downstream
+    import main_imp_downstream
+
+    for seed in (0, 1):
+        main_imp_downstream.main(main_imp_downstream.get_args_parser().parse_args(
+            [*FAST, "--seed", str(seed), "--pruning_times", "2", "--save_dir", str(tmp_path / "runs" / f"imp_s{seed}")]))
+    ticket = str(tmp_path / "runs" / "imp_s0" / "ticket_01.pt")
+    main_eval_downstream.main(main_eval_downstream.get_args_parser().parse_args(
+        [*FAST, "--seed", "0", "--save_dir", str(tmp_path / "runs" / "rev_s0"), "--mask_dir", ticket, "--reverse_mask"]))
+    out = make_report(tmp_path, str(tmp_path / "runs"), extra=[
+        "--tickets", f"imp={ticket}", str(tmp_path / "runs" / "imp_s1" / "ticket_02.pt")])
+    groups = {(r["group"], float(r["remaining"])): int(r["n"]) for r in read_levels(out)}
+    assert groups[("IMP (lt)", 100.0)] == 2 and groups[("IMP (lt)", 80.0)] == 2
+    assert groups[("reversed masks of IMP (lt)", 80.0)] == 1  # keeps 20 %, shown at its ticket's 80 %
+    text = (out / "report.md").read_text()
+    assert "## Matching verdicts" in text and "## Ticket analysis" in text and "## Provenance" in text
+    with open(out / "tickets" / "overlap.csv") as handle:
+        overlap = list(csv.DictReader(handle))
+    assert [float(r["iou"]) for r in overlap if r["ticket_a"] == r["ticket_b"]] == [1.0, 1.0]
+    with open(out / "tickets" / "flops.csv") as handle:
+        flops = list(csv.DictReader(handle))
+    conv = [r for r in flops if r["ticket"] == "imp" and r["layer"] == "layer1.0.conv1"][0]
+    assert int(conv["dense_flops"]) == 8 * 8 * 64 * 64 * 9 and int(conv["nonzero_params"]) < int(conv["dense_params"])
+    make_report(tmp_path, str(tmp_path / "runs"))  # an earlier report in --out is replaced
+
+
+def test_transfer_levels_meet_rounded_summary_levels_and_no_dense_level_skips_verdicts(tmp_path):
+    # Summary rows round the remaining share to 4 decimals, transfer runs do not: one level.
+    fake_run(tmp_path / "imp", rows=rounds([90.0, 80.0], remaining=(100.0, 0.0144)), seed=0)
+    fake_run(tmp_path / "reinit", script="main_eval_downstream.py", seed=100,
+             mask_dir=str(tmp_path / "imp" / "ticket_01.pt"),
+             one_off={"remaining": 0.0144115, "test_acc_at_best_val": 70.0, "final_test_acc": 70.0})
+    results = report.analyse(report.read_runs([str(tmp_path / "imp"), str(tmp_path / "reinit")]))
+    comparison = results.controls["random re-init, masks of IMP (lt)"][0]
+    assert comparison.reference.mean == 80.0 and comparison.control.mean == 70.0
+    only_transfer = report.analyse(report.read_runs([str(tmp_path / "reinit")]))
+    assert only_transfer.baseline is None and only_transfer.verdicts == {}
+    assert any("no matching verdicts" in note for note in only_transfer.notes)
