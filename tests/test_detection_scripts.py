@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -20,6 +21,13 @@ from lth.models import build_model
 from test_detection_data import write_voc
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def free_disk(tmp_path):
+    """A YOLOv4 checkpoint is 80-160 MB even on ResNet-18: each test's folder goes once it is done."""
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 TINY = ["--dataset", "digits", "--digits_canvas", "32", "--digits_counts", "24,8,8", "--arch", "resnet18",
         "--img_size", "32", "--batch_size", "8", "--workers", "0", "--seed", "0", "--lr_schedule", "as_meant",
@@ -59,7 +67,8 @@ def whole(tmp_path_factory, weights):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lth_imp, "train_stage", snapshots)
         run(train_imp, "--imp_num", "0", "--rounds", "3", "--pretrained", weights, "--save_dir", str(path))
-    return path, snapshots.at_start
+    yield path, snapshots.at_start
+    shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def masks_of(path):
