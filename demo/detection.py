@@ -47,6 +47,9 @@ def get_args_parser():
     parser.add_argument("--train_canvases", type=int, default=384, help="training canvases of the digits set")
     parser.add_argument("--lr", type=float, default=0.02, help="detection learning rate (cosine, no warm-up)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every run")
+    parser.add_argument("--keep_models", action="store_true",
+                        help="keep every checkpoint and backbone_*.pth (about 2.7 GB); by default only tickets, "
+                             "logs, plots and comp4 files stay")
     return parser
 
 
@@ -106,6 +109,19 @@ def main(args) -> None:
     phases["random pruning"] = time.time() - start - sum(phases.values())
     conditions = f"load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
     write_report(args, accuracy, imp_rows, random_rows, time.time() - start, phases, conditions)
+    if not args.keep_models:
+        remove_model_files(args.out)
+
+
+def remove_model_files(folder: str) -> None:
+    """Checkpoints and backbone_*.pth of the demo's runs (tickets, logs and result files stay)."""
+    freed = 0
+    for path, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith((".pth.tar", ".pth")) and name != "digits_resnet18.pth":
+                freed += os.path.getsize(os.path.join(path, name))
+                os.remove(os.path.join(path, name))
+    print(f"removed the model files ({freed / 2**30:.1f} GiB; --keep_models keeps them)")
 
 
 def read_rows(path: str) -> list[dict]:
