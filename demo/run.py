@@ -12,6 +12,7 @@ mean and +-std bands, matching verdicts and Welch t-tests) and analyses the spar
 """
 
 import argparse
+import glob
 import os
 import shutil
 import subprocess
@@ -42,6 +43,9 @@ def get_args_parser():
     parser.add_argument("--reversed_rounds", default="2",
                         help="tickets (rounds) whose reversed mask is trained from the ticket's init")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--keep_checkpoints", action="store_true",
+                        help="keep every run's model checkpoints (about 8 GB in all); by default they are "
+                             "removed once the report is written, keeping tickets, logs and summaries")
     return parser
 
 
@@ -125,6 +129,10 @@ def main(args) -> None:
     subprocess.run([sys.executable, os.path.join(ROOT, "main_report.py"), runs, "--out", report,
                     "--title", f"{args.arch} on digits, {len(seeds)} seeds", "--tickets", *tickets],
                    check=True, cwd=ROOT, env=env)
+    if not args.keep_checkpoints:
+        # The report reads summaries and tickets only; the checkpoints are resumable states and best models.
+        for path in glob.glob(os.path.join(runs, "*", "*.pth.tar")):
+            os.remove(path)
     minutes = (time.time() - start) / 60
     with open(os.path.join(report, "report.md"), "a") as handle:
         handle.write(f"\nDemo wall time {minutes:.1f} min ({os.cpu_count()} CPUs, {args.jobs} runs at a time).\n")
