@@ -1,5 +1,7 @@
 """Shared test fixtures."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -12,6 +14,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """Makes folders that live as long as one test module, then removes them: runs write
+    checkpoints of 45-700 MB, and pytest would keep every one of them until the session ends
+    (about 22 GB for the suite; CI machines have less free disk than that)."""
+    made = []
+
+    def make(name: str):
+        path = tmp_path_factory.mktemp(name)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _refuse_constant(name):

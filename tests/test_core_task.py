@@ -125,8 +125,8 @@ def numbers(row):
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory, one_thread):
-    path = tmp_path_factory.mktemp("whole")
+def whole(module_tmp, one_thread):
+    path = module_tmp("whole")
     return path, run_imp(path)
 
 

@@ -39,10 +39,10 @@ def run(module, *argv):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
+def weights(module_tmp):
     """A 'pre-trained' backbone file: a classification ResNet-18 state_dict (fc of 10 classes)."""
     torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    path = module_tmp("weights") / "resnet18.pth"
     torch.save(build_model("resnet18", 10, stem="imagenet").state_dict(), path)
     return str(path)
 
@@ -60,9 +60,9 @@ class Snapshots:
 
 
 @pytest.fixture(scope="module")
-def whole(tmp_path_factory, weights):
+def whole(module_tmp, weights):
     """Rounds 0..2 in one process (each 2 epochs, evaluated after the last)."""
-    path = tmp_path_factory.mktemp("imp") / "whole"
+    path = module_tmp("imp") / "whole"
     snapshots = Snapshots()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(lth_imp, "train_stage", snapshots)

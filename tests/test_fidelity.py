@@ -223,8 +223,8 @@ def same(a: dict, b: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def lt_run(tmp_path_factory, one_thread):
-    out = tmp_path_factory.mktemp("fidelity") / "lt"
+def lt_run(module_tmp, one_thread):
+    out = module_tmp("fidelity") / "lt"
     imp(out, "--epochs", "1", "--pruning_times", "2", "--prune_type", "lt")
     return out
 

@@ -310,8 +310,8 @@ def test_a_strict_parser_rejects_bare_nan(tmp_path, assert_strict_json):
 # ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ticket(tmp_path_factory):
-    base = tmp_path_factory.mktemp("ticket")
+def ticket(module_tmp):
+    base = module_tmp("ticket")
     torch.manual_seed(0)
     model = build_model("resnet18", 10)
     pruning_utils.global_prune(model, 0.5)

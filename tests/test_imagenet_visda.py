@@ -86,14 +86,14 @@ def record_round_starts(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    base = tmp_path_factory.mktemp("data")
+def data(module_tmp):
+    base = module_tmp("data")
     return {"imagenet": write_image_folder(base / "imagenet"), "visda": write_visda(base / "visda")}
 
 
 @pytest.fixture(scope="module")
-def imagenet_run(data, tmp_path_factory):
-    base = tmp_path_factory.mktemp("imagenet")
+def imagenet_run(data, module_tmp):
+    base = module_tmp("imagenet")
     torch.manual_seed(123)
     pretrained = build_model("resnet18", 3, stem="imagenet").state_dict()  # fc fits the 3 class folders
     torch.save(pretrained, base / "imagenet_weight.pt")
@@ -108,8 +108,8 @@ VISDA_IMP = [*FAST, "--states", "2", "--prune_type", "lt"]
 
 
 @pytest.fixture(scope="module")
-def visda_run(data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("visda") / "run"
+def visda_run(data, module_tmp):
+    out = module_tmp("visda") / "run"
     run_script(main_imp_visda, data["visda"], *VISDA_IMP, "--save_dir", out)
     return out
 
@@ -338,9 +338,9 @@ def bad_inputs(base, data):
 
 
 @pytest.fixture(scope="module")
-def bad_results(data, tmp_path_factory):
+def bad_results(data, module_tmp):
     """All bad-input processes at once: most of their time is importing torch."""
-    base = tmp_path_factory.mktemp("bad")
+    base = module_tmp("bad")
     cases = bad_inputs(base, data)
     processes = {}
     for name, (script, flags, _) in cases.items():

@@ -34,8 +34,8 @@ def kept(masks):
 
 
 @pytest.fixture(scope="module")
-def lt_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("imp") / "lt"
+def lt_run(module_tmp):
+    out = module_tmp("imp") / "lt"
     imp(out, "--pruning_times", "3", "--prune_type", "lt")
     return out
 

@@ -38,9 +38,9 @@ def write_image_folder(root, per_class):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """A tiny ImageFolder and fake released weights: encoder_k differs from encoder_q on purpose."""
-    root = tmp_path_factory.mktemp("moco")
+    root = module_tmp("moco")
     write_image_folder(root / "data", {"train": 4, "val": 2})
     torch.manual_seed(1)
     query = make_encoder("resnet18", 16, mlp=True).state_dict()

@@ -77,8 +77,8 @@ def init50(cifar50) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def imagenet_file(tmp_path_factory, tv_state) -> str:
-    path = tmp_path_factory.mktemp("weights") / "imagenet_weight.pt"
+def imagenet_file(module_tmp, tv_state) -> str:
+    path = module_tmp("weights") / "imagenet_weight.pt"
     torch.save(tv_state, path)
     return str(path)
 

@@ -59,9 +59,9 @@ class Captured(Exception):
 
 
 @pytest.fixture(scope="module")
-def three_rounds(tmp_path_factory, one_thread):
+def three_rounds(module_tmp, one_thread):
     """Rounds 0, 1, 2; the model each round starts training from is recorded."""
-    save_dir = tmp_path_factory.mktemp("imp")
+    save_dir = module_tmp("imp")
     starts = {}
     real = segrun.train_stage
 

@@ -45,9 +45,9 @@ def write_image_folder(root, train_per_class=8, val_per_class=3):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """A tiny ImageFolder, a fake released simclr_weight.pt and a MoCo checkpoint."""
-    root = tmp_path_factory.mktemp("simclr")
+    root = module_tmp("simclr")
     write_image_folder(root / "data")
     torch.manual_seed(1)
     sim = build_model("resnet18", 1000, 3, "imagenet").state_dict()  # 1000-way fc, num_batches_tracked
