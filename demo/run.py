@@ -44,12 +44,14 @@ def get_args_parser():
                         help="tickets (rounds) whose reversed mask is trained from the ticket's init")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--keep_checkpoints", action="store_true",
-                        help="keep every run's model checkpoints (about 8 GB in all); by default they are "
-                             "removed once the report is written, keeping tickets, logs and summaries")
+                        help="keep every run's model checkpoints (about 8 GB in all); by default a run's "
+                             "are removed as soon as no other run needs them, keeping tickets, logs and "
+                             "summaries (all that the report reads)")
     return parser
 
 
 _print_lock = threading.Lock()
+REVERSED_INIT = "0checkpoint.pth.tar"  # holds the IMP run's init_weight, where its reversed masks start
 
 
 def run(script: str, *flags: str) -> None:
@@ -63,6 +65,13 @@ def run(script: str, *flags: str) -> None:
             print(result.stdout[-2000:] + result.stderr[-2000:], flush=True)
     if result.returncode != 0:
         raise SystemExit(f"error: {script} failed (exit {result.returncode})")
+
+
+def remove_checkpoints(save_dir: str, keep: str = "") -> None:
+    """The report reads summaries and tickets only; checkpoints are resumable states and best models."""
+    for path in glob.glob(os.path.join(save_dir, "*.pth.tar")):
+        if os.path.basename(path) != keep:
+            os.remove(path)
 
 
 def _ints(text: str) -> list[int]:
@@ -91,34 +100,46 @@ def main(args) -> None:
               "--decreasing_lr", str(last if last > 0 else 1), "--warmup", "1", "--print_freq", "0"]
     imp_flags = ["--pruning_times", str(args.rounds), "--rate", str(args.rate), "--prune_type", "lt"]
 
-    def imp_then_controls(seed: int):
+    def run_then_tidy(script: str, *flags: str) -> None:
+        run(script, *flags)
+        if not args.keep_checkpoints:
+            remove_checkpoints(flags[flags.index("--save_dir") + 1])
+
+    def imp_then_controls(seed: int) -> tuple[str, list]:
         imp_dir = os.path.join(runs, f"imp_lt_s{seed}")
         run("main_imp_downstream.py", *common, *imp_flags, "--seed", str(seed), "--save_dir", imp_dir)
+        if not args.keep_checkpoints:
+            remove_checkpoints(imp_dir, keep=REVERSED_INIT)  # the init of the reversed-mask control
         jobs = []
         for k in _ints(args.reinit_rounds):
             # The ticket's mask from a new random init (seed + 100 draws another init, and another data order).
-            jobs.append(pool.submit(run, "main_eval_downstream.py", *common, "--seed", str(seed + 100),
+            jobs.append(pool.submit(run_then_tidy, "main_eval_downstream.py", *common, "--seed", str(seed + 100),
                                     "--mask_dir", os.path.join(imp_dir, f"ticket_{k:02d}.pt"),
                                     "--save_dir", os.path.join(runs, f"reinit_r{k:02d}_s{seed}")))
         for k in _ints(args.reversed_rounds):
             # The ticket's own init (the IMP run's rewind point) with the complement of its mask.
-            jobs.append(pool.submit(run, "main_eval_downstream.py", *common, "--seed", str(seed),
+            jobs.append(pool.submit(run_then_tidy, "main_eval_downstream.py", *common, "--seed", str(seed),
                                     "--mask_dir", os.path.join(imp_dir, f"ticket_{k:02d}.pt"), "--reverse_mask",
-                                    "--pretrained", os.path.join(imp_dir, "0checkpoint.pth.tar"),
+                                    "--pretrained", os.path.join(imp_dir, REVERSED_INIT),
                                     "--dict_key", "init_weight", "--load_all",
                                     "--save_dir", os.path.join(runs, f"reversed_r{k:02d}_s{seed}")))
-        return jobs
+        return imp_dir, jobs
 
     # --jobs scripts at a time; an IMP job queues its seed's controls when it ends (without waiting for them).
+    # Checkpoints go as soon as no run needs them (the reversed-mask control reads the IMP run's init), so
+    # the demo holds about two runs' worth of them at a time instead of all 8 GB.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        control_jobs = []
         imp_jobs = [pool.submit(imp_then_controls, seed) for seed in seeds]
-        random_jobs = [pool.submit(run, "main_imp_downstream.py", *common, *imp_flags, "--random_prune",
+        random_jobs = [pool.submit(run_then_tidy, "main_imp_downstream.py", *common, *imp_flags, "--random_prune",
                                    "--seed", str(seed), "--save_dir", os.path.join(runs, f"random_s{seed}"))
                        for seed in seeds]
         for job in imp_jobs:
-            control_jobs.extend(job.result())
-        for job in random_jobs + control_jobs:
+            imp_dir, control_jobs = job.result()
+            for control in control_jobs:
+                control.result()
+            if not args.keep_checkpoints:
+                remove_checkpoints(imp_dir)
+        for job in random_jobs:
             job.result()
     sparsest = args.rounds - 1
     tickets = [f"IMP s{seeds[0]}={os.path.join(runs, f'imp_lt_s{seeds[0]}', f'ticket_{sparsest:02d}.pt')}"]
@@ -129,10 +150,6 @@ def main(args) -> None:
     subprocess.run([sys.executable, os.path.join(ROOT, "main_report.py"), runs, "--out", report,
                     "--title", f"{args.arch} on digits, {len(seeds)} seeds", "--tickets", *tickets],
                    check=True, cwd=ROOT, env=env)
-    if not args.keep_checkpoints:
-        # The report reads summaries and tickets only; the checkpoints are resumable states and best models.
-        for path in glob.glob(os.path.join(runs, "*", "*.pth.tar")):
-            os.remove(path)
     minutes = (time.time() - start) / 60
     with open(os.path.join(report, "report.md"), "a") as handle:
         handle.write(f"\nDemo wall time {minutes:.1f} min ({os.cpu_count()} CPUs, {args.jobs} runs at a time).\n")
