@@ -386,3 +386,50 @@ def test_voc_folders_and_the_originals_lists_train_and_write_the_devkit_files(tm
                   "--test_list", str(tmp_path / "test_annotation.txt"), "--epochs", "1", "--pretrained", weights,
                   "--save_dir", str(tmp_path / "list_run"))
     assert rows(tmp_path / "list_run", "summary.jsonl")[0]["primary_metric"] == "ap"
+
+
+def test_flip_and_multi_scale_test_reach_the_detector_through_eval(whole, tmp_path, monkeypatch):
+    """eval.py --flip_val predicts every test batch twice (as is and mirrored), --multi_scale_val at
+    every size of the config's list (the original's 320/416/512/608 px; smaller sizes here, as
+    608 px takes minutes on a CPU); the boxes of both stay on the 32-px canvases and differ from
+    the plain single-scale evaluation's."""
+    from Detection import config
+    from Detection.evaluate import read_comp4
+    from Detection.model import YOLOv4
+
+    assert config.MULTI_SCALE_VAL_SIZES == tuple(range(320, 640, 96))  # the original's test sizes
+    monkeypatch.setattr(config, "MULTI_SCALE_VAL_SIZES", (32, 64, 96))
+    path, _ = whole
+    seen = []
+    real_forward = YOLOv4.forward
+
+    def recording(self, images):
+        seen.append((tuple(images.shape[-2:]), images.detach().clone()))
+        return real_forward(self, images)
+
+    monkeypatch.setattr(YOLOv4, "forward", recording)
+
+    def evaluate(name, *flags):
+        seen.clear()
+        metrics = det_eval.main(det_eval.get_args_parser().parse_args(
+            [*TINY, "--checkpoint", str(path / "1checkpoint.pth.tar"), "--result_dir", str(tmp_path / name), *flags]))
+        files = {digit: read_comp4(str(tmp_path / name / "pred_result_test" / f"comp4_det_test_{digit}.txt"))
+                 for digit in map(str, range(10))}
+        return metrics, list(seen), files
+
+    plain, plain_inputs, plain_files = evaluate("plain")
+    flipped, flip_inputs, flip_files = evaluate("flip", "--flip_val")
+    multi, multi_inputs, multi_files = evaluate("multi", "--multi_scale_val")
+
+    assert {size for size, _ in plain_inputs} == {(32, 32)}
+    assert len(flip_inputs) == 2 * len(plain_inputs)
+    for (_, batch), (_, mirrored) in zip(flip_inputs[0::2], flip_inputs[1::2]):
+        assert torch.equal(mirrored, torch.flip(batch, dims=[-1]))
+    assert [size for size, _ in multi_inputs] == [(s, s) for s in (32, 64, 96)] * len(plain_inputs)
+    for files in (plain_files, flip_files, multi_files):  # comp4 files hold VOC's 1-based pixels
+        boxes = [box for _, _, found in files.values() for box in found]
+        assert boxes and all(1 <= x1 <= x2 <= 32 and 1 <= y1 <= y2 <= 32 for x1, y1, x2, y2 in boxes)
+    for files in (flip_files, multi_files):
+        assert any(files[d][1].tolist() != plain_files[d][1].tolist() for d in files)
+    for metrics in (plain, flipped, multi):
+        assert 0 <= metrics["ap"] <= 100 and metrics["detections"] > 0
