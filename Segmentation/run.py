@@ -468,11 +468,24 @@ def imp_main(args: argparse.Namespace, source: Source) -> None:
         return imp_sweep(args, source)
     run = RunDir(os.path.join(args.save_dir, args.exp))
     files = stage_files(args)
-    resume_file = None if args.test_only else resume_file_of(run, args, files)
-    check_round_inputs(args.save_dir, args.imp_num, resume_file is not None or args.test_only)
+    if restarts_round_zero(run, args, files):
+        resume_file = None
+        print(f"notice: round 0 stopped before its first checkpoint: it starts again from "
+              f"{imp_file_path(args.save_dir, 0)}", file=sys.stderr)
+    else:
+        resume_file = None if args.test_only else resume_file_of(run, args, files)
+    check_round_inputs(args.save_dir, args.imp_num, args.resume or args.test_only)
     session, task = open_run(args, source, "imp", run, resume_file)
     imp_round(task, args.imp_num, run, resume_file)
     distributed.teardown()
+
+
+def restarts_round_zero(run: RunDir, args: argparse.Namespace, files: StageFiles) -> bool:
+    """--resume of a round 0 that stopped before its first checkpoint: seg_backbone_imp0.pth (written
+    before training) holds the state it started from, so it starts again from there, as the sweep does."""
+    return (args.resume and args.imp_num == 0 and not args.test_only and not args.continue_training
+            and os.path.isfile(imp_file_path(args.save_dir, 0))
+            and not os.path.isfile(run.file(files.checkpoint_of(0))) and not run.metrics())
 
 
 def check_round_inputs(save_dir: str, round_index: int, continuing: bool) -> None:
@@ -493,7 +506,8 @@ def check_round_inputs(save_dir: str, round_index: int, continuing: bool) -> Non
         if not os.path.isfile(path):
             continue
         raise UserError(f"'{path}' already exists: round {round_index} of this --save_dir has started; "
-                        f"pass --resume to continue it, remove the file to start over, or choose another --save_dir")
+                        f"pass --resume to continue it (from its latest checkpoint, or from its start if it "
+                        f"stopped before the first), or choose another --save_dir")
 
 
 def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None) -> None:

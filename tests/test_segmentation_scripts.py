@@ -169,6 +169,38 @@ def test_a_kill_mid_round_resumes_to_the_same_masks(three_rounds, tmp_path, monk
         [numbers(r) for r in rows(save_dir / "r0" / "metrics.jsonl")]
 
 
+def test_a_round_0_that_died_before_its_first_checkpoint_starts_again_with_resume(three_rounds, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """seg_backbone_imp0.pth is written before training (as the original): after a crash in the
+    first epoch a plain rerun is refused, --resume starts round 0 again from that file and ends
+    with the uninterrupted run's ticket and metrics."""
+    save_dir, _ = three_rounds
+
+    def dies(*args, **kwargs):
+        raise Captured()
+
+    monkeypatch.setattr(trainer, "train_one_epoch", dies)
+    with pytest.raises(Captured):
+        imp(tmp_path, 0)
+    monkeypatch.undo()
+    assert (tmp_path / "seg_backbone_imp0.pth").exists() and not list((tmp_path / "r0").glob("*.pth"))
+    start = (tmp_path / "seg_backbone_imp0.pth").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        imp(tmp_path, 0)
+    assert "seg_backbone_imp0.pth' already exists" in capsys.readouterr().err
+    imp(tmp_path, 0, "--resume")
+    assert "starts again from" in capsys.readouterr().err
+    assert (tmp_path / "seg_backbone_imp0.pth").read_bytes() == start
+    whole, again = masks_of(save_dir / "ticket_01.pt"), masks_of(tmp_path / "ticket_01.pt")
+    assert all(torch.equal(whole[key], again[key]) for key in whole)
+
+    def numbers(row):
+        return {key: value for key, value in row.items() if key not in ("seconds", "train_images_per_s")}
+    assert [numbers(r) for r in rows(tmp_path / "r0" / "metrics.jsonl")] == \
+        [numbers(r) for r in rows(save_dir / "r0" / "metrics.jsonl")]
+
+
 def test_all_rounds_in_one_resumable_command(tmp_path, capsys):
     argv = ["sweep", "--imp_rounds", "2", "--save_dir", str(tmp_path), *FAST, "--total_itrs", "2"]
     segrun.imp_entry("imagenet", argv)
