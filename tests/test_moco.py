@@ -352,3 +352,40 @@ def test_two_process_gloo_run_without_seed_ends_with_the_same_masks_on_both_rank
     ticket, meta = pruning_utils.read_masks(str(out / "ticket_02.pt"))
     assert meta["remaining"] == pytest.approx(64, abs=1e-3)
     assert digests["0"] == digests["1"] == main_moco_imp.mask_digest(ticket)
+
+
+def test_spawned_workers_keep_trust_checkpoint(files, tmp_path, monkeypatch, capfd):
+    """--multiprocessing-distributed starts fresh interpreters (torch.multiprocessing.spawn), where the
+    parent's --trust_checkpoint would be lost: a released file holding a non-tensor Python object is
+    refused on one line without the flag and loaded in every worker with it (2 CPU ranks, gloo)."""
+    import datetime
+    import socket
+
+    from lth import cli
+
+    untrusted = tmp_path / "moco_v2_with_a_date.pth.tar"
+    saved = torch.load(files["v2"], weights_only=False)
+    saved["released"] = datetime.date(2020, 3, 9)  # outside weights_only's allow-list
+    torch.save(saved, untrusted)
+    monkeypatch.setattr(main_moco_imp, "launch_plan", lambda args: main_moco_imp.Launch(2, 2, 2))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    flags = [arg for arg in TINY]
+    flags[flags.index("--epochs") + 1] = "1"
+
+    def launch(save_dir, *extra):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cli.run_main(main_moco_imp.main, main_moco_imp.get_args_parser(),
+                     [files["data"], "--pretrained_path", str(untrusted), *flags, "--multiprocessing-distributed",
+                      "--dist-url", f"tcp://127.0.0.1:{port}", "--save_dir", str(save_dir), *extra])
+
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        launch(tmp_path / "refused")
+    assert exit_info.value.code == 2
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors and all("--trust_checkpoint" in line and "datetime" in line for line in errors), errors
+    launch(tmp_path / "trusted", "--trust_checkpoint")
+    masks, meta = pruning_utils.read_masks(str(tmp_path / "trusted" / "ticket_01.pt"))
+    assert meta["remaining"] == pytest.approx(80, abs=0.01)
