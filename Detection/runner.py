@@ -83,7 +83,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--lr_schedule", default="as_run", choices=config.LR_SCHEDULES,
                        help="as_run: the original's scheduler index (divided by the batch size: a saw-tooth "
                             "warm-up, then about lr_init to the end); as_meant: warm-up then cosine to lr_end")
-    train.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum")
+    train.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum (the original's MOMENTUM)")
     train.add_argument("--weight_decay", type=float, default=d["weight_decay"], help="SGD weight decay")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval_interval", type=int, default=0,

@@ -87,7 +87,7 @@ def get_args_parser():
     group.add_argument("--cos", action="store_true",
                        help="accepted for compatibility and ignored: IMP keeps the learning rate fixed "
                             "(so did the original)")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum factor of the query encoder's optimizer")
     group.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4,
                        help="SGD weight decay")
     group.add_argument("--moco-dim", dest="moco_dim", type=int, default=128,

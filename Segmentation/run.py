@@ -170,10 +170,11 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
                          names={"seed": ("--random_seed",), "gpu": ("--gpu_id",), "print_freq": ("--print_interval",)})
     parser.set_defaults(seed=1, print_freq=10)
     group = parser.add_argument_group("visdom (accepted as the original's; ignored: metrics.jsonl and plots replace it)")
-    group.add_argument("--enable_vis", action="store_true", help="ignored")
-    group.add_argument("--vis_port", default="13570", help="ignored")
-    group.add_argument("--vis_env", default="main", help="ignored")
-    group.add_argument("--vis_num_samples", type=int, default=8, help="ignored")
+    group.add_argument("--enable_vis", action="store_true", help="the original's visdom switch; ignored with a notice")
+    group.add_argument("--vis_port", default="13570", help="the original's visdom port; ignored")
+    group.add_argument("--vis_env", default="main", help="the original's visdom environment; ignored")
+    group.add_argument("--vis_num_samples", type=int, default=8,
+                       help="the original's number of images shown in visdom; ignored")
     outputs = (f"the original's {source.imp_dir.format(seed='S')} with S = --random_seed" if mode == "imp"
                else "checkpoints (the original's)")
     _set_help(parser, "save_dir", f"folder of the run(s); each run writes into SAVE_DIR/EXP (default: {outputs})")

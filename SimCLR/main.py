@@ -95,7 +95,7 @@ def get_args_parser():
     group.add_argument("--resume", nargs="?", const=LATEST, default="",
                        help="continue the experiment: alone, from its latest checkpoint; with a path, "
                             "from that checkpoint of this toolkit (give EXPERIMENT before --resume)")
-    group.add_argument("--seed", type=int, default=2, help="random seed")
+    group.add_argument("--seed", type=int, default=2, help="random seed (0 is valid): init, data order and augmentation")
     group.add_argument("--gpu", default="0",
                        help="CUDA devices, e.g. 0 or 0,1,2,3 (sets CUDA_VISIBLE_DEVICES); several "
                             "devices re-launch the script under torchrun, one process each (DDP); "

@@ -168,7 +168,7 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to measure")
-    parser.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet50"], help="backbone")
+    parser.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet50"], help="the YOLOv4 backbone whose train step is measured")
     parser.add_argument("--img_size", type=int, default=None, help="input side (default 416 on CUDA, 256 on CPU)")
     parser.add_argument("--batch_size", type=int, default=None, help="batch size (default 8 on CUDA, 2 on CPU)")
     parser.add_argument("--accumulate", type=int, default=2, help="the original's accumulation")

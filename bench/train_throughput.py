@@ -478,7 +478,7 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to measure")
-    parser.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet50"], help="network")
+    parser.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet50"], help="the ResNet whose train step is measured")
     parser.add_argument("--size", type=int, default=32, choices=[32, 224], help="image side in pixels")
     parser.add_argument("--batch_size", type=int, default=None, help="batch size (default 256 on CUDA, 64 on CPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per turn (default 30 CUDA / 3 CPU)")

@@ -34,7 +34,7 @@ def get_args_parser():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "demo", "pretrain"),
                         help="output folder (replaced if it holds an earlier pre-training demo)")
-    parser.add_argument("--arch", default="resnet18", help="ResNet depth")
+    parser.add_argument("--arch", default="resnet18", help="the ResNet to pre-train and prune (resnet18, resnet50, ...)")
     parser.add_argument("--pretrain_epochs", type=int, default=4, help="dense pre-training epochs")
     parser.add_argument("--imp_rounds", type=int, default=3, help="IMP rounds on the pre-training task")
     parser.add_argument("--rate", type=float, default=0.5,

@@ -30,7 +30,7 @@ def get_args_parser():
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "demo"),
                         help="output folder (replaced if it holds an earlier demo)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; every experiment runs once per seed")
-    parser.add_argument("--arch", default="resnet18", help="ResNet depth")
+    parser.add_argument("--arch", default="resnet18", help="the ResNet to prune (resnet18, resnet50, ...)")
     parser.add_argument("--rounds", type=int, default=5, help="IMP rounds (round k keeps (1 - rate)^k)")
     parser.add_argument("--rate", type=float, default=0.8,
                         help="fraction of remaining conv weights pruned per round (the paper uses 0.2; 0.8 "

@@ -219,7 +219,7 @@ def add_optim_args(parser: argparse.ArgumentParser, batch_size: int,
                        help="evaluation batch size (default: 4x --batch_size; no gradients are kept)")
     group.add_argument(*_names("--lr", names), dest="lr", type=float, default=0.1,
                        help="initial learning rate of SGD")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum factor (0 for plain SGD)")
     group.add_argument(*_names("--weight_decay", names), dest="weight_decay", type=float, default=2e-4,
                        help="SGD weight decay")
     group.add_argument("--epochs", type=int, default=182, help="training epochs per round")
