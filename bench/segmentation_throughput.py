@@ -178,7 +178,7 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where to measure (default: cuda when present, else cpu)")
+                        help="where to measure (cuda when present)")
     parser.add_argument("--crop", type=int, default=97, help="training crop (the paper's 513; small on a CPU)")
     parser.add_argument("--batch_size", type=int, default=2, help="batch size (the paper's scripts use 4)")
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per turn")
