@@ -176,11 +176,16 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     bar = tqdm(loader, desc=desc, leave=False, disable=None if ctx.is_main else True, dynamic_ncols=True,
                total=total)
     optimizer.zero_grad(set_to_none=True)
+    no_sync = getattr(model, "no_sync", None)  # DDP's
     for index, batch in enumerate(bar):
-        with precision.autocast(device):
-            result = step(model, batch)
-        result.loss.backward()
-        if step_after is None or step_after(index):
+        steps = step_after is None or step_after(index)
+        # Under DDP, a batch whose gradients are only summed locally skips the all-reduce: the
+        # stepping batch's backward reduces the summed gradients once (the same mean).
+        with contextlib.nullcontext() if steps or no_sync is None else no_sync():
+            with precision.autocast(device):
+                result = step(model, batch)
+            result.loss.backward()
+        if steps:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if after_step is not None:

@@ -43,3 +43,37 @@ def test_two_gloo_ranks_hold_the_same_masks(tmp_path, random_prune):
     # Rank 0 alone logs: one line per epoch, with figures over the whole (sharded) data set.
     rows = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
     assert [(row["round"], row["epoch"]) for row in rows] == [(0, 0), (1, 0)]
+
+
+def test_gradient_accumulation_under_ddp_reduces_once_per_optimizer_step(tmp_path):
+    """Two gloo ranks, 4 batches each, the optimizer stepping after every second batch (Detection's
+    --accumulate 2): DDP all-reduces only on the stepping batches, and the weights follow the rule
+    written out here: each step takes the mean over ranks of the gradients summed over the window."""
+    torch.manual_seed(1)
+    data = [[(torch.randn(5, 3), torch.randn(5, 2)) for _ in range(4)] for _ in range(2)]
+    torch.save(data, tmp_path / "data.pt")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               os.path.join(ROOT, "tests", "ddp_accumulate_worker.py"), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"accumulate_rank{rank}.pt") for rank in range(2)]
+    assert [r["allreduces"] for r in ranks] == [2, 2]  # not 4: the summing batches skip it
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    weight, bias = model.weight.detach().clone(), model.bias.detach().clone()
+    for window in ((0, 1), (2, 3)):
+        grad_w, grad_b = torch.zeros_like(weight), torch.zeros_like(bias)
+        for rank in range(2):
+            for index in window:
+                inputs, targets = data[rank][index]
+                w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+                torch.nn.functional.mse_loss(inputs @ w.T + b, targets).backward()
+                grad_w += w.grad / 2
+                grad_b += b.grad / 2
+        weight, bias = weight - 0.1 * grad_w, bias - 0.1 * grad_b
+    for r in ranks:
+        assert torch.allclose(r["state"]["weight"], weight, atol=1e-6)
+        assert torch.allclose(r["state"]["bias"], bias, atol=1e-6)
