@@ -8,7 +8,6 @@ reversed. Example:
         --save_dir eval_ticket --pretrained imagenet_weight.pt --mask_dir imp/ticket_05.pt
 """
 
-
 from lth import cli, data, distributed
 from lth.checkpoint import write_json
 from lth.classification import load_task, make_model
@@ -16,6 +15,7 @@ from lth.errors import UserError
 from lth.models import ARCHS, load_pretrained
 from lth.plots import plot_training_curves
 from lth.session import check_save_dir, open_session
+from lth.tickets import apply_ticket_args
 from lth.trainer import StageFiles, TrainConfig, train_stage
 
 CHECKPOINT_FORMAT = "lth-eval"
@@ -49,7 +49,7 @@ def main(args) -> None:
         # As the original: --conv1 only decides whether conv1 is masked; --load_all loads it.
         load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc or args.load_all,
                         conv1=args.load_all, quiet=not ctx.is_main)
-    mask_meta, remaining = cli.apply_ticket_args(model, args, ctx.is_main)
+    mask_meta, remaining = apply_ticket_args(model, args, ctx.is_main)
     session.record(args)
     cfg = TrainConfig.from_args(args)
     progress, optimizer_state, scheduler_state = session.restore(model, CHECKPOINT_FORMAT, args, args.conv1)

@@ -17,6 +17,7 @@ from lth.errors import UserError
 from lth.models import ARCHS, load_pretrained
 from lth.plots import plot_training_curves
 from lth.session import check_save_dir, open_session
+from lth.tickets import apply_ticket_args
 from lth.trainer import StageFiles, TrainConfig, train_stage
 
 CHECKPOINT_FORMAT = "lth-eval-visda"
@@ -57,7 +58,7 @@ def main(args) -> None:
     model = imagedata.image_model(args.arch, imagedata.VISDA_CLASSES, args.seed, ctx, precision)
     if args.pretrained:
         load_pretrained(model, args.pretrained, args.dict_key, fc=False, conv1=True, quiet=not ctx.is_main)
-    mask_meta, remaining = cli.apply_ticket_args(model, args, ctx.is_main)
+    mask_meta, remaining = apply_ticket_args(model, args, ctx.is_main)
     session.record(args)
     cfg = TrainConfig.from_args(args)
     progress, optimizer_state, scheduler_state = session.restore(model, CHECKPOINT_FORMAT, args, args.conv1)

@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 
-from lth import cli, report
+from lth import cli, report, ticket_analysis
 from lth.errors import UserError
 from lth.plots import plot_groups
 
@@ -65,7 +65,6 @@ def main(args) -> str:
     inputs = report.read_runs(args.runs) if args.runs else None
     tickets = []
     if args.tickets:
-        from lth import ticket_analysis
         tickets = ticket_analysis.load_tickets(args.tickets)
     results = report.analyse(inputs, args.baseline) if inputs else None
     os.makedirs(args.out, exist_ok=True)

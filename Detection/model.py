@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import pruning_utils
+from lth import pruning
 from lth.checkpoint import atomic_save, load_file
 from lth.errors import UserError
 from lth.models import build_model
@@ -367,7 +367,7 @@ def read_backbone_imp(source) -> dict:
                         f"{', '.join(BACKBONE_IMP_KEYS)} (found: {found})")
     out = dict(obj)
     out["all_state_dict"] = convert_original_state_dict(obj["all_state_dict"])
-    out["masks"] = pruning_utils.extract_mask(obj["backbone"])
+    out["masks"] = pruning.extract_mask(obj["backbone"])
     return out
 
 
@@ -394,7 +394,7 @@ def start_round_from(model: YOLOv4, checkpoint: Mapping) -> dict:
     ``{"loaded": n, "rewound": [pruned conv names]}``.
     """
     checkpoint = read_backbone_imp(checkpoint) if "masks" not in checkpoint else checkpoint
-    if any(pruning_utils.is_pruned(m) for m in model.modules()):
+    if any(pruning.is_pruned(m) for m in model.modules()):
         raise UserError("start_round_from needs a freshly built, unpruned model")
     own = model.state_dict()
     overlap = {key: value for key, value in checkpoint["all_state_dict"].items() if key in own}
@@ -405,8 +405,8 @@ def start_round_from(model: YOLOv4, checkpoint: Mapping) -> dict:
     own.update(overlap)
     model.load_state_dict(own)
     model.backbone.conv1.load_state_dict(checkpoint["first_conv1"])
-    pruning_utils.apply_mask(model.backbone, checkpoint["masks"])
-    rewound = [key[: -len(pruning_utils.MASK_SUFFIX)] for key in checkpoint["masks"]]
+    pruning.apply_mask(model.backbone, checkpoint["masks"])
+    rewound = [key[: -len(pruning.MASK_SUFFIX)] for key in checkpoint["masks"]]
     return {"loaded": len(overlap), "rewound": rewound}
 
 
@@ -418,10 +418,10 @@ def rewind_pruned_convs(model: YOLOv4, pretrained_backbone: Mapping[str, torch.T
     ``pretrained_backbone`` is the backbone's state_dict before round 0 (torchvision names).
     Returns the names of the rewound convs.
     """
-    dense = pruning_utils.dense_state_dict(pretrained_backbone)
+    dense = pruning.dense_state_dict(pretrained_backbone)
     rewound = []
     for name, module in model.backbone.named_modules():
-        if isinstance(module, nn.Conv2d) and pruning_utils.is_pruned(module):
+        if isinstance(module, nn.Conv2d) and pruning.is_pruned(module):
             key = f"{name}.weight"
             if key not in dense:
                 raise UserError(f"the pre-trained backbone has no '{key}' to rewind to")

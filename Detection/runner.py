@@ -23,8 +23,8 @@ from lth.distributed import Context
 from lth.engine import Precision, StepResult
 from lth.errors import UserError
 from lth.loaders import DeviceLoader, Loaders
-from lth.plots import plot_accuracy_vs_remaining
-from lth.trainer import Objective, TrainConfig
+from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
+from lth.trainer import Objective, StageProgress, TrainConfig, train_stage
 
 PRETRAINED_TYPES = ("imagenet", "moco", "simclr")
 # The original's weight files (train_imp.py); its ImageNet weights came from a torchvision download
@@ -276,11 +276,7 @@ def train_single(args: argparse.Namespace, session, setup: Setup, stage: int, pr
     """One training of a fixed mask (transfer, random pruning): ``prepare()`` puts the mask on the
     fresh model (skipped on --resume, where the checkpoint brings it), then the core trains and
     evaluates; the run's summary row goes to its own summary.jsonl and to the sweep folder's."""
-    from lth.plots import plot_training_curves
-    from lth.trainer import StageProgress, train_stage
-    from Detection.task import DetectionPruning
-
-    strategy = DetectionPruning(config.DEFAULTS["prune_rate"])
+    strategy = task.DetectionPruning(config.DEFAULTS["prune_rate"])
     run, ctx = session.run, session.ctx
     if args.resume:
         progress, optimizer_state, scheduler_state = session.restore(setup.model, CHECKPOINT_FORMAT, args,

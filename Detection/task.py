@@ -16,7 +16,7 @@ from Detection.data import (DIGIT_CLASSES, VOC_CLASSES, DetectionRecord, digit_d
 from Detection.evaluate import DetectionEvaluator
 from Detection.loss import yolo_loss
 from Detection.model import BACKBONE_IMP_KEYS, YOLOv4, read_backbone_imp, rewind_pruned_convs
-import pruning_utils
+from lth import tickets
 from lth.checkpoint import load_file
 from lth.errors import UserError
 from lth.imp import BackbonePruning
@@ -65,7 +65,7 @@ def load_backbone_weights(model: YOLOv4, path: str, quiet: bool = False) -> Load
 
 
 def prune_target(model: nn.Module) -> nn.Module:
-    """The module IMP prunes: the backbone (its conv1 excluded by pruning_utils' default)."""
+    """The module IMP prunes: the backbone (its conv1 excluded by lth.pruning's default)."""
     return unwrap(model).backbone
 
 
@@ -125,7 +125,7 @@ def read_backbone_masks(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     if isinstance(obj, Mapping) and all(key in obj for key in BACKBONE_IMP_KEYS):
         return read_backbone_imp(obj)["masks"], {"source": path, "imp": obj.get("imp")}
     try:
-        masks, meta = pruning_utils.read_masks(obj)
+        masks, meta = tickets.read_masks(obj)
     except UserError as error:
         raise UserError(str(error).replace("the given object", f"'{path}'")) from None
     meta["source"] = path

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-import pruning_utils
+from lth import pruning
 from lth.checkpoint import load_file
 from lth.errors import UserError
 from lth.models import LoadReport, build_model, select_state_dict
@@ -174,12 +174,12 @@ def load_moco_weights(model: MoCo, path: str, quiet: bool = False) -> LoadReport
         if name.startswith("encoder_q."):
             name = name[len("encoder_q."):]
         encoder[name], names[name] = value, key
-    if any(name.endswith(pruning_utils.MASK_SUFFIX) for name in encoder):
+    if any(name.endswith(pruning.MASK_SUFFIX) for name in encoder):
         try:
-            encoder = pruning_utils.dense_state_dict(encoder)
+            encoder = pruning.dense_state_dict(encoder)
         except KeyError as error:
             raise UserError(f"'{path}' holds a pruned weight without its mask ({error})") from None
-        names = {name: names.get(name, names.get(name[:-len(".weight")] + pruning_utils.ORIG_SUFFIX, name))
+        names = {name: names.get(name, names.get(name[:-len(".weight")] + pruning.ORIG_SUFFIX, name))
                  for name in encoder}
     target = model.encoder_q.state_dict()
     setting = f"a MoCo {model.arch} with --moco-dim {model.dim}{' and --mlp' if model.mlp else ' without --mlp'}"
@@ -229,6 +229,6 @@ def export_checkpoint(model: MoCo, **meta) -> dict:
     ``--pretrained_path`` and ``main_eval_downstream.py --pretrained`` read it; masks, if any, are
     baked into the weights.
     """
-    state = pruning_utils.dense_state_dict(model)
+    state = pruning.dense_state_dict(model)
     return {"state_dict": {f"module.{key}": value.cpu() for key, value in state.items()},
             "arch": model.arch, "moco_dim": model.dim, "mlp": model.mlp, **meta}

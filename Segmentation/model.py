@@ -3,7 +3,7 @@
 The backbone is ``lth.models.build_model(arch, stem="imagenet")`` wrapped in torchvision's
 ``IntermediateLayerGetter``, so ``model.backbone`` has torchvision's parameter names (``conv1.weight``,
 ``layer1.0.conv1.weight``, ...; no ``fc``): classification tickets apply to it with
-``pruning_utils.apply_mask(model.backbone, masks)`` and released weights load into it with
+``pruning.apply_mask(model.backbone, masks)`` and released weights load into it with
 ``lth.models.load_pretrained(model.backbone, path, conv1=True)``. The head is ``model.classifier``
 with the original's module names, so its state_dict reads and writes the original's files.
 """

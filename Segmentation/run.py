@@ -20,8 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-import pruning_utils
-from lth import cli, distributed
+from lth import cli, distributed, pruning
 from lth.checkpoint import atomic_write_text, jsonl_text, load_file, read_jsonl
 from lth.errors import UserError
 from lth.imp import BackbonePruning, training_curve_labels
@@ -218,7 +217,7 @@ def check_args(args: argparse.Namespace, mode: str) -> None:
     if mode == "imp":
         if args.imp_num is not None and args.imp_num < 0:
             raise UserError(f"--imp_num must be 0 or more, got {args.imp_num}")
-        pruning_utils.check_rate(args.rate)
+        pruning.check_rate(args.rate)
         if args.imp_rounds < 1:
             raise UserError(f"--imp_rounds must be at least 1, got {args.imp_rounds}")
         if args.ckpt and not (args.continue_training or args.test_only):
@@ -321,7 +320,7 @@ def load_ckpt_weights(model: nn.Module, path: str, strategy: BackbonePruning) ->
     if not isinstance(state, dict):
         raise UserError(f"'{path}' holds neither a segmentation checkpoint of this toolkit nor the "
                         f"original's 'model_state'")
-    state = pruning_utils.strip_prefixes(state)
+    state = pruning.strip_prefixes(state)
     strategy.restore(model, state)
     try:
         model.load_state_dict(state, strict=True)
@@ -629,11 +628,11 @@ def apply_transfer_mask(model: nn.Module, args: argparse.Namespace, strategy: Ba
         return {}
     masks, meta = backbone_masks(args.mask_dir)
     if args.reverse_mask:
-        masks = pruning_utils.reverse_mask(masks)
+        masks = pruning.reverse_mask(masks)
     if args.random_prune:
-        rate = 1.0 - pruning_utils.mask_remaining(masks) / 100.0
+        rate = 1.0 - pruning.mask_remaining(masks) / 100.0
         if rate > 0:
-            pruning_utils.global_prune(strategy.target(model), rate, random=True, generator_seed=args.seed)
+            pruning.global_prune(strategy.target(model), rate, random=True, generator_seed=args.seed)
     else:
         strategy.apply_ticket(model, masks)
     return plain_meta(meta)

@@ -20,15 +20,14 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from Detection.data import digit_detection_records, digit_pool
+from lth.checkpoint import code_version, library_versions
+from lth.distributed import Context
+from lth.engine import Precision, train_one_epoch
+from lth.models import build_model
+from lth.plots import plot_accuracy_vs_remaining
 
-from Detection.data import digit_detection_records, digit_pool  # noqa: E402
-from lth.checkpoint import code_version, library_versions  # noqa: E402
-from lth.distributed import Context  # noqa: E402
-from lth.engine import Precision, train_one_epoch  # noqa: E402
-from lth.models import build_model  # noqa: E402
-from lth.plots import plot_accuracy_vs_remaining  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MARKER = "detection_report.md"
 

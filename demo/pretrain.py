@@ -22,11 +22,10 @@ import time
 import numpy as np
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from lth import data
+from lth.checkpoint import code_version
 
-from lth import data  # noqa: E402
-from lth.checkpoint import code_version  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_args_parser():

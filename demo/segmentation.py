@@ -21,11 +21,10 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from lth.checkpoint import code_version, read_jsonl
+from lth.plots import plot_accuracy_vs_remaining
 
-from lth.checkpoint import code_version, read_jsonl  # noqa: E402
-from lth.plots import plot_accuracy_vs_remaining  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODEL = "deeplabv3plus_resnet18"
 CHECKPOINT = f"best_{MODEL}_digits_os16.pth"

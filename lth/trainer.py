@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-import pruning_utils
+from lth import pruning
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
 from lth.errors import UserError
@@ -300,7 +300,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     evaluator = evaluator or classification_evaluator(ctx, precision, loaders.num_classes)
     objective = cfg.objective
     if remaining is None:
-        remaining = pruning_utils.sparsity(model, conv1)["remaining"]
+        remaining = pruning.sparsity(model, conv1)["remaining"]
     if not cfg.trains:
         return _evaluate_only(model, loaders, evaluator, ctx, run, stage, progress, remaining, objective)
     if cfg.by_iterations and progress.next_itr is None:
@@ -328,7 +328,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     # Masks multiplied into the weights after each step instead of prune's forward pre-hooks:
     # the same numbers for element-wise optimizers, a little faster (docs/PERFORMANCE.md); the
     # hooks are back afterwards. LARS's whole-tensor norms need the hooks' dense weight_orig.
-    in_place = (pruning_utils.masks_in_place(model) if cfg.inplace_masks and masks_in_place_exact(cfg.optimizer)
+    in_place = (pruning.masks_in_place(model) if cfg.inplace_masks and masks_in_place_exact(cfg.optimizer)
                 else contextlib.nullcontext(None))
     with in_place as reapply_masks:
         train_model = wrap_for_training(model, ctx, cfg.compile)
@@ -446,7 +446,7 @@ def evaluate_and_print(model: nn.Module, loaders: Loaders, precision: Precision,
     if checkpoint is not None:
         load_checkpoint_into(model, checkpoint, fmt, {}, conv1)
     result = evaluate(model, loaders.val, ctx, precision, loaders.num_classes, desc="val")
-    remaining = pruning_utils.sparsity(model, conv1)["remaining"]
+    remaining = pruning.sparsity(model, conv1)["remaining"]
     if ctx.is_main:
         top5 = f" top-5 {result['top5']:.2f}" if "top5" in result else ""
         print(f"val top-1 {result['acc']:.2f}{top5} mean class accuracy {result['mean_class_acc']:.2f} "
@@ -598,9 +598,9 @@ MaskRestorer = Callable[[nn.Module, Mapping], None]
 
 def apply_checkpoint_masks(model: nn.Module, state_dict: Mapping, conv1: bool = False) -> None:
     """Prune ``model`` with the masks of ``state_dict`` (prefixes stripped), so that it loads strictly."""
-    masks = pruning_utils.extract_mask(state_dict)
+    masks = pruning.extract_mask(state_dict)
     if masks:
-        pruning_utils.apply_mask(model, masks, conv1=conv1)
+        pruning.apply_mask(model, masks, conv1=conv1)
 
 
 def load_checkpoint_into(model: nn.Module, path: str, fmt: str, args: dict, conv1: bool,
