@@ -16,6 +16,7 @@ from lth.checkpoint import write_json
 from lth.errors import UserError
 from lth.models import ARCHS, load_pretrained
 from lth.plots import plot_training_curves
+from lth.runs import ONE_OFF_SUMMARY
 from lth.session import check_save_dir, open_session
 from lth.tickets import apply_ticket_args
 from lth.trainer import StageFiles, TrainConfig, train_stage
@@ -77,7 +78,7 @@ def main(args) -> None:
                    "per_class_acc_at_best_val": at_best.get("val_per_class", []),
                    "final_val_acc": final.get("val_acc", math.nan),
                    "final_mean_class_acc": final.get("val_mean_class_acc", math.nan)}
-        write_json(summary, run.file("summary.json"))
+        write_json(summary, run.file(ONE_OFF_SUMMARY))
         plot_training_curves(progress.history, run.file("net_train.png"),
                              title=f"{remaining:.2f}% of conv weights remain")
         print(f"done: validation top-1 {progress.best_val:.2f}% and mean class accuracy "

@@ -13,7 +13,7 @@ import os
 import sys
 
 from Detection import runner
-from Detection.model import BACKBONE_IMP_KEYS, read_backbone_imp
+from Detection.imp_files import BACKBONE_IMP_KEYS, read_backbone_imp
 from Detection.task import DetectionPruning
 from lth import cli, distributed, pruning
 from lth.checkpoint import load_file, write_json

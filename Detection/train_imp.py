@@ -15,7 +15,7 @@ import os
 import sys
 
 from Detection import runner
-from Detection.model import read_backbone_imp, save_backbone_imp, start_round_from
+from Detection.imp_files import read_backbone_imp, save_backbone_imp, start_round_from
 from Detection.task import DetectionPruning
 from lth import cli, distributed, pruning
 from lth.errors import UserError

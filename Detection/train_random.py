@@ -11,10 +11,11 @@ Example (the original's random/01_random_moco0102.sh, run from Detection/):
 import os
 
 from Detection import runner
-from Detection.model import save_backbone_imp
+from Detection.imp_files import save_backbone_imp
 from Detection.task import DetectionPruning
 from lth import cli, distributed, pruning, tickets
 from lth.errors import UserError
+from lth.runs import ticket_name
 from lth.session import check_save_dir, open_session
 
 
@@ -51,7 +52,7 @@ def main(args) -> dict:
         if ctx.is_main:
             os.makedirs(sweep, exist_ok=True)
             save_backbone_imp(os.path.join(sweep, f"backbone_random{k}.pth"), setup.model, k)
-            tickets.save_ticket(os.path.join(sweep, f"ticket_{k:02d}.pt"),
+            tickets.save_ticket(os.path.join(sweep, ticket_name(k)),
                                       DetectionPruning(args.rate).masks(setup.model), round=k, random_prune=True,
                                       seed=args.seed, arch=args.arch, dataset=args.dataset, task="detection",
                                       imp_type=args.imp_type)

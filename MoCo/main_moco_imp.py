@@ -26,7 +26,8 @@ from lth.plots import plot_training_curves
 from lth.runs import RunDir
 from lth.session import check_same_experiment, check_save_dir, open_session
 from lth.trainer import StageFiles, TrainConfig, train_stage
-from MoCo.builder import MoCo, export_checkpoint, load_moco_weights
+from MoCo.builder import MoCo
+from MoCo.weights import export_checkpoint, load_moco_weights
 
 DENSE_FORMAT = "lth-moco-dense"
 DENSE_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_best.pth.tar")

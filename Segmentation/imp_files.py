@@ -13,11 +13,10 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
-from lth import pruning
-from lth import tickets
+from lth import pruning, tickets
 from lth.checkpoint import atomic_save, load_file
+from lth.engine import unwrap
 from lth.errors import UserError
-from Segmentation.model import unwrap
 
 PARTS = ("first_conv", "backbone", "classifier")
 

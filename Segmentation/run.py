@@ -27,7 +27,7 @@ from lth.imp import BackbonePruning, training_curve_labels
 from lth.loaders import DeviceLoader, Loaders
 from lth.models import load_pretrained
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
-from lth.runs import RunDir
+from lth.runs import SUMMARY, RunDir, ticket_name
 from lth.session import Session, check_same_experiment, open_session
 from lth.trainer import Objective, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage
 from lth.tickets import save_ticket
@@ -406,7 +406,7 @@ def summary_row(progress: StageProgress, stage: int, remaining: float, **extra) 
 def record_summary(save_dir: str, row: dict, key: str, curve: Callable[[dict], str], title: str) -> None:
     """Put ``row`` into SAVE_DIR/summary.jsonl, replacing the line with the same ``key`` (a re-run
     end of round), and redraw SAVE_DIR/miou_vs_remaining.png (one curve per ``curve(row)``)."""
-    path = os.path.join(save_dir, "summary.jsonl")
+    path = os.path.join(save_dir, SUMMARY)
     rows = [old for old in read_jsonl(path) if old.get(key) != row.get(key)] + [row]
     rows.sort(key=lambda item: (str(item.get("kind", "")), item.get("round", 0), str(item.get("exp", ""))))
     atomic_write_text(jsonl_text(rows), path)
@@ -541,7 +541,7 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
                        "round", lambda row: "IMP", f"{args.model} on {args.dataset}: IMP ({task.source.name})")
     strategy.prune(model, seed=args.seed * 7919 + round_index)
     if ctx.is_main:
-        save_ticket(os.path.join(save_dir, f"ticket_{round_index + 1:02d}.pt"), strategy.masks(model),
+        save_ticket(os.path.join(save_dir, ticket_name(round_index + 1)), strategy.masks(model),
                     round=round_index + 1, prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
                     source=os.path.abspath(save_dir), arch=args.model.split("_")[1], dataset=args.dataset,
                     pretraining=task.source.name, model=args.model)

@@ -34,7 +34,7 @@ from lth import pruning
 from lth.checkpoint import write_json
 from lth.distributed import Context
 from lth.engine import Precision, make_optimizer, train_one_epoch
-from lth.loaders import DeviceLoader
+from lth.loaders import DeviceLoader, to_device
 
 
 def synthetic_records(count: int, seed: int) -> list[DetectionRecord]:
@@ -75,7 +75,7 @@ def reference_run(args, device, records, steps: int) -> float:
             start, seen = time.perf_counter(), 0
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(0, i, batches, epochs=120)
-        batch = task.move_batch(batch, device)
+        batch = to_device(batch, device)
         out = task.loss_step(model, batch)
         out["loss"].backward()
         if i % args.accumulate == 0:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from lth import data
 from lth.checkpoint import code_version
+from lth.runs import ONE_OFF_SUMMARY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +68,7 @@ def transfer(args, name: str, weights: str, mask: str | None) -> dict:
              f"{args.transfer_epochs // 2},{args.transfer_epochs * 3 // 4}", "--seed", str(args.seed),
              "--save_dir", out, "--pretrained", weights]
     run("main_eval_downstream.py", *flags, *(["--mask_dir", mask] if mask else []))
-    with open(os.path.join(out, "summary.json")) as handle:
+    with open(os.path.join(out, ONE_OFF_SUMMARY)) as handle:
         return json.load(handle)
 
 

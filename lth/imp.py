@@ -21,7 +21,7 @@ from lth.distributed import Context
 from lth.engine import Precision
 from lth.errors import UserError
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
-from lth.runs import RunDir
+from lth.runs import RunDir, ticket_name
 from lth.loaders import Loaders
 from lth.trainer import (StageFiles, StageProgress, TrainConfig, apply_checkpoint_masks, restore_stage,
                          train_stage)
@@ -136,10 +136,6 @@ def examples_checkpoint_keys(imp: ImpRun) -> dict:
     pruned = any(pruning.is_pruned(module) for module in imp.strategy.target(imp.model).modules())
     return {"best_acc1": max(imp.progress.best_val, 0.0), "if_pruned": pruned,
             "mask": pruning.extract_mask(imp.strategy.target(imp.model)) if pruned else None}
-
-
-def ticket_name(round_index: int) -> str:
-    return f"ticket_{round_index:02d}.pt"
 
 
 class ImpRun:

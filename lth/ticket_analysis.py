@@ -15,6 +15,7 @@ import torch.nn as nn
 from lth import plots, pruning
 from lth.errors import UserError
 from lth.models import ARCHS, build_model
+from lth.runs import TICKET_GLOB
 from lth.tickets import read_masks
 
 MASK_SUFFIX = pruning.MASK_SUFFIX
@@ -48,7 +49,7 @@ def find_tickets(specs: Sequence[str]) -> list[tuple[str | None, str]]:
             raise UserError(f"--tickets '{path}' matches no file")
         for item in paths:
             if os.path.isdir(item):
-                inside = sorted(glob.glob(os.path.join(item, "ticket_*.pt")))
+                inside = sorted(glob.glob(os.path.join(item, TICKET_GLOB)))
                 if not inside:
                     raise UserError(f"--tickets folder '{item}' holds no ticket_XX.pt")
                 found.extend((f"{label} r{_round_of(p)}" if label else None, p) for p in inside)
