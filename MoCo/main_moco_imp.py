@@ -374,7 +374,7 @@ def _spawned(local_rank: int, launch: Launch, host: str, port: str, args, resume
             worker(args, launch, resume_file)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_status)
     except KeyboardInterrupt:
         sys.exit(130)
 

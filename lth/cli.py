@@ -29,7 +29,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
              argv: list[str] | None = None) -> None:
-    """Parse, run, and turn a ``UserError`` into ``error: ...`` on stderr with exit status 2."""
+    """Parse, run, and turn a ``UserError`` into ``error: ...`` on stderr with exit status 2 (3 for a
+    run that diverged, ``TrainingDiverged``)."""
     args = parser.parse_args(argv)
     try:
         set_deterministic(getattr(args, "deterministic", False))
@@ -37,7 +38,7 @@ def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.Argume
             main(args)
     except UserError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_status)
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch's checkpoint is intact; continue with --resume",
               file=sys.stderr)

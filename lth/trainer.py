@@ -24,7 +24,7 @@ import torch.nn as nn
 from lth import pruning
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
-from lth.errors import UserError
+from lth.errors import TrainingDiverged, UserError
 from lth.engine import (LR_POLICIES, Precision, classification_step, evaluate, make_optimizer, make_scheduler,
                         param_groups, train_one_epoch)
 from lth.loaders import Loaders  # noqa: F401  (scripts and tasks used to import it from here)
@@ -345,6 +345,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                 train = train_one_epoch(train_model, stream.take(count), optimizer, scheduler, ctx, precision,
                                         desc=f"round {stage} itr {position}/{cfg.total_itrs}", total=count,
                                         **common)
+                stop_if_diverged(train, model, f"round {stage} iterations {progress.next_itr + 1}-{position}")
                 progress.next_itr = position
                 where = {"itr": position}
             else:
@@ -352,6 +353,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                 loaders.train.set_epoch(stage * cfg.epochs + position)
                 train = train_one_epoch(train_model, loaders.train, optimizer, scheduler, ctx, precision,
                                         desc=f"round {stage} epoch {position + 1}/{cfg.epochs}", **common)
+                stop_if_diverged(train, model, f"round {stage} epoch {position}")
                 where = {"epoch": position}
                 if (position + 1) % cfg.eval_every and position + 1 < cfg.epochs:
                     progress.next_epoch = position + 1  # trained, not evaluated: log and checkpoint only
@@ -396,6 +398,31 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                 print(f"round {stage} {at}: lr {lr:.4g}{trained} val{metric} {val[name]:.2f}{shown} "
                       f"remaining {remaining:.2f}% ({row['seconds']:.1f}s)", flush=True)
     return progress
+
+
+def stop_if_diverged(train: dict, model: nn.Module, where: str) -> None:
+    """Stop the run when the stretch just trained (``where``) ended with a non-finite mean loss, or
+    with non-finite weights (a last step can blow them up after a finite loss).
+
+    Runs before anything of the stretch is logged or saved, so the run's files keep its last finite
+    state: no checkpoint, best model, ticket or plot is written from what diverged. The loss is
+    summed over ranks and the weights are equal on every rank, so all ranks stop together.
+    """
+    loss = train["loss"]
+    if math.isfinite(loss) and finite_weights(model):
+        return
+    what = (f"the mean training loss is {loss}" if not math.isfinite(loss)
+            else f"its weights hold NaN or infinite values (mean training loss {loss:.4g})")
+    raise TrainingDiverged(f"training diverged in {where}: {what}; nothing of it was saved, the run's files "
+                           f"hold its last finite state. Lower the learning rate and start a new run in another "
+                           f"folder (a resume keeps this run's learning rate)")
+
+
+@torch.no_grad()
+def finite_weights(model: nn.Module) -> bool:
+    """True when every parameter of ``model`` is finite (one reduction per tensor, one host read)."""
+    flags = [torch.isfinite(parameter).all() for parameter in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 class _BatchStream:
@@ -632,4 +659,5 @@ def check_resumable(checkpoint: Mapping, path: str, fmt: str, args: dict) -> Non
     saved = checkpoint.get("args", {})
     for flag in IDENTITY_FLAGS:
         if flag in saved and flag in args and saved[flag] != args[flag]:
-            raise UserError(f"--{flag} is {args[flag]!r} but the run being resumed used {saved[flag]!r}")
+            raise UserError(f"--{flag} is {args[flag]!r} but the run being resumed used {saved[flag]!r}; "
+                            f"a resume keeps the run's flags: to change it, start a new run in another folder")
