@@ -420,9 +420,12 @@ def stop_if_diverged(train: dict, model: nn.Module, where: str) -> None:
 
 @torch.no_grad()
 def finite_weights(model: nn.Module) -> bool:
-    """True when every parameter of ``model`` is finite (one reduction per tensor, one host read)."""
-    flags = [torch.isfinite(parameter).all() for parameter in model.parameters()]
-    return bool(torch.stack(flags).all()) if flags else True
+    """True when every parameter of ``model`` is finite: the largest magnitude of each tensor (NaN or
+    inf where one entry is) in one multi-tensor pass, read once on the host."""
+    parameters = [parameter.detach() for parameter in model.parameters()]
+    if not parameters:
+        return True
+    return bool(torch.stack(torch._foreach_norm(parameters, math.inf)).isfinite().all())
 
 
 class _BatchStream:
