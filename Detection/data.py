@@ -271,6 +271,19 @@ def letterbox_geometry(height: int, width: int, size: int) -> tuple[float, int, 
     return ratio, new_w, new_h, int((size - new_w) / 2), int((size - new_h) / 2)
 
 
+def resize_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` (H, W, 3) resized to ``height`` x ``width`` as float32 pixel values, the way the
+    original's ``cv2.resize(float32 image, (w, h))`` (INTER_LINEAR) does it: bilinear weights at
+    half-pixel centres, sources clamped to the border, no antialiasing (Pillow's bilinear resize
+    averages over the footprint when shrinking, which softens edges: tests/test_detection_data.py)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    if tensor.shape[-2:] == (height, width):
+        return np.ascontiguousarray(image, dtype=np.float32)
+    out = torch.nn.functional.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False,
+                                          antialias=False)
+    return out[0].permute(1, 2, 0).numpy()
+
+
 def letterbox(image: np.ndarray, boxes: np.ndarray | None, size: int):
     """Resize into a ``size`` square with grey (128) padding and scale to [0, 1] (no mean/std).
 
@@ -278,9 +291,8 @@ def letterbox(image: np.ndarray, boxes: np.ndarray | None, size: int):
     """
     height, width = image.shape[:2]
     ratio, new_w, new_h, dw, dh = letterbox_geometry(height, width, size)
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.Resampling.BILINEAR)
     canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.float32)
-    canvas[dh:dh + new_h, dw:dw + new_w] = np.asarray(resized, dtype=np.float32)
+    canvas[dh:dh + new_h, dw:dw + new_w] = resize_linear(image, new_h, new_w)
     out = (canvas / 255.0).transpose(2, 0, 1)
     if boxes is not None:
         boxes = boxes.copy()
