@@ -212,6 +212,36 @@ def read_annotation_list(path: str, num_classes: int = len(VOC_CLASSES)) -> list
     return records
 
 
+def with_voc_ground_truth(records: Sequence[DetectionRecord], list_path: str,
+                          class_names: Sequence[str] = VOC_CLASSES) -> tuple[list[DetectionRecord], str | None]:
+    """The test records of an annotation list scored as the original scored them: against the VOC
+    XML (``../Annotations/{id}.xml`` beside each ``JPEGImages/{id}.jpg``), difficult objects
+    flagged (the evaluator ignores them). The original's ``test_annotation.txt`` was written without
+    difficult objects, so scoring against it counts a detection of one as a false positive.
+
+    Returns the records and None when every image has its XML; the list's own records and a
+    one-line notice of what is scored when none has; a ``UserError`` when only some have.
+    """
+    found, missing = [], []
+    for record in records:
+        folder = os.path.dirname(os.path.dirname(os.path.abspath(record.image_path or "")))
+        xml = os.path.join(folder, "Annotations", f"{record.image_id}.xml")
+        (found if os.path.isfile(xml) else missing).append((record, xml))
+    if not found:
+        return list(records), (f"notice: no VOC XML beside the images of '{list_path}': scoring against the list's "
+                               f"own boxes (the original's test_annotation.txt lacks difficult objects, so "
+                               f"detections of them count as false positives and AP is lower than VOC's)")
+    if missing:
+        raise UserError(f"'{list_path}': {len(found)} images have a VOC XML under ../Annotations and "
+                        f"{len(missing)} do not (e.g. '{missing[0][1]}'): give the complete devkit, or none")
+    out = []
+    for record, xml in found:
+        parsed = parse_voc_xml(xml, class_names)
+        parsed.image_id, parsed.image_path = record.image_id, record.image_path
+        out.append(parsed)
+    return out, None
+
+
 # ---------------------------------------------------------------------------------------------
 # Augmentation (utils/data_augment.py of the original), on uint8 RGB arrays
 # ---------------------------------------------------------------------------------------------

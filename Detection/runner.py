@@ -54,7 +54,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data_root", default="data",
                       help="folder holding VOCdevkit/VOC2007 and VOCdevkit/VOC2012 (the original's DATA_PATH)")
     data.add_argument("--train_list", default=None, help="--dataset lists: the training annotation list")
-    data.add_argument("--test_list", default=None, help="--dataset lists: the test annotation list")
+    data.add_argument("--test_list", default=None,
+                      help="--dataset lists: the test annotation list; its images are scored against the VOC "
+                           "XML beside them (../Annotations, difficult objects ignored) as the original's "
+                           "evaluator did, or against the list's boxes (said on one line) where there is none")
     data.add_argument("--digits_canvas", type=int, default=64, help="--dataset digits: canvas side in pixels")
     data.add_argument("--digits_counts", type=_counts, default=_counts(",".join(map(str, task.DIGITS_COUNTS.values()))),
                       help="--dataset digits: canvases in its train,val,test splits")
@@ -199,6 +202,8 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     data = task.load_detection_data(args.dataset, args.data_root, seed=args.seed, canvas=args.digits_canvas,
                                     train_list=args.train_list, test_list=args.test_list,
                                     digits_counts=dict(zip(task.DIGITS_COUNTS, args.digits_counts)))
+    if data.note and ctx.is_main:
+        print(data.note, file=sys.stderr)
     torch.manual_seed(args.seed)
     model = YOLOv4(len(data.class_names), args.arch, conv_type=args.conv_type)
     if pretrained:

@@ -300,3 +300,31 @@ def test_digits_detection_set():
                 tight = big[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
                 matches += tight.shape == crop.shape and np.array_equal(np.maximum(tight, crop), crop)
             assert matches >= 1
+
+
+def test_annotation_lists_are_scored_against_the_voc_xml(voc_root, tmp_path):
+    """The original's evaluator read VOC2007's XML (difficult flagged, then ignored), never the
+    test_annotation.txt it trained beside, which lacks difficult objects: a list's test images are
+    scored against the XML where the devkit is there, and said on one line where it is not."""
+    jpeg = os.path.join(voc_root, "VOCdevkit", "VOC2007", "JPEGImages")
+    listing = tmp_path / "test_annotation.txt"
+    listing.write_text(f"{jpeg}/000001.jpg 3,4,40,44,11\n")          # the difficult person left out
+    records, note = D.with_voc_ground_truth(D.read_annotation_list(str(listing)), str(listing))
+    assert note is None and len(records) == 1
+    record = records[0]
+    assert record.image_path == f"{jpeg}/000001.jpg"
+    assert record.labels.tolist() == [D.VOC_CLASSES.index("dog"), D.VOC_CLASSES.index("person")]
+    assert record.difficult.tolist() == [False, True]
+    assert np.allclose(record.boxes, [[2, 3, 39, 43], [41, 4, 59, 29]])   # XML's 1-based minus 1
+    # no devkit beside the images: the list's boxes, and a line saying so
+    plain = tmp_path / "images"
+    plain.mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(plain / "000001.jpg")
+    listing.write_text(f"{plain}/000001.jpg 3,4,40,44,11\n")
+    records, note = D.with_voc_ground_truth(D.read_annotation_list(str(listing)), str(listing))
+    assert len(records[0].boxes) == 1 and "scoring against the list's own boxes" in note
+    assert "\n" not in note
+    # some images with XML, some without: refused
+    listing.write_text(f"{jpeg}/000001.jpg 3,4,40,44,11\n{plain}/000001.jpg 3,4,40,44,11\n")
+    with pytest.raises(UserError, match="1 images have a VOC XML"):
+        D.with_voc_ground_truth(D.read_annotation_list(str(listing)), str(listing))
