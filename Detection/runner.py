@@ -4,6 +4,7 @@ model, loaders, training config, step and evaluator they hand to the shared core
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -91,7 +92,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval_interval", type=int, default=0,
                             help="evaluate every this many epochs; 0: once, after the last epoch of each "
-                                 "round (the original)")
+                                 "round (the original). On VOC and lists, whose only evaluation split is VOC07 "
+                                 "test, each round reports its last evaluation, never the best one")
     evaluation.add_argument("--eval_batch_size", type=int, default=None,
                             help="evaluation batch size (default: --batch_size)")
     evaluation.add_argument("--conf_thresh", type=float, default=d["conf_thresh"],
@@ -230,6 +232,13 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     records = {"val": val_records, "test": data.test}
     loaders = Loaders(train=train, val=eval_loader(val_records),
                       test=eval_loader(data.test) if data.val is not None else None)
+    objective = OBJECTIVE
+    if data.val is None:  # VOC and lists: VOC07 test is the only evaluation split
+        objective = dataclasses.replace(OBJECTIVE, select_last=True)
+        if args.eval_interval and args.eval_interval < args.epochs and ctx.is_main:
+            print(f"notice: --eval_interval {args.eval_interval}: VOC07 test is also the validation split, so "
+                  f"each round reports its last evaluation (not the best of several test-set evaluations)",
+                  file=sys.stderr)
     batches = len(train)
     if batches == 0:
         raise UserError("the training set yields no batch")
@@ -243,7 +252,7 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     step_after = (functools.partial(_steps_after, accumulate=args.accumulate) if args.accumulate > 1 else None)
     train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr_init, momentum=args.momentum,
                             weight_decay=args.weight_decay, warmup=0, milestones=[], print_freq=args.print_freq,
-                            compile=args.compile, objective=OBJECTIVE, step_after=step_after, lr_factor=lr_factor,
+                            compile=args.compile, objective=objective, step_after=step_after, lr_factor=lr_factor,
                             eval_every=args.eval_interval or args.epochs)
     evaluation = Evaluation(records, data.class_names, args, ctx, precision, result_base)
     return Setup(data, model, loaders, train_cfg, evaluation, pretrained_backbone)
@@ -301,7 +310,7 @@ def train_single(args: argparse.Namespace, session, setup: Setup, stage: int, pr
                            checkpoint_extra=lambda: {"format": CHECKPOINT_FORMAT, "args": vars(args),
                                                      "arch": args.arch, "dataset": args.dataset},
                            remaining=remaining, **stage_kwargs(setup))
-    row = {**progress.summary_row(stage, remaining, OBJECTIVE), **row_extra}
+    row = {**progress.summary_row(stage, remaining, setup.train_cfg.objective), **row_extra}
     if ctx.is_main:
         run.log_round(row)
         plot_training_curves(progress.history, run.file("net_train.png"), title=f"{label}: {remaining:.2f}% remain",

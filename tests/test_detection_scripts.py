@@ -433,3 +433,34 @@ def test_flip_and_multi_scale_test_reach_the_detector_through_eval(whole, tmp_pa
         assert any(files[d][1].tolist() != plain_files[d][1].tolist() for d in files)
     for metrics in (plain, flipped, multi):
         assert 0 <= metrics["ap"] <= 100 and metrics["detections"] > 0
+
+
+def test_voc_reports_the_last_evaluation_not_the_best_of_several_test_evaluations(tmp_path, weights, capsys):
+    """VOC07 test is VOC detection's only evaluation split: with --eval_interval the round reports
+    the last evaluation (choosing the best would select on the test set), says so, and keeps no
+    best-model copy (it would be the last model)."""
+    root = str(tmp_path / "voc")
+    write_voc(root, "VOC2007", "trainval", {"000005": (60, 40, [("dog", (5, 6, 30, 35), False)])})
+    write_voc(root, "VOC2012", "trainval", {"2008_000002": (48, 64, [("cat", (10, 12, 40, 60), False)])})
+    write_voc(root, "VOC2007", "test", {"000001": (64, 48, [("dog", (3, 4, 40, 44), False)]),
+                                        "000002": (40, 40, [("cat", (2, 2, 38, 30), False)])})
+    save = tmp_path / "run"
+    from Detection import runner
+
+    real, scores = runner.Evaluation.__call__, iter([30.0, 50.0, 20.0])  # the best is not the last
+
+    def scored(self, model, loader, desc):
+        return {**real(self, model, loader, desc), "ap": next(scores)}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner.Evaluation, "__call__", scored)
+        run(train_imp, "--dataset", "voc", "--data_root", root, "--epochs", "3", "--eval_interval", "1",
+            "--pretrained", weights, "--save_dir", str(save))
+    assert "reports its last evaluation" in capsys.readouterr().err
+    evaluated = [row for row in rows(save, "metrics.jsonl") if row.get("evaluated", True)]
+    assert [(row["epoch"], row["ap"]) for row in evaluated] == [(0, 30.0), (1, 50.0), (2, 20.0)]
+    summary = rows(save, "summary.jsonl")[0]
+    assert summary["reported"] == summary["final"] == summary["best_val_ap"] == 20.0
+    assert summary["best_itr" if "best_itr" in summary else "best_epoch"] == 2
+    assert summary["reported_at"].startswith("last evaluation")
+    assert not any(name.endswith("model_SA_best.pth.tar") for name in os.listdir(save))
