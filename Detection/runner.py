@@ -44,8 +44,9 @@ def default_save_dir(seed: int, kind: str, job: str) -> str:
     return f"seed{seed}_{kind}_{job}_ckpt"
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Data, model, training and evaluation flags with the original's defaults, and the run flags."""
+def add_common_args(parser: argparse.ArgumentParser, mask_dir: bool = False, trains: bool = True) -> None:
+    """Data, model, training and evaluation flags with the original's defaults, the run flags, and
+    the original's flags that do nothing here (``mask_dir``: its ignored --mask_dir of train_imp/train_random)."""
     d = config.DEFAULTS
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="voc", choices=task.DATASETS,
@@ -110,6 +111,61 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume_all", dest="resume", action="store_true",
                         help="the original's spelling of --resume")
     parser.add_argument("--gpu_id", dest="gpu", help="the original's spelling of --gpu")
+    if trains:
+        parser.add_argument_group("disk").add_argument(
+            "--keep_checkpoints", action="store_true",
+            help="keep every finished round's resumable checkpoint (model and optimizer, 1.4 GB on "
+                 "ResNet-50) and best-model copy; by default a finished round keeps only what the "
+                 "original kept (backbone_imp{k+1}.pth, or backbone_random{k}.pth) and its ticket, "
+                 "and eval.py rebuilds the round's model from them")
+    add_original_flags(parser, mask_dir=mask_dir)
+
+
+def add_original_flags(parser: argparse.ArgumentParser, mask_dir: bool = False) -> None:
+    """The original's flags that have no job here: accepted so that its command lines run, each
+    said on one line when given (``original_flag_notices``)."""
+    group = parser.add_argument_group("the original's flags (accepted; see each)")
+    group.add_argument("--weight_path", default=None,
+                       help="ignored: the original's ResNet-50 model never read it (only its --resume looked for "
+                            "last.pt beside it); weights come from --pretrained")
+    group.add_argument("--log_path", default=None,
+                       help="ignored: the original's log.txt and tensorboard folder; here run.json, metrics.jsonl "
+                            "and summary.jsonl in --save_dir hold the log")
+    group.add_argument("--fp_16", type=_truth, default=None, metavar="BOOL",
+                       help="the original's mixed-precision switch (apex fp16, which crashed there): true trains "
+                            "in bf16 autocast (--precision bf16; evaluation stays fp32), false changes nothing")
+    if mask_dir:
+        group.add_argument("--mask_dir", default=None,
+                           help="ignored, as in the original's train_imp.py/train_random.py: IMP reads its own "
+                                "backbone_imp{k}.pth; a mask is transferred with train_transfer.py --mask_dir")
+
+
+def _truth(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def original_flag_notices(args: argparse.Namespace) -> list[str]:
+    """Apply the original's flags that mean something here (--fp_16) and say what each given one does."""
+    notices = []
+    for flag in ("weight_path", "log_path", "mask_dir"):
+        if getattr(args, flag, None) is not None and flag in IGNORED_ORIGINAL_FLAGS:
+            notices.append(f"notice: --{flag} is ignored: {IGNORED_ORIGINAL_FLAGS[flag]}")
+    if getattr(args, "fp_16", None):
+        args.precision = "bf16"
+        notices.append("notice: --fp_16: training runs in bf16 autocast (--precision bf16); evaluation stays fp32")
+    return notices
+
+
+IGNORED_ORIGINAL_FLAGS = {
+    "weight_path": "the original's ResNet-50 model never read it; backbone weights come from --pretrained",
+    "log_path": "the log is run.json, metrics.jsonl and summary.jsonl in --save_dir",
+    "mask_dir": "an IMP round reads backbone_imp{k}.pth from --save_dir (train_transfer.py --mask_dir transfers a mask)",
+}
 
 
 def _counts(text: str) -> list[int]:
@@ -123,6 +179,10 @@ def _counts(text: str) -> list[int]:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    notices = original_flag_notices(args)
+    if os.environ.get("RANK", "0") == "0":
+        for line in notices:
+            print(line, file=sys.stderr)
     for name in ("epochs", "batch_size", "accumulate", "img_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
