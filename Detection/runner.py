@@ -24,6 +24,7 @@ from lth.distributed import Context
 from lth.engine import Precision, StepResult
 from lth.errors import UserError
 from lth.loaders import DeviceLoader, Loaders
+from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS
 from lth.plots import plot_accuracy_vs_remaining
 from lth.trainer import Objective, TrainConfig
 
@@ -36,7 +37,8 @@ OBJECTIVE = Objective("ap", higher_is_better=True, lists=("class_ap50",), val_pr
 CHECKPOINT_FORMAT = "lth-detection"
 # Flags that make a resumed or continued run a different experiment (beyond the trainer's own).
 IDENTITY = ("arch", "conv_type", "dataset", "img_size", "epochs", "batch_size", "accumulate", "lr_init",
-            "lr_end", "warmup_epochs", "lr_schedule", "momentum", "weight_decay", "seed", "pretrained", "rate")
+            "lr_end", "warmup_epochs", "lr_schedule", "momentum", "weight_decay", "seed", "pretrained", "rate",
+            "moco_encoder")
 
 
 def default_save_dir(seed: int, kind: str, job: str) -> str:
@@ -73,6 +75,8 @@ def add_common_args(parser: argparse.ArgumentParser, mask_dir: bool = False, tra
                        help="backbone weights (torchvision state_dict, MoCo v2 checkpoint, simclr_weight.pt, any "
                             "file the core reads); default the original's weight/ file of the type; 'none': "
                             "random init. Never downloaded")
+    model.add_argument("--moco_encoder", default="k", choices=MOCO_ENCODERS,
+                       help=MOCO_ENCODER_HELP + " (the original's train_imp.py MoCo loader did the same)")
     train = parser.add_argument_group("training (the original's config/yolov4_config.py values)")
     train.add_argument("--epochs", type=int, default=d["epochs"],
                        help="epochs per round (the original trained 120: Mobilenet_YOLO_EPOCHS applies to "
@@ -269,7 +273,7 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     torch.manual_seed(args.seed)
     model = YOLOv4(len(data.class_names), args.arch, conv_type=args.conv_type)
     if pretrained:
-        task.load_backbone_weights(model, pretrained, quiet=not ctx.is_main)
+        task.load_backbone_weights(model, pretrained, quiet=not ctx.is_main, moco_encoder=args.moco_encoder)
     elif ctx.is_main and not weights_follow:
         print("notice: --pretrained none: the backbone starts from random weights", file=sys.stderr)
     pretrained_backbone = {key: value.detach().clone() for key, value in model.backbone.state_dict().items()}

@@ -61,10 +61,11 @@ def load_detection_data(dataset: str, data_root: str | None = None, seed: int = 
     raise UserError(f"unknown detection data set '{dataset}': choose one of {', '.join(DATASETS)}")
 
 
-def load_backbone_weights(model: YOLOv4, path: str, quiet: bool = False) -> LoadReport:
+def load_backbone_weights(model: YOLOv4, path: str, quiet: bool = False, moco_encoder: str = "k") -> LoadReport:
     """Released ImageNet / MoCo v2 / SimCLR weights (any format the core reads) into the backbone,
-    conv1 included and fc left out, as the original's overlap loading did."""
-    return load_pretrained(model.backbone, path, conv1=True, fc=False, quiet=quiet)
+    conv1 included and fc left out, as the original's overlap loading did (of a MoCo v2 checkpoint,
+    the key encoder by default: what its loader ended with, see ``lth.models.select_moco_encoder``)."""
+    return load_pretrained(model.backbone, path, conv1=True, fc=False, quiet=quiet, moco_encoder=moco_encoder)
 
 
 def prune_target(model: nn.Module) -> nn.Module:

@@ -26,7 +26,7 @@ from lth.checkpoint import atomic_write_text, jsonl_text, load_file, read_jsonl
 from lth.errors import UserError
 from lth.imp import BackbonePruning, training_curve_labels
 from lth.loaders import DeviceLoader, Loaders
-from lth.models import load_pretrained
+from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS, load_pretrained
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
 from lth.runs import RunDir
 from lth.session import Session, check_same_experiment, open_session
@@ -50,7 +50,7 @@ TORCHVISION_FILES = {"resnet50": "resnet50-19c8e357.pth", "resnet101": "resnet10
                      "resnet18": "resnet18-5c106cde.pth"}
 # Identity flags of a segmentation run beyond the trainer's (a resume must keep them).
 RUN_FLAGS = ("rate", "model", "output_stride", "separable_conv", "crop_size", "crop_val", "year", "total_itrs",
-             "val_interval", "lr_policy", "step_size", "loss_type", "imp_num", "exp")
+             "val_interval", "lr_policy", "step_size", "loss_type", "imp_num", "exp", "moco_encoder")
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,8 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
     group.add_argument("--dict_key", default=None,
                        help="entry of the --pretrained file that holds the weights (default: "
                             "'state_dict' when present, else the whole file)")
+    group.add_argument("--moco_encoder", default="k", choices=MOCO_ENCODERS,
+                       help=MOCO_ENCODER_HELP + " (the original's main_*_moco.py did the same)")
     group = parser.add_argument_group("training (the original's defaults)")
     group.add_argument("--test_only", action="store_true",
                        help="evaluate on val (--ckpt, or the model a run would start training from), "
@@ -308,7 +310,8 @@ def load_start_weights(model: nn.Module, task: Task) -> None:
     if not os.path.isfile(args.pretrained):
         raise UserError(f"pre-trained weights '{args.pretrained}' not found (they are never downloaded): "
                         f"pass --pretrained PATH, or --pretrained {NO_WEIGHTS} to start from random init")
-    load_pretrained(model.backbone, args.pretrained, args.dict_key, conv1=True, quiet=not task.ctx.is_main)
+    load_pretrained(model.backbone, args.pretrained, args.dict_key, conv1=True, quiet=not task.ctx.is_main,
+                    moco_encoder=args.moco_encoder)
 
 
 def load_ckpt_weights(model: nn.Module, path: str, strategy: BackbonePruning) -> None:
