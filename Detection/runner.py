@@ -227,7 +227,7 @@ class Evaluation:
     def __call__(self, model: nn.Module, loader, desc: str) -> dict:
         evaluator = DetectionEvaluator(self.records[desc], self.class_names, self.args.conf_thresh,
                                        self.args.nms_thresh, flip=self.args.flip_val)
-        with self.precision.autocast(self.ctx.device):
+        with self.precision.eval_autocast(self.ctx.device):
             metrics = task.run_evaluation(task.unwrap(model), loader, evaluator, self.result_dir(desc),
                                           progress=self.ctx.is_main)
         return as_percent(metrics)
@@ -374,7 +374,8 @@ def train_single(args: argparse.Namespace, session, setup: Setup, stage: int, pr
                            checkpoint_extra=lambda: {"format": CHECKPOINT_FORMAT, "args": vars(args),
                                                      "arch": args.arch, "dataset": args.dataset},
                            remaining=remaining, **stage_kwargs(setup))
-    row = {**progress.summary_row(stage, remaining, setup.train_cfg.objective), **row_extra}
+    row = {**progress.summary_row(stage, remaining, setup.train_cfg.objective), **row_extra,
+           **session.precision.describe()}
     if ctx.is_main:
         run.log_round(row)
         plot_training_curves(progress.history, run.file("net_train.png"), title=f"{label}: {remaining:.2f}% remain",

@@ -377,6 +377,7 @@ def train_run(task: Task, model: nn.Module, run: RunDir, resume_file: str | None
                                              apply_masks=strategy.restore)
         optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
     distributed.barrier()
+    run.stamp = task.precision.describe()
     run.start(vars(args), bool(resume_file))
 
     def checkpoint_extra() -> dict:
@@ -541,7 +542,8 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
     progress = train_run(task, model, run, resume_file, strategy, round_index, {"imp_num": round_index})
     remaining = strategy.remaining(model)
     if ctx.is_main:
-        record_summary(save_dir, summary_row(progress, round_index, remaining, exp=args.exp, kind="imp"),
+        record_summary(save_dir, summary_row(progress, round_index, remaining, exp=args.exp, kind="imp",
+                                             **task.precision.describe()),
                        "round", lambda row: "IMP", f"{args.model} on {args.dataset}: IMP ({task.source.name})")
     strategy.prune(model, seed=args.seed * 7919 + round_index)
     if ctx.is_main:
@@ -612,6 +614,7 @@ def transfer_main(args: argparse.Namespace, source: Source) -> None:
                          {"mask_dir": args.mask_dir, "mask_meta": mask_meta})
     if session.ctx.is_main:
         row = summary_row(progress, 0, strategy.remaining(model), exp=args.exp, kind=kind, mask_dir=args.mask_dir,
+                          **task.precision.describe(),
                           ticket_round=mask_meta.get("round"))
         record_summary(args.save_dir, row, "exp", lambda item: item.get("kind", "ticket"),
                        f"{args.model} on {args.dataset}: {source.name} weights")
