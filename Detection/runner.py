@@ -20,7 +20,7 @@ from Detection.evaluate import DetectionEvaluator
 from Detection.model import BACKBONE_CHANNELS, CONV_TYPES, YOLOv4
 from lth import cli
 from lth.checkpoint import append_jsonl
-from lth.distributed import Context
+from lth.distributed import Context, per_process_batch, per_process_eval_batch
 from lth.engine import Precision, StepResult
 from lth.errors import UserError
 from lth.loaders import DeviceLoader, Loaders
@@ -81,7 +81,8 @@ def add_common_args(parser: argparse.ArgumentParser, mask_dir: bool = False, tra
     train.add_argument("--epochs", type=int, default=d["epochs"],
                        help="epochs per round (the original trained 120: Mobilenet_YOLO_EPOCHS applies to "
                             "Resnet50-YOLOv4; 50 is the config's YOLO_EPOCHS)")
-    train.add_argument("--batch_size", type=int, default=d["batch_size"], help="training batch size (per process)")
+    train.add_argument("--batch_size", type=int, default=d["batch_size"],
+                       help="training batch size (the original's BATCH_SIZE); " + cli.BATCH_HELP)
     train.add_argument("--accumulate", type=int, default=d["accumulate"],
                        help="optimizer step when batch index %% accumulate == 0, as the original (gradients "
                             "of the batches in between summed)")
@@ -283,9 +284,10 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     workers = args.workers
     common = dict(seed=args.seed, ctx=ctx, workers=workers, channels_last=precision.channels_last)
     train = DeviceLoader(DetectionTrainSet(data.train, len(data.class_names), args.img_size, seed=args.seed),
-                         args.batch_size, train=True, drop_last=False, collate_fn=train_collate, **common)
+                         per_process_batch(args.batch_size, ctx), train=True, drop_last=False,
+                         collate_fn=train_collate, **common)
     sizes = config.MULTI_SCALE_VAL_SIZES if args.multi_scale_val else None
-    eval_batch = args.eval_batch_size or args.batch_size
+    eval_batch = per_process_eval_batch(args.eval_batch_size or args.batch_size, ctx)
 
     def eval_loader(records):
         return DeviceLoader(DetectionEvalSet(records, args.img_size, sizes=sizes), eval_batch, train=False,

@@ -14,6 +14,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from lth.distributed import Context, per_process_batch, per_process_eval_batch
 from lth.errors import UserError
 from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD
 
@@ -346,6 +347,18 @@ def cityscapes_segmentation(data_root: str, split: str = "train",
 # --------------------------------------------------------------------------------------------
 # Batching
 # --------------------------------------------------------------------------------------------
+
+def process_batches(batch_size: int, val_batch_size: int, ctx: Context) -> tuple[int, int]:
+    """This process's training and validation batch sizes from the global --batch_size and
+    --val_batch_size. A training batch of one image per process is refused on one line: the batch
+    norm after ASPP's image pooling sees one value per channel per image and cannot train on it
+    (the original's DeepLabV3+ failed there with a traceback)."""
+    train = per_process_batch(batch_size, ctx)
+    if train < 2:
+        raise UserError(f"--batch_size {batch_size} gives {train} image per process: DeepLabV3+ needs at least 2 "
+                        f"(the batch norm after ASPP's image pooling sees one value per channel per image)")
+    return train, per_process_eval_batch(val_batch_size, ctx)
+
 
 def pad_collate(batch: Sequence[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, dict]:
     """Stack samples of different sizes: images padded with 0 (the normalised mean colour) and

@@ -158,7 +158,9 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
                             "original meant to, into EXP/results, replacing the previous evaluation's")
     group.add_argument("--lr", type=float, default=0.01, help="head learning rate; the backbone trains at 0.1x")
     group.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay (momentum 0.9)")
-    group.add_argument("--batch_size", type=int, default=16, help="training batch size (per process)")
+    group.add_argument("--batch_size", type=int, default=16,
+                       help="training batch size (at least 2 per process: batch norm after ASPP's image pooling "
+                            "sees one value per channel per image); " + cli.BATCH_HELP)
     group.add_argument("--val_batch_size", type=int, default=4,
                        help="validation batch size; images of different sizes (VOC without --crop_val) are "
                             "predicted each at its own size, so the scores do not depend on it")
@@ -281,9 +283,10 @@ def build_task(args: argparse.Namespace, source: Source, session: Session, eval_
         return DeviceLoader(dataset, batch_size, train=train, seed=args.seed, ctx=ctx, workers=workers,
                             channels_last=precision.channels_last, collate_fn=segdata.pad_collate)
 
-    loaders = Loaders(train=loader(data.train, args.batch_size, True),
-                      val=loader(data.val, args.val_batch_size, False),
-                      test=loader(data.test, args.val_batch_size, False) if data.test is not None else None,
+    train_batch, val_batch = segdata.process_batches(args.batch_size, args.val_batch_size, ctx)
+    loaders = Loaders(train=loader(data.train, train_batch, True),
+                      val=loader(data.val, val_batch, False),
+                      test=loader(data.test, val_batch, False) if data.test is not None else None,
                       num_classes=data.num_classes)
     # StepLR(step_size, gamma=0.1): x0.1 at every multiple of step_size (the last one included, so the
     # scheduler state at the end matches the original's too)

@@ -213,14 +213,20 @@ def _names(flag: str, names: Mapping[str, Sequence[str]] | None) -> list[str]:
             *(name for name in extra if name.startswith("--"))]
 
 
+BATCH_HELP = ("under torchrun the global batch: each of the N processes takes 1/N of it (a batch that does "
+              "not divide is refused), so the run is the experiment one process runs, as the originals' "
+              "single process with DataParallel did")
+
+
 def add_optim_args(parser: argparse.ArgumentParser, batch_size: int,
                    names: Mapping[str, Sequence[str]] | None = None) -> None:
     """The optimisation flags; ``names`` adds option strings by dest (e.g. ``EXAMPLES_NAMES``)."""
     group = parser.add_argument_group("optimisation (the original's defaults)")
     group.add_argument(*_names("--batch_size", names), dest="batch_size", type=int, default=batch_size,
-                       help="training batch size (per process)")
+                       help="training batch size; " + BATCH_HELP)
     group.add_argument("--eval_batch_size", type=int, default=None,
-                       help="evaluation batch size (default: 4x --batch_size; no gradients are kept)")
+                       help="evaluation batch size, global as --batch_size (default: 4x --batch_size; no "
+                            "gradients are kept)")
     group.add_argument(*_names("--lr", names), dest="lr", type=float, default=0.1,
                        help="initial learning rate of SGD")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum factor (0 for plain SGD)")
