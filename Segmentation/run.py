@@ -100,6 +100,9 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
                                 "(the original's 0.2: round k keeps 0.8^k)")
         group.add_argument("--imp_rounds", type=int, default=IMP_ROUNDS,
                            help="rounds run without --imp_num (finished ones are skipped with --resume)")
+        group.add_argument("--mask_dir", default=None,
+                           help="the original's flag, ignored as there: round k reads the mask of "
+                                "seg_backbone_imp{k}.pth in --save_dir (transfer a mask with main_transfer_*.py)")
     else:
         group = parser.add_argument_group("ticket")
         group.add_argument("--mask_dir", default="",
@@ -111,6 +114,9 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
         group.add_argument("--random_prune", action="store_true",
                            help="prune the backbone convs (conv1 excepted) globally at random to the "
                                 "mask's sparsity instead of using the mask: the random-pruning control")
+        group.add_argument("--imp_num", type=int, default=None,
+                           help="the original's flag, ignored as there (its transfer scripts never read it); "
+                                "the mask is --mask_dir")
     group = parser.add_argument_group("data")
     group.add_argument("--data_root", default="./datasets/data",
                        help="folder holding VOCdevkit/VOC2012 (voc) or leftImg8bit and gtFine (cityscapes)")
@@ -244,6 +250,20 @@ def check_args(args: argparse.Namespace, mode: str) -> None:
             raise UserError("--ckpt holds the weights and masks to start from: do not combine it with --mask_dir")
     if args.enable_vis:
         print("notice: --enable_vis is ignored (no visdom): see metrics.jsonl and the plots", file=sys.stderr)
+    for line in ignored_original_flags(args, mode):
+        print(line, file=sys.stderr)
+
+
+def ignored_original_flags(args: argparse.Namespace, mode: str) -> list[str]:
+    """One line per original flag given that does nothing here (as it did nothing there)."""
+    if os.environ.get("RANK", "0") != "0":
+        return []
+    if mode == "imp" and args.mask_dir is not None:
+        return ["notice: --mask_dir is ignored by the IMP scripts (as by the original's): round k reads "
+                "seg_backbone_imp{k}.pth in --save_dir"]
+    if mode == "transfer" and args.imp_num is not None:
+        return ["notice: --imp_num is ignored by the transfer scripts (as by the original's): the mask is --mask_dir"]
+    return []
 
 
 # --------------------------------------------------------------------------------------------
@@ -614,7 +634,7 @@ def transfer_main(args: argparse.Namespace, source: Source) -> None:
         mask_meta = apply_transfer_mask(model, args, strategy)
     elif args.mask_dir:  # resumed: the checkpoint holds the weights and masks
         mask_meta = plain_meta(backbone_masks(args.mask_dir)[1])
-    kind = transfer_kind(args)
+    kind = transfer_kind(args, pruned=strategy.remaining(model) < 100.0)
     if session.ctx.is_main:
         print(f"{kind}: {strategy.remaining(model):.2f}% of backbone conv weights remain", file=sys.stderr)
     if args.test_only:
@@ -624,16 +644,17 @@ def transfer_main(args: argparse.Namespace, source: Source) -> None:
                          {"mask_dir": args.mask_dir, "mask_meta": mask_meta})
     if session.ctx.is_main:
         row = summary_row(progress, 0, strategy.remaining(model), exp=args.exp, kind=kind, mask_dir=args.mask_dir,
-                          **task.precision.describe(),
-                          ticket_round=mask_meta.get("round"))
+                          ckpt=args.ckpt, **task.precision.describe(), ticket_round=mask_meta.get("round"))
         record_summary(args.save_dir, row, "exp", lambda item: item.get("kind", "ticket"),
                        f"{args.model} on {args.dataset}: {source.name} weights")
     distributed.teardown()
 
 
-def transfer_kind(args: argparse.Namespace) -> str:
+def transfer_kind(args: argparse.Namespace, pruned: bool) -> str:
+    """The summary row's kind (one curve each); without --mask_dir the model says it (--ckpt of a
+    pruned model, or a run resumed from one, is not dense)."""
     if not args.mask_dir:
-        return "dense"
+        return "pruned checkpoint" if pruned else "dense"
     if args.random_prune:
         return "random pruning"
     return "reversed ticket" if args.reverse_mask else "ticket"

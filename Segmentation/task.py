@@ -22,8 +22,8 @@ def make_step(criterion: nn.Module) -> Callable[[nn.Module, tuple], StepResult]:
     """A training step on ``(images, {"mask": ...})`` batches: ``criterion(model(images), mask)``.
 
     ``correct``/``count`` are labelled pixels predicted right / labelled pixels, so the loop's
-    running accuracy is the training pixel accuracy (255 excluded). ``count`` is a tensor: reading
-    it would synchronise the device every step.
+    running accuracy is the training pixel accuracy (255 excluded); ``images`` the batch's images
+    (throughput). ``count`` is a tensor: reading it would synchronise the device every step.
     """
     def step(model: nn.Module, batch) -> StepResult:
         images, target = batch
@@ -31,7 +31,7 @@ def make_step(criterion: nn.Module) -> Callable[[nn.Module, tuple], StepResult]:
         logits = model(images)
         labelled = mask != IGNORE_INDEX
         correct = ((logits.detach().argmax(1) == mask) & labelled).sum()
-        return StepResult(criterion(logits, mask), correct, labelled.sum())
+        return StepResult(criterion(logits, mask), correct, labelled.sum(), images=int(images.shape[0]))
 
     return step
 

@@ -156,11 +156,13 @@ class StepResult(NamedTuple):
     """What one training step reports: the loss to minimise over ``count`` samples, how many of
     them it got right (None where the task has no accuracy: segmentation, detection), and
     optional named parts of the loss (scalar tensors, averaged over the chunk and logged as
-    ``train_{name}``)."""
+    ``train_{name}``). ``images``: the batch's images where ``count`` counts something else
+    (segmentation's labelled pixels), so that ``images_per_s`` counts images."""
     loss: torch.Tensor
     correct: torch.Tensor | None
     count: int
     parts: Mapping[str, torch.Tensor] | None = None
+    images: int | None = None
 
 
 def classification_step(model: nn.Module, batch) -> StepResult:
@@ -195,6 +197,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     parts_sum: dict[str, torch.Tensor] = {}
     counts_correct = False
     seen = 0
+    images = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=None if ctx.is_main else True, dynamic_ncols=True,
                total=total)
@@ -224,6 +227,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                 weighted = value.detach().float() * result.count
                 parts_sum[name] = parts_sum[name] + weighted if name in parts_sum else weighted
         seen += result.count
+        images += result.count if result.images is None else result.images
         if ctx.is_main and print_freq and (index + 1) % print_freq == 0:
             shown = {"loss": f"{loss_sum.item() / seen:.3f}"}
             if counts_correct:
@@ -232,11 +236,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     names = sorted(parts_sum)
     totals = all_reduce_sum(torch.stack([loss_sum.float(), correct.float(),
                                          torch.tensor(float(seen), device=device),
+                                         torch.tensor(float(images), device=device),
                                          *(parts_sum[name] for name in names)]))
-    loss_total, correct_total, count, *part_totals = totals.tolist()
+    loss_total, correct_total, count, image_total, *part_totals = totals.tolist()
     elapsed = time.perf_counter() - start
     accuracy = 100.0 * correct_total / max(count, 1) if counts_correct else math.nan
-    return {"loss": loss_total / max(count, 1), "acc": accuracy, "images_per_s": count / max(elapsed, 1e-9),
+    return {"loss": loss_total / max(count, 1), "acc": accuracy, "images_per_s": image_total / max(elapsed, 1e-9),
             **{name: value / max(count, 1) for name, value in zip(names, part_totals)}}
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from Segmentation.imp_files import read_imp_file
 from test_segmentation_data import _label_png, _voc_labels, make_voc
 
 pytestmark = pytest.mark.usefixtures("one_thread", "digits_built_once")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAST = ["--dataset", "digits", "--model", "deeplabv3plus_resnet18", "--pretrained", "none", "--total_itrs", "4",
         "--val_interval", "2", "--batch_size", "8", "--val_batch_size", "135", "--random_seed", "3",
@@ -351,3 +353,29 @@ def test_the_sweep_scripts_run_the_original_command_lines(tmp_path, source):
     assert f"--mask_dir {masks}/ticket_05.pt --lr 0.02 seed10_{source}_05" in calls[5]
     _, calls = sweep(tmp_path, f"transfer_{source}.sh", "0", str(masks / "mask-1.pt"))
     assert len(calls) == 1 and f"--mask_dir {masks}/mask-1.pt seed10_{source}_01" in calls[0]
+
+
+def test_round_files_as_masks_a_pruned_ckpt_and_the_originals_flags(three_rounds, tmp_path, capsys):
+    """seg_backbone_imp{n}.pth transferred gives ticket_round n; --ckpt of a pruned model is not
+    labelled dense; the original's --mask_dir (IMP) and --imp_num (transfer) are accepted and said
+    ignored, as they did nothing there; python -m lth.tickets reads the round file."""
+    save_dir, _ = three_rounds
+    out = tmp_path / "out"
+    transfer(out, "from_round", "--mask_dir", str(save_dir / "seg_backbone_imp2.pth"), "--imp_num", "7")
+    assert "--imp_num is ignored" in capsys.readouterr().err
+    latest = save_dir / "r2" / "latest_deeplabv3plus_resnet18_digits_os16.pth"
+    transfer(out, "from_ckpt", "--ckpt", str(latest))
+    summary = {row["exp"]: row for row in rows(out / "summary.jsonl")}
+    assert summary["from_round"]["ticket_round"] == 2 and summary["from_round"]["kind"] == "ticket"
+    assert summary["from_ckpt"]["kind"] == "pruned checkpoint"
+    assert summary["from_ckpt"]["remaining"] == pytest.approx(64, abs=0.01)
+    assert summary["from_ckpt"]["train_precision"] == "fp32" == summary["from_ckpt"]["eval_precision"]
+    parser = segrun.get_args_parser("imp", segrun.SOURCES["imagenet"])
+    args = parser.parse_args(["x", "--imp_num", "0", "--mask_dir", "../Maskall/img2-mask/mask-1.pt"])
+    assert "--mask_dir is ignored" in segrun.ignored_original_flags(args, "imp")[0]
+    shown = subprocess.run([sys.executable, "-m", "lth.tickets", "show", str(save_dir / "seg_backbone_imp2.pth")],
+                           capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert shown.returncode == 0, shown.stderr
+    assert "64.00" in shown.stdout and "round" in shown.stdout
+    masks, meta = pruning_utils.read_masks(str(save_dir / "seg_backbone_imp2.pth"))
+    assert meta["round"] == 2 and pruning_utils.mask_remaining(masks) == pytest.approx(64, abs=0.01)

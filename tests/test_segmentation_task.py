@@ -185,3 +185,22 @@ def test_step_trains_on_digits_and_counts_labelled_pixels():
     assert losses[-1] < 0.5 * losses[0]
     assert int(result.count) == int((target["mask"] != 255).sum())
     assert 0 <= int(result.correct) <= int(result.count)
+    assert result.images == 8
+
+
+def test_training_throughput_counts_images_not_pixels(monkeypatch):
+    """train_images_per_s: the segmentation step counts labelled pixels for its loss and accuracy,
+    and its images for the throughput (2 batches of 4 in 2 s: 4 images/s)."""
+    import lth.engine as engine
+    from lth.engine import train_one_epoch
+
+    digits = digits_segmentation(0)
+    batches = [pad_collate([digits.train[i] for i in range(start, start + 4)]) for start in (0, 4)]
+    model = build_segmentation_model("deeplabv3plus_resnet18", num_classes=digits.num_classes)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: next(clock))
+    out = train_one_epoch(model, batches, optimizer, None, CPU, FP32, print_freq=0,
+                          step=make_step(build_loss("cross_entropy")))
+    assert out["images_per_s"] == pytest.approx(4.0)
+    assert 0 <= out["acc"] <= 100
