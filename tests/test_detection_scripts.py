@@ -498,3 +498,21 @@ def test_voc_reports_the_last_evaluation_not_the_best_of_several_test_evaluation
     assert summary["best_itr" if "best_itr" in summary else "best_epoch"] == 2
     assert summary["reported_at"].startswith("last evaluation")
     assert not any(name.endswith("model_SA_best.pth.tar") for name in os.listdir(save))
+
+
+def test_sweep_sh_keeps_the_callers_relative_paths(tmp_path, weights):
+    """Detection/sweep.sh runs the scripts in the caller's folder: relative --save_dir and
+    --pretrained given from elsewhere (here a temporary folder) land where the caller means."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copy(weights, tmp_path / "w.pth")
+    flags = [flag for flag in TINY if flag != "--epochs" and flag != "2"]
+    result = subprocess.run(["sh", os.path.join(root, "Detection", "sweep.sh"), "random", "imagenet", "1", "1", "",
+                             *flags, "--epochs", "1", "--pretrained", "w.pth", "--save_dir", "mine"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                            env=dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", SEED="0"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "mine" / "backbone_random1.pth").is_file() and (tmp_path / "mine" / "ticket_01.pt").is_file()
+    assert not os.path.exists(os.path.join(root, "Detection", "mine"))
