@@ -85,6 +85,14 @@ def round_of(path: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def drop_resumable_checkpoint(path: str) -> None:
+    """Delete a finished round's resumable checkpoint (model and optimizer): the round's lasting
+    files are seg_backbone_imp{k+1}.pth (its trained weights, under the next masks), its ticket and
+    its best-validation model."""
+    if os.path.isfile(path):
+        os.remove(path)
+
+
 def restore_parts(model: nn.Module, source, first_conv: bool = True, classifier: bool = True,
                   backbone: bool = False) -> None:
     """Load pieces of an IMP file into ``model`` (the original's rewinding to round 0).

@@ -33,7 +33,8 @@ from lth.session import Session, check_same_experiment, open_session
 from lth.trainer import Objective, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage
 from lth.tickets import save_ticket
 from Segmentation import data as segdata
-from Segmentation.imp_files import backbone_masks, imp_file_path, restore_parts, save_imp_file
+from Segmentation.imp_files import (backbone_masks, drop_resumable_checkpoint, imp_file_path, restore_parts,
+                                    save_imp_file)
 from Segmentation.loss import LOSS_TYPES, build_loss
 from Segmentation.model import MODELS, build_segmentation_model
 from Segmentation.task import evaluate as evaluate_segmentation
@@ -100,6 +101,10 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
                                 "(the original's 0.2: round k keeps 0.8^k)")
         group.add_argument("--imp_rounds", type=int, default=IMP_ROUNDS,
                            help="rounds run without --imp_num (finished ones are skipped with --resume)")
+        group.add_argument("--keep_checkpoints", action="store_true",
+                           help="keep a finished round's resumable EXP/latest_*.pth (model and optimizer); by "
+                                "default a finished round keeps seg_backbone_imp{k+1}.pth, its ticket and "
+                                "EXP/best_*.pth (the best validation model)")
         group.add_argument("--mask_dir", default=None,
                            help="the original's flag, ignored as there: round k reads the mask of "
                                 "seg_backbone_imp{k}.pth in --save_dir (transfer a mask with main_transfer_*.py)")
@@ -582,6 +587,8 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
                     source=os.path.abspath(save_dir), arch=args.model.split("_")[1], dataset=args.dataset,
                     pretraining=task.source.name, model=args.model)
         save_imp_file(imp_file_path(save_dir, round_index + 1), model)  # written last: the round is done
+        if not args.keep_checkpoints:
+            drop_resumable_checkpoint(run.file(stage_files(args).checkpoint_of(0)))
         print(f"round {round_index} done: {imp_file_path(save_dir, round_index + 1)} holds "
               f"{strategy.remaining(model):.2f}% of the backbone conv weights", flush=True)
     distributed.barrier()

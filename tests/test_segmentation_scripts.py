@@ -101,7 +101,9 @@ def test_backbone_masks_shrink_by_0_8_per_round_and_are_nested(three_rounds):
         assert row["last_miou"] == pytest.approx(metrics[-1]["miou"], abs=1e-3)
         assert row["primary_metric"] == "miou" and "reported" in row and "final" in row
     assert (save_dir / "miou_vs_remaining.png").exists() and (save_dir / "r1" / "net_train.png").exists()
-    assert (save_dir / "r2" / "latest_deeplabv3plus_resnet18_digits_os16.pth").exists()
+    # a finished round keeps seg_backbone_imp{k+1}.pth, its ticket and its best model, not the resumable
+    # checkpoint (model and optimizer) unless --keep_checkpoints
+    assert not (save_dir / "r2" / "latest_deeplabv3plus_resnet18_digits_os16.pth").exists()
     assert (save_dir / "r2" / "best_deeplabv3plus_resnet18_digits_os16.pth").exists()
 
 
@@ -161,7 +163,8 @@ def test_a_kill_mid_round_resumes_to_the_same_masks(three_rounds, tmp_path, monk
         imp(tmp_path, 0)
     monkeypatch.setattr(trainer, "train_one_epoch", real)
     assert not (tmp_path / "seg_backbone_imp1.pth").exists()
-    imp(tmp_path, 0, "--resume")
+    imp(tmp_path, 0, "--resume", "--keep_checkpoints")
+    assert (tmp_path / "r0" / "latest_deeplabv3plus_resnet18_digits_os16.pth").exists()  # kept, as asked
     whole, cut = masks_of(save_dir / "ticket_01.pt"), masks_of(tmp_path / "ticket_01.pt")
     assert all(torch.equal(whole[key], cut[key]) for key in whole)
 
@@ -263,7 +266,9 @@ def test_test_only_prints_the_scores_and_writes_only_predictions(tmp_path, capsy
     out = capsys.readouterr().out
     assert "mIoU" in out and "class IoU" in out
     written = sorted(os.listdir(tmp_path / "look"))
-    assert written == ["results"] and len(os.listdir(tmp_path / "look" / "results")) == 135
+    results = os.listdir(tmp_path / "look" / "results")
+    assert written == ["results"] and len(results) == 4 * 135  # image, target, prediction, overlay each
+    assert {name.rsplit("_", 1)[1] for name in results} == {"image.png", "target.png", "pred.png", "overlay.png"}
 
 
 @pytest.mark.parametrize("case", ["no_root", "no_list", "no_label", "size", "value"])
@@ -363,8 +368,8 @@ def test_round_files_as_masks_a_pruned_ckpt_and_the_originals_flags(three_rounds
     out = tmp_path / "out"
     transfer(out, "from_round", "--mask_dir", str(save_dir / "seg_backbone_imp2.pth"), "--imp_num", "7")
     assert "--imp_num is ignored" in capsys.readouterr().err
-    latest = save_dir / "r2" / "latest_deeplabv3plus_resnet18_digits_os16.pth"
-    transfer(out, "from_ckpt", "--ckpt", str(latest))
+    best = save_dir / "r2" / "best_deeplabv3plus_resnet18_digits_os16.pth"
+    transfer(out, "from_ckpt", "--ckpt", str(best))
     summary = {row["exp"]: row for row in rows(out / "summary.jsonl")}
     assert summary["from_round"]["ticket_round"] == 2 and summary["from_round"]["kind"] == "ticket"
     assert summary["from_ckpt"]["kind"] == "pruned checkpoint"
