@@ -140,6 +140,7 @@ def add_original_flags(parser: argparse.ArgumentParser, mask_dir: bool = False) 
                        help="the original's mixed-precision switch (apex fp16, which crashed there): true trains "
                             "in bf16 autocast (--precision bf16; evaluation stays fp32), false changes nothing")
     if mask_dir:
+        parser.set_defaults(mask_dir_ignored=True)
         group.add_argument("--mask_dir", default=None,
                            help="ignored, as in the original's train_imp.py/train_random.py: IMP reads its own "
                                 "backbone_imp{k}.pth; a mask is transferred with train_transfer.py --mask_dir")
@@ -157,8 +158,9 @@ def _truth(text: str) -> bool:
 def original_flag_notices(args: argparse.Namespace) -> list[str]:
     """Apply the original's flags that mean something here (--fp_16) and say what each given one does."""
     notices = []
-    for flag in ("weight_path", "log_path", "mask_dir"):
-        if getattr(args, flag, None) is not None and flag in IGNORED_ORIGINAL_FLAGS:
+    flags = ("weight_path", "log_path") + (("mask_dir",) if getattr(args, "mask_dir_ignored", False) else ())
+    for flag in flags:
+        if getattr(args, flag, None) is not None:
             notices.append(f"notice: --{flag} is ignored: {IGNORED_ORIGINAL_FLAGS[flag]}")
     if getattr(args, "fp_16", None):
         args.precision = "bf16"

@@ -26,7 +26,7 @@ from lth.imp import BackbonePruning  # noqa: E402
 from lth.models import build_model  # noqa: E402
 from lth.tickets import pack_masks  # noqa: E402
 
-GB = 1e9
+GIB = 2 ** 30
 
 
 class ByteCounter(io.RawIOBase):
@@ -165,14 +165,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    print("| task (ResNet-50) | files of one finished round | bytes | total |")
-    print("|---|---|---|---|")
+    print("| task (ResNet-50) | layout | files of one finished round (GiB) | total (GiB) |")
+    print("|---|---|---|---:|")
     for task, measure in (("detection (YOLOv4, VOC)", detection), ("segmentation (DeepLabV3+, VOC)", segmentation),
                           ("classification (CIFAR-10 stem)", classification)):
         for layout, files in measure().items():
-            listed = ", ".join(f"{name} {size / GB:.3f} GB" for name, size in files.items())
-            print(f"| {task}: {layout} | {', '.join(files)} | {listed} | **{sum(files.values()) / GB:.2f} GB** |",
-                  flush=True)
+            listed = ", ".join(f"{name} {size / GIB:.3f}" for name, size in files.items())
+            print(f"| {task} | {layout} | {listed} | {sum(files.values()) / GIB:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
