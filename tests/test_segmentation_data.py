@@ -341,3 +341,19 @@ def test_a_bad_label_found_in_a_loader_worker_is_one_line(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: label '") and "a.png' is 28x21" in err
+
+
+def test_one_training_image_per_process_is_refused_on_one_line():
+    """DeepLabV3+'s batch norm after ASPP's image pooling sees one value per channel per image:
+    the original crashed there with --batch_size 1; here it is refused before anything runs."""
+    from lth.distributed import Context
+
+    one = Context(torch.device("cpu"))
+    assert data.process_batches(2, 3, one) == (2, 3)
+    with pytest.raises(UserError, match="--batch_size 1 gives 1 image per process") as info:
+        data.process_batches(1, 4, one)
+    assert "\n" not in str(info.value)
+    two = Context(torch.device("cpu"), rank=1, world_size=2)
+    assert data.process_batches(8, 3, two) == (4, 2)
+    with pytest.raises(UserError, match="at least 2"):
+        data.process_batches(2, 4, two)
