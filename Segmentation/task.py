@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lth.distributed import Context, all_reduce_sum
-from lth.engine import Precision, StepResult
+from lth.engine import Precision, StepResult, unwrap
 from Segmentation.loss import IGNORE_INDEX
 from Segmentation.metrics import PRIMARY_METRIC, ConfusionMatrix
 from Segmentation.visual import PredictionWriter
@@ -66,7 +66,7 @@ def evaluate(model: nn.Module, loader: Iterable, ctx: Context, precision: Precis
     own size (``same_size_groups``), so it does not depend on the batch size either. In fp32 unless
     ``precision`` says otherwise for evaluation. ``writer`` saves image, target, prediction and overlay.
     """
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    inner = unwrap(model)
     was_training = inner.training
     inner.eval()
     metric = ConfusionMatrix(num_classes, ctx.device)

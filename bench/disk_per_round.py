@@ -14,17 +14,14 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 
 import torch
 import torch.nn as nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import pruning_utils  # noqa: E402
-from lth.imp import BackbonePruning  # noqa: E402
-from lth.models import build_model  # noqa: E402
-from lth.tickets import pack_masks  # noqa: E402
+from lth import pruning
+from lth.imp import BackbonePruning
+from lth.models import build_model
+from lth.tickets import pack_masks
 
 GIB = 2 ** 30
 
@@ -73,12 +70,13 @@ def progress() -> dict:
 
 
 def ticket(model_backbone: nn.Module) -> dict:
-    masks = pruning_utils.current_masks(model_backbone)
+    masks = pruning.current_masks(model_backbone)
     return {"format": "lth-ticket", "version": 1, "meta": {"round": 1}, **pack_masks(masks)}
 
 
 def detection() -> dict[str, dict[str, int]]:
-    from Detection.model import YOLOv4, backbone_imp_state
+    from Detection.imp_files import backbone_imp_state
+    from Detection.model import YOLOv4
 
     torch.manual_seed(0)
     model = YOLOv4(20, "resnet50")
@@ -142,7 +140,7 @@ def classification() -> dict[str, dict[str, int]]:
     torch.manual_seed(0)
     model = build_model("resnet50", 10, stem="cifar")
     init = cpu_copy(model.state_dict())
-    pruning_utils.global_prune(model, 0.2)
+    pruning.global_prune(model, 0.2)
     state = model.state_dict()
     optimizer = with_momentum(model)
     checkpoint = {"state": 0, "state_dict": state, "optimizer": optimizer, "scheduler": {"last_epoch": 182},

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-import pruning_utils
+from lth import pruning
 from lth.checkpoint import load_file
 from lth.errors import UserError
 
@@ -125,8 +125,8 @@ def load_pretrained(model: nn.Module, path: str, dict_key: str | None = None, fc
     """
     state = select_state_dict(load_file(path, "pre-trained weight"), path, dict_key)
     state = select_moco_encoder(state, moco_encoder)
-    weights = pruning_utils.transferable_weights(state, fc=fc, conv1=conv1)
-    target = pruning_utils.dense_state_dict(model)
+    weights = pruning.transferable_weights(state, fc=fc, conv1=conv1)
+    target = pruning.dense_state_dict(model)
     modules = {key.split(".")[0] for key in target} | {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"}
     outside = sorted(key for key in weights if key.split(".")[0] not in modules)
     weights = {key: value for key, value in weights.items() if key not in outside}

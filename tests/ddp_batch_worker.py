@@ -7,11 +7,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lth import distributed  # noqa: E402
-from lth.engine import Precision  # noqa: E402
-from lth.errors import UserError  # noqa: E402
+from lth import distributed
+from lth.engine import Precision
+from lth.errors import UserError
 
 
 def first_batch_size(loader) -> int:

@@ -15,7 +15,8 @@ import torch
 import pruning_utils
 from Detection import eval as det_eval
 from Detection import train_imp, train_random, train_transfer
-from Detection.model import BACKBONE_IMP_KEYS, YOLOv4
+from Detection.imp_files import BACKBONE_IMP_KEYS
+from Detection.model import YOLOv4
 from lth import cli, imp as lth_imp, trainer
 from lth.models import build_model
 from test_detection_data import write_voc
@@ -512,7 +513,8 @@ def test_sweep_sh_keeps_the_callers_relative_paths(tmp_path, weights):
     result = subprocess.run(["sh", os.path.join(root, "Detection", "sweep.sh"), "random", "imagenet", "1", "1", "",
                              *flags, "--epochs", "1", "--pretrained", "w.pth", "--save_dir", "mine"],
                             capture_output=True, text=True, cwd=tmp_path, timeout=600,
-                            env=dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", SEED="0"))
+                            env=dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", SEED="0",
+                                     PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "mine" / "backbone_random1.pth").is_file() and (tmp_path / "mine" / "ticket_01.pt").is_file()
     assert not os.path.exists(os.path.join(root, "Detection", "mine"))
