@@ -518,3 +518,19 @@ def test_sweep_sh_keeps_the_callers_relative_paths(tmp_path, weights):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "mine" / "backbone_random1.pth").is_file() and (tmp_path / "mine" / "ticket_01.pt").is_file()
     assert not os.path.exists(os.path.join(root, "Detection", "mine"))
+
+
+def test_lth_tickets_reads_detection_round_files_when_run_from_detection(whole):
+    """`python -m lth.tickets show backbone_imp{n}.pth` from Detection/ (where the original's users
+    work; the repository importable, as installed with `pip install -e .`): the masks of the file's
+    backbone, round n."""
+    import subprocess
+    import sys
+
+    path, _ = whole
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shown = subprocess.run([sys.executable, "-m", "lth.tickets", "show", str(path / "backbone_imp2.pth")],
+                           capture_output=True, text=True, cwd=os.path.join(root, "Detection"), timeout=300,
+                           env=dict(os.environ, PYTHONPATH=root))
+    assert shown.returncode == 0, shown.stderr
+    assert "64.00" in shown.stdout and "round" in shown.stdout
