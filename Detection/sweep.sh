@@ -3,11 +3,13 @@
 # KIND: imp (train_imp.py), eval (eval.py), random (train_random.py) or transfer (train_transfer.py,
 # mask folder from MASKROOT); TYPE: imagenet, moco or simclr; rounds or masks FIRST..LAST, one
 # process each, on CUDA device GPU; SEED (default 10, the original's) and PYTHON come from the
-# environment. Runs in Detection/, as the original (weight/, seed*_ckpt/ and ./Maskall are there).
+# environment. Runs in the caller's folder, so relative paths given to it (--data_root, --pretrained,
+# --save_dir, MASKROOT) and the defaults (weight/, seed*_ckpt/, ./Maskall) are the caller's; run it from
+# Detection/ to use the original's layout, as the original's sweeps were.
 set -e
 KIND=$1; TYPE=$2; FIRST=$3; LAST=$4; GPU=$5
 shift 5
-cd "$(dirname "$0")"
+HERE="$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 SEED=${SEED:-10}
 for i in $(seq "$FIRST" "$LAST")
@@ -22,5 +24,5 @@ do
         *) echo "sweep.sh: unknown kind '$KIND' (imp, eval, random, transfer)" >&2; exit 2 ;;
     esac
     # shellcheck disable=SC2086  (set_flags is split into words on purpose)
-    CUDA_VISIBLE_DEVICES=${GPU} $PYTHON -u "$script" $set_flags --seed "${SEED}" "$@"
+    CUDA_VISIBLE_DEVICES=${GPU} $PYTHON -u "$HERE/$script" $set_flags --seed "${SEED}" "$@"
 done

@@ -36,7 +36,7 @@ def get_args_parser():
                        help="rounds trained by this command, from --imp_num on (19 from 0: the whole IMP)")
     group.add_argument("--rate", type=float, default=runner.config.DEFAULTS["prune_rate"],
                        help="fraction of the remaining backbone conv weights pruned after each round")
-    runner.add_common_args(parser)
+    runner.add_common_args(parser, mask_dir=True)
     return parser
 
 
@@ -90,7 +90,8 @@ def main(args) -> ImpRun:
 
     imp_cfg = ImpConfig(rounds=last + 1, rate=args.rate, prune_type="pt_trans", random_prune=False, conv1=False,
                         seed=args.seed, meta={"arch": args.arch, "dataset": args.dataset, "task": "detection",
-                                              "imp_type": args.imp_type})
+                                              "imp_type": args.imp_type},
+                        keep_finished=args.keep_checkpoints)
     imp = ImpRun(setup.model, setup.loaders, setup.train_cfg, imp_cfg, precision, ctx, run, vars(args),
                  strategy=DetectionPruning(args.rate), stage_kwargs=runner.stage_kwargs(setup),
                  on_pruned=on_pruned)

@@ -72,8 +72,8 @@ def get_args_parser():
     group.add_argument("--epochs", type=int, default=180,
                        help="training epochs in all; IMP prunes every --retrain_epoch of them")
     group.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=256,
-                       help="batch size of one node, shared equally by its processes (as in the original); "
-                            "the queue size must be a multiple of the batch of all nodes")
+                       help="batch size of all processes together (the queue size must be a multiple of it); "
+                            + cli.BATCH_HELP + " (the original's -b was per node: the same on one node)")
     group.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=3e-4,
                        help="SGD learning rate, fixed throughout (the original's fix_lr)")
     group.add_argument("--schedule", type=int, nargs="*", default=None,
@@ -138,7 +138,7 @@ def get_args_parser():
 @dataclass(frozen=True)
 class Launch:
     spawn: int  # processes this command starts itself (0: it runs in this process)
-    local: int  # processes on this node, which share -b and -j
+    local: int  # processes on this node, which share -j (-b is shared by all processes)
     world: int  # processes in the whole job
 
 
@@ -192,10 +192,10 @@ def check_args(args, launch: Launch) -> None:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     if args.multiprocessing_distributed and args.world_size > 1 and args.rank < 0 and "WORLD_SIZE" not in os.environ:
         raise UserError("--world-size > 1 runs over several nodes: give each node its --rank")
-    if args.batch_size % launch.local:
-        raise UserError(f"--batch-size {args.batch_size} must be a multiple of the {launch.local} "
-                        f"processes of a node")
-    global_batch = args.batch_size // launch.local * launch.world
+    if args.batch_size % launch.world:
+        raise UserError(f"--batch-size {args.batch_size} is the global batch and must divide equally among "
+                        f"the {launch.world} processes")
+    global_batch = args.batch_size
     if args.moco_k % global_batch:
         raise UserError(f"--moco-k {args.moco_k} must be a multiple of the global batch {global_batch} "
                         f"(--batch-size {args.batch_size} over {launch.world} process(es)): the queue "
@@ -238,7 +238,7 @@ def make_loaders(args, ctx, launch: Launch) -> Loaders:
     transform = TwoViews(moco_augmentation(args.image_size, args.aug_plus))
     train_set = image_folder(args.data, "train", transform)
     val_set = image_folder(args.data, "val", transform)  # the original tests with the training views
-    per_process = args.batch_size // launch.local
+    per_process = args.batch_size // launch.world  # check_args made sure it divides
     workers = -(-args.workers // launch.local)
     common = dict(seed=args.seed, ctx=ctx, workers=workers)
     loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, **common),

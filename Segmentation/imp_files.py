@@ -8,6 +8,7 @@ here load in the original's scripts and theirs load here.
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping
 
 import torch
@@ -74,7 +75,21 @@ def backbone_masks(source) -> tuple[dict[str, torch.Tensor], dict]:
     if not masks:
         raise UserError(f"{name} holds a dense backbone (no '*.weight_mask'): round 0 is saved before any "
                         f"pruning; use the file of round 1 or later")
-    return masks, {"source": name, "remaining": pruning.mask_remaining(masks)}
+    return masks, {"source": name, "remaining": pruning.mask_remaining(masks), "round": round_of(name)}
+
+
+def round_of(path: str) -> int | None:
+    """The round n of a file named ``seg_backbone_imp{n}.pth`` (the file itself does not say it)."""
+    match = re.fullmatch(r"seg_backbone_imp(\d+)\.pth", os.path.basename(str(path)))
+    return int(match.group(1)) if match else None
+
+
+def drop_resumable_checkpoint(path: str) -> None:
+    """Delete a finished round's resumable checkpoint (model and optimizer): the round's lasting
+    files are seg_backbone_imp{k+1}.pth (its trained weights, under the next masks), its ticket and
+    its best-validation model."""
+    if os.path.isfile(path):
+        os.remove(path)
 
 
 def restore_parts(model: nn.Module, source, first_conv: bool = True, classifier: bool = True,

@@ -71,8 +71,8 @@ def get_args_parser():
                        help="training epochs in all: rounds = 1 + epochs / prun_epoch, the first "
                             "only evaluates")
     group.add_argument("--batch_size", type=int, default=256,
-                       help="images per step over all GPUs (each of N processes takes 1/N, as the "
-                            "original's DataParallel did); NT-Xent contrasts all 2x of them")
+                       help="images per step over all GPUs; NT-Xent contrasts all 2x of them; "
+                            + cli.BATCH_HELP)
     group.add_argument("--lr", type=float, default=1e-4, help="learning rate, constant")
     group.add_argument("--optimizer", default="lars", choices=["adam", "lars", "sgd"],
                        help=f"lars: trust ratio eta 1e-3; lars and sgd use momentum {MOMENTUM}; a "
@@ -180,7 +180,7 @@ def make_loaders(args, ctx) -> Loaders:
     transform = simclr.simclr_transform(args.image_size)
     train_set = image_folder(args.data, "train", transform)
     val_set = image_folder(args.data, "val", transform)
-    per_process = args.batch_size // ctx.world_size
+    per_process = distributed.per_process_batch(args.batch_size, ctx)
     common = dict(seed=args.seed, ctx=ctx, workers=args.workers)
     # The last partial batch is kept, as the original's loader kept it (under DDP every rank's
     # last batch has the same size: the sampler pads), so NT-Xent's gather stays aligned.

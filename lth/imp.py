@@ -55,6 +55,10 @@ class ImpConfig:
     # False: they are written once to REWIND_FILE (under the same key) when they are set, and
     # checkpoints name that file as ``rewind_point``: large models write no unchanged copy per epoch.
     rewind_in_checkpoint: bool = False
+    # False: once a round is finished (its pruned successor's files written), its resumable
+    # checkpoint and best-model copy are deleted; a round's lasting record is then its ticket and
+    # the task's own files (detection's backbone_imp{k+1}.pth). True keeps every file.
+    keep_finished: bool = True
 
 
 class PruneStrategy:
@@ -284,6 +288,11 @@ class ImpRun:
             atomic_save({"state": stage + 1, "state_dict": self.model.state_dict(),
                          **self.progress.to_checkpoint(), **self._extra()},
                         self.run.file(self.cfg.files.checkpoint_of(stage + 1)))
+        if not self.cfg.keep_finished and self.ctx.is_main:
+            # Only now: a kill before the next round's checkpoint still resumes from this one.
+            for name in (self.cfg.files.checkpoint_of(stage), self.cfg.files.best_of(stage)):
+                if os.path.isfile(self.run.file(name)):
+                    os.remove(self.run.file(name))
 
     def _write_ticket(self, stage: int) -> None:
         if not self.ctx.is_main:

@@ -23,6 +23,9 @@ NOT_EXPERIMENT_FLAGS = frozenset({
     "data", "download", "precision", "channels_last", "compile", "eval_batch_size", "dist_url",
     "dist_backend", "world_size", "rank", "multiprocessing_distributed", "local_rank", "evaluate",
     "save_model", "start_state",
+    # what a finished round keeps on disk, and the original's flags that do nothing here (--fp_16 acts
+    # through "precision")
+    "keep_checkpoints", "weight_path", "log_path", "fp_16", "mask_dir_ignored",
 })
 # Flags naming files: they are compared by what the file is (e.g. "ticket of run group G"), not by path.
 PATH_FLAGS = ("mask_dir", "pretrained", "pre_weight", "sim_model", "pretrained_path")

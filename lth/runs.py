@@ -28,6 +28,9 @@ class RunDir:
             raise UserError("--save_dir is required: the folder where this run writes its results")
         self.path = path
         self.is_main = is_main
+        # Facts of the run written into run.json and into every summary row that lacks them
+        # (the session sets the precision that trains and the one that evaluates).
+        self.stamp: dict = {}
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -66,9 +69,9 @@ class RunDir:
         if resume and os.path.exists(record_path):
             with open(record_path) as handle:
                 record = json.load(handle)
-            record.setdefault("resumed", []).append({**run_record(args), "time": _now()})
+            record.setdefault("resumed", []).append({**run_record(args), **self.stamp, "time": _now()})
         else:
-            record = {**run_record(args), "time": _now()}
+            record = {**run_record(args), **self.stamp, "time": _now()}
         write_json(record, record_path)
 
     def recorded_seed(self, given: int | None) -> int | None:
@@ -84,7 +87,8 @@ class RunDir:
 
     def log_round(self, row: dict) -> None:
         if self.is_main:
-            append_jsonl(row, self.file(SUMMARY))
+            append_jsonl({**row, **{key: value for key, value in self.stamp.items() if key not in row}},
+                         self.file(SUMMARY))
 
     def metrics(self) -> list[dict]:
         return read_jsonl(self.file(METRICS))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 from typing import Mapping
 
@@ -67,8 +68,11 @@ def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dic
 
     ``source`` is a path or an already loaded object: a ticket file of this toolkit, a checkpoint
     of this toolkit or of the original code (``state_dict`` holding ``*.weight_mask``), or a plain
-    ``{layer.weight_mask: tensor}`` dict (the original's ``mask-{i}.pt``, or ``export``'s output).
-    ``module.``, ``encoder_q.`` and ``module.encoder_q.`` prefixes are stripped.
+    ``{layer.weight_mask: tensor}`` dict (the original's ``mask-{i}.pt``, or ``export``'s output),
+    or a dense task's round file, whose ``backbone`` entry holds the masks (segmentation's
+    ``seg_backbone_imp{n}.pth``, detection's ``backbone_imp{n}.pth`` and ``backbone_random{n}.pth``;
+    ``round`` n read from the name). ``module.``, ``encoder_q.`` and ``module.encoder_q.`` prefixes
+    are stripped.
     """
     name = source if isinstance(source, (str, os.PathLike)) else "the given object"
     obj = load_file(source, what) if isinstance(source, (str, os.PathLike)) else source
@@ -77,6 +81,10 @@ def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dic
             raise UserError(f"{name} is a ticket of format version {obj['version']}, newer than this "
                             f"toolkit reads ({TICKET_VERSION})")
         return unpack_masks(obj), dict(obj.get("meta", {}))
+    dense_round = (isinstance(obj, Mapping) and "state_dict" not in obj and isinstance(obj.get("backbone"), Mapping)
+                   and ({"first_conv", "classifier"} <= set(obj) or {"all_state_dict", "first_conv1"} <= set(obj)))
+    if dense_round:
+        obj = {"state_dict": obj["backbone"], **_round_in_name(name)}
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
     if not isinstance(state, Mapping):
         raise UserError(f"{name} holds no mask: expected a ticket file, a checkpoint with a "
@@ -90,6 +98,11 @@ def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dic
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], (int, str, float)):
             meta[key] = obj[key]
     return masks, meta
+
+
+def _round_in_name(name) -> dict:
+    match = re.fullmatch(r"(?:seg_)?backbone_(?:imp|random)(\d+)\.pth", os.path.basename(str(name)))
+    return {"round": int(match.group(1))} if match else {}
 
 
 def apply_ticket_args(model, args, is_main: bool) -> tuple[dict, float]:

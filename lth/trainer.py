@@ -45,6 +45,10 @@ class Objective:
     higher_is_better: bool = True
     lists: tuple[str, ...] = ()
     val_prefix: str = "val_"
+    # True where the validation split is the test split (VOC detection: VOC07 test is the only
+    # evaluation set): choosing the best of several evaluations would select on the test set, so
+    # the last evaluation is the one reported and no best-model copy is kept.
+    select_last: bool = False
 
     def improves(self, value: float, best: float) -> bool:
         """True when ``value`` beats ``best`` (``-inf``: nothing measured yet)."""
@@ -194,7 +198,7 @@ class StageProgress:
             self.next_epoch = epoch + 1
         else:
             self.next_epoch += 1  # evaluations done
-        improved = objective.improves(val_acc, self.best_val)
+        improved = objective.select_last or objective.improves(val_acc, self.best_val)
         if improved:
             self.best_val, self.best_epoch, self.test_at_best = val_acc, epoch, test_acc
             self.at_best = dict(figures or {})
@@ -251,6 +255,8 @@ class StageProgress:
                         if key.startswith(split + "_")})
         row.update({"primary_metric": name, "higher_is_better": objective.higher_is_better,
                     "reported": self.reported, "final": self.final})
+        if objective.select_last:  # best_* then hold the last evaluation's figures
+            row["reported_at"] = "last evaluation (the validation split is the test split)"
         return row
 
 
@@ -379,7 +385,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
             if on_epoch_end is not None:
                 on_epoch_end(position)
             if ctx.is_main:
-                if improved and save_best:
+                if improved and save_best and not objective.select_last:
                     atomic_save({"state": stage, **where, "state_dict": model.state_dict(),
                                  "best_sa": val[name], "test_ta": test[name] if test else None,
                                  **_meta(checkpoint_extra())}, run.file(files.best_of(stage)))
