@@ -138,13 +138,17 @@ def plot_groups(curves: Mapping[str, Sequence[tuple[float, float, float]]], path
             elif any(s > 0 for s in stds):
                 ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                 color=colour, alpha=0.15, linewidth=0)
+            if row == 0 and kinds.get(label) == "reversed":  # far from its ticket's level: say where it is
+                for x, m in zip(xs, means):
+                    ax.annotate(f"keeps {_tick_label(x)} %", (x, m), textcoords="offset points", xytext=(6, -3),
+                                fontsize=7, color=colour)
             if row == 1:
                 below = [x for x, m in zip(xs, means) if m < band[0]]
                 if below:
                     ax.plot(below, [band[0]] * len(below), marker="v", linestyle="none", color=colour,
                             markersize=6, clip_on=False)
         ax.grid(alpha=0.3)
-        ax.set_ylabel(ylabel if row == 0 else f"{ylabel}, zoom on the verdict band")
+        ax.set_ylabel(ylabel)
     _remaining_axis(axes[-1], values or [100.0])  # the panels share the x axis (and its ticks)
     if band:
         axes[1].set_ylim(*band)
