@@ -62,6 +62,7 @@ def get_args_parser():
 
     det = kinds.add_parser("detection", help="Detection/sweep.sh KIND TYPE FIRST LAST GPU [flags]")
     _common(det)
+    _out(det)
     det.add_argument("kind", choices=sorted(sweep.DETECTION_KINDS), help="which script (eval.py evaluates IMP rounds)")
     det.add_argument("type", help="the pre-training: imagenet, moco or simclr")
     det.add_argument("first", type=int, help="first round or level")
@@ -80,6 +81,7 @@ def get_args_parser():
 
     seg_imp = kinds.add_parser("segmentation-imp", help="Segmentation/sh/imp_*.sh")
     _common(seg_imp)
+    _out(seg_imp)
     seg_imp.add_argument("script", help="main_imp_imagenet.py, main_imp_moco.py or main_imp_simclr.py")
     seg_imp.add_argument("name", help="the run name, '{seed}' replaced (round k runs in NAME_k)")
     seg_imp.add_argument("--rounds", type=int, default=19, help="IMP rounds")
@@ -87,6 +89,7 @@ def get_args_parser():
 
     seg_tr = kinds.add_parser("segmentation-transfer", help="Segmentation/sh/transfer_*.sh")
     _common(seg_tr)
+    _out(seg_tr)
     seg_tr.add_argument("script", help="main_transfer_imagenet.py, main_transfer_moco.py or main_transfer_simclr.py")
     seg_tr.add_argument("name", help="the run name, '{seed}' replaced")
     seg_tr.add_argument("masks", help="a mask file (one run) or a folder of IMP outputs (rounds 0..rounds-1)")
@@ -96,11 +99,17 @@ def get_args_parser():
     return parser
 
 
+def _out(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="", help="folder of the run folders and the report (default: the "
+                                                  "script's folder, as the original)")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", required=True, help="where the job list is written (JSON lines)")
     parser.add_argument("--python", default="python", help="the Python that runs the jobs")
     parser.add_argument("--seeds", default="0", help="seeds, space-separated")
     parser.add_argument("--gpu", default="", help="CUDA device of every job (empty: the scheduler's choice)")
+
 
 
 def make(args) -> list:
@@ -119,14 +128,15 @@ def make(args) -> list:
         jobs = [sweep.Job(args.name, args.type, flags, os.getcwd(), args.save_dir, rounds=args.rounds)]
     elif args.sweep == "detection":
         jobs = sweep.detection_jobs(args.kind, args.type, args.first, args.last, python=args.python,
-                                    seeds=args.seeds, gpu=args.gpu, maskroot=args.maskroot, flags=flags)
+                                    seeds=args.seeds, gpu=args.gpu, maskroot=args.maskroot, flags=flags,
+                                    out=args.out)
     elif args.sweep == "segmentation-imp":
         jobs = sweep.segmentation_imp_jobs(args.script, args.name, python=args.python, seeds=args.seeds,
-                                           rounds=args.rounds, gpu=args.gpu, flags=flags)
+                                           rounds=args.rounds, gpu=args.gpu, flags=flags, out=args.out)
     else:
         jobs = sweep.segmentation_transfer_jobs(args.script, args.name, args.masks, python=args.python,
                                                 seeds=args.seeds, rounds=args.rounds, kinds=args.kinds,
-                                                gpu=args.gpu, flags=flags)
+                                                gpu=args.gpu, flags=flags, out=args.out)
     for notice in notices:
         print(f"notice: {notice}", file=sys.stderr)
     sweep.write_jobs(jobs, args.jobs)

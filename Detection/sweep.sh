@@ -4,8 +4,9 @@
 # previous one), eval (eval.py), random (train_random.py), transfer (train_transfer.py, masks from
 # MASKROOT) or reversed (train_transfer.py --reverse_mask): one job per level and seed. TYPE:
 # imagenet, moco or simclr; GPU: the CUDA device ("" leaves the choice to a scheduler).
-# Environment: SEEDS (default SEED, default 10, the original's), PYTHON, JOBS (the job list, default
-# sweep_jobs/KIND_TYPE_FIRST-LAST.jsonl), SWEEP_MODE=list (write the list and stop; run it with
+# Environment: SEEDS (default SEED, default 10, the original's), PYTHON, OUT (folder of the run folders
+# and the report, default Detection/), JOBS (the job list, default OUT/sweep_jobs/KIND_TYPE_FIRST-LAST.jsonl),
+# SWEEP_MODE=list (write the list and stop; run it with
 # `python ../main_sweep.py run JOBS [--index I]`, or on SLURM as `python ../main_sweep.py slurm JOBS`
 # prints). Finished jobs are skipped, started ones resumed, each job's output is kept in JOBS.logs/;
 # the list ends with the report of TYPE's IMP and controls (report_TYPE/, the paper's Fig. 4).
@@ -16,9 +17,10 @@ shift 5
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-${SEED:-10}}
-JOBS=${JOBS:-sweep_jobs/${KIND}_${TYPE}_${FIRST}-${LAST}.jsonl}
+OUT=${OUT:-.}
+JOBS=${JOBS:-$OUT/sweep_jobs/${KIND}_${TYPE}_${FIRST}-${LAST}.jsonl}
 "$PYTHON" ../main_sweep.py make detection --jobs "$JOBS" --python "$PYTHON" --seeds "$SEEDS" --gpu "$GPU" \
-    --maskroot "${MASKROOT:-}" "$KIND" "$TYPE" "$FIRST" "$LAST" -- "$@"
+    --out "$OUT" --maskroot "${MASKROOT:-}" "$KIND" "$TYPE" "$FIRST" "$LAST" -- "$@"
 if [ "${SWEEP_MODE:-run}" = list ]; then
     exit 0
 fi

@@ -106,6 +106,9 @@ def plot_groups(curves: Mapping[str, Sequence[tuple[float, float, float]]], path
     points below it are marked at its lower edge."""
     dense_of, kinds = dict(dense_of or {}), dict(kinds or {})
     band = zoom_band([(m, s) for _, m, s, _ in dense])
+    plotted = [p[1] for points in curves.values() for p in points if _is_number(p[1])] + [m for _, m, _, _ in dense]
+    if band and plotted and min(plotted) >= 0:  # a metric in % (all of ours): no zoom below 0 or above 100
+        band = (max(band[0], 0.0), min(band[1], 100.0) if max(plotted) <= 100 else band[1])
     rows = 2 if band else 1
     fig, axes = plt.subplots(rows, 1, figsize=(7.6, 4.4 * rows), sharex=True, squeeze=False)
     axes = [a[0] for a in axes]
@@ -142,17 +145,19 @@ def plot_groups(curves: Mapping[str, Sequence[tuple[float, float, float]]], path
                 for x, m in zip(xs, means):
                     ax.annotate(f"keeps {_tick_label(x)} %", (x, m), textcoords="offset points", xytext=(6, -3),
                                 fontsize=7, color=colour)
-            if row == 1:
-                below = [x for x, m in zip(xs, means) if m < band[0]]
-                if below:
-                    ax.plot(below, [band[0]] * len(below), marker="v", linestyle="none", color=colour,
-                            markersize=6, clip_on=False)
+            if row == 1:  # points outside the zoom: a marker at the edge they left by
+                for edge, marker, outside in ((band[0], "v", lambda m: m < band[0]),
+                                              (band[1], "^", lambda m: m > band[1])):
+                    off = [x for x, m in zip(xs, means) if outside(m)]
+                    if off:
+                        ax.plot(off, [edge] * len(off), marker=marker, linestyle="none", color=colour,
+                                markersize=6, clip_on=False)
         ax.grid(alpha=0.3)
         ax.set_ylabel(ylabel)
     _remaining_axis(axes[-1], values or [100.0])  # the panels share the x axis (and its ticks)
     if band:
         axes[1].set_ylim(*band)
-        axes[1].set_title("zoom: dense mean ± std (shaded); ▼ = a point below this panel", fontsize=8)
+        axes[1].set_title("zoom: dense mean ± std (shaded); ▼ ▲ = a point below or above this panel", fontsize=8)
     if title:
         axes[0].set_title(title, fontsize=10)
     axes[0].legend(fontsize=7, loc="best")

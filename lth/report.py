@@ -582,14 +582,14 @@ _SOURCE_SCRIPT = re.compile(r"^main_(?:imp|transfer)_(imagenet|moco|simclr)\.py$
 def _weights_name(run: Run) -> str:
     """A short name of the pre-trained weights a run starts from (for labels only)."""
     args = run.args
+    if _no_weights(args):
+        return "random init"
     for flag in ("imp_type", "transfer_type"):
         if args.get(flag):
             return str(args[flag])
     match = _SOURCE_SCRIPT.match(run.script)
-    if match and not _no_weights(args):
+    if match:
         return match.group(1)
-    if _no_weights(args):
-        return "random init"
     return _short(args.get("pretrained") or args.get("pre_weight") or "")
 
 

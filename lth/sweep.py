@@ -6,6 +6,7 @@ import datetime
 import glob
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -143,10 +144,16 @@ def command_now(job: Job) -> list[str]:
                   for p in (sorted(glob.glob(os.path.join(job.cwd, pattern))) if glob.has_magic(pattern)
                             else [os.path.join(job.cwd, pattern)])
                   if glob.glob(os.path.join(glob.escape(p), "**", "run.json"), recursive=True)]
-        return command[:2] + [os.path.relpath(p, job.cwd) for p in inputs] + command[2:] if inputs else []
+        return command[:2] + [_shown(p, job.cwd) for p in inputs] + command[2:] if inputs else []
     if is_started(job):
         command.append("--resume")
     return command
+
+
+def _shown(path: str, cwd: str) -> str:
+    """``path`` relative to ``cwd`` when it lies below it, else absolute."""
+    relative = os.path.relpath(path, cwd)
+    return path if relative.startswith("..") else relative
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,6 +167,9 @@ def write_jobs(jobs: Sequence[Job], path: str) -> None:
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise UserError("two jobs of the sweep have the same name")
+    for name in names:  # a job's name is the name of its log and lock files
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+            raise UserError(f"job name '{name}' may hold only letters, digits and _ . + -")
     atomic_write_text(jsonl_text([asdict(job) for job in jobs]), path)
 
 
@@ -445,11 +455,13 @@ DETECTION_KINDS = {"imp": "train_imp.py", "eval": "eval.py", "random": "train_ra
 
 
 def detection_jobs(kind: str, pretraining: str, first: int, last: int, *, python: str, seeds: str, gpu: str = "",
-                   maskroot: str = "", flags: Sequence[str] = ()) -> list[Job]:
+                   maskroot: str = "", flags: Sequence[str] = (), out: str = "") -> list[Job]:
     """Detection/sweep.sh KIND TYPE FIRST LAST: IMP rounds FIRST..LAST (one job per seed: a round
     starts from the previous one), or one job per level and seed for eval, random, transfer and
     reversed (the transfer of mask i with --reverse_mask); then the report of the pre-training's
-    IMP and controls (Fig. 4). Runs in Detection/, as the original."""
+    IMP and controls (Fig. 4). Runs in Detection/, as the original; the run folders (the
+    original's seed{S}_{type}_{imp|random|transfer}_ckpt) and the report go to ``out`` (default
+    Detection/ itself)."""
     if kind not in DETECTION_KINDS:
         raise UserError(f"unknown kind '{kind}' (imp, eval, random, transfer, reversed)")
     if first < 0 or last < first:
@@ -468,7 +480,7 @@ def detection_jobs(kind: str, pretraining: str, first: int, last: int, *, python
     jobs = []
     for seed in seeds_list:
         save_dir = (save_dir_flag.format(seed=seed) if save_dir_flag
-                    else f"seed{seed}_{pretraining}_{job_word}_ckpt")
+                    else os.path.join(out, f"seed{seed}_{pretraining}_{job_word}_ckpt"))
         base = [python, "-u", DETECTION_KINDS[kind]]
         tail = ["--seed", str(seed), "--save_dir", save_dir, *flags]
         if kind == "imp":
@@ -489,9 +501,10 @@ def detection_jobs(kind: str, pretraining: str, first: int, last: int, *, python
             jobs.append(Job(f"{kind}_{pretraining}_s{seed}_{level}", job_type, base + set_flags + tail, cwd,
                             save_dir, level=level, needs=needs, env=env))
     if kind != "eval":
-        pattern = [f"seed*_{pretraining}_{word}_ckpt" for word in ("imp", "random", "transfer", "reversed")]
+        pattern = [os.path.join(out, f"seed*_{pretraining}_{word}_ckpt")
+                   for word in ("imp", "random", "transfer", "reversed")]
         jobs.append(Job(f"report_{pretraining}", "report",
-                        [python, os.path.join(ROOT, "main_report.py"), "--out", f"report_{pretraining}",
+                        [python, os.path.join(ROOT, "main_report.py"), "--out", os.path.join(out, f"report_{pretraining}"),
                          "--title", f"YOLOv4 detection, {pretraining} pre-training (Fig. 4)"],
                         cwd, inputs=pattern, stage=REPORT))
     return jobs
@@ -501,9 +514,11 @@ SEGMENTATION_FLAGS = ["--model", "deeplabv3plus_resnet50", "--year", "2012", "--
 
 
 def segmentation_imp_jobs(script: str, name: str, *, python: str, seeds: str, rounds: int, gpu: str = "",
-                          flags: Sequence[str] = ()) -> list[Job]:
+                          flags: Sequence[str] = (), out: str = "") -> list[Job]:
     """Segmentation/sh/imp_*.sh: per seed one job running rounds 0..ROUNDS-1 (round k in NAME_k, as
-    the original's one command per round), resumable; then the report of the IMP runs."""
+    the original's one command per round), resumable; then the report of the IMP runs. Runs in
+    Segmentation/; the --save_dir (the original's seed{S}_imp_..._outbackbone) and the report go to
+    ``out`` (default Segmentation/ itself)."""
     from Segmentation.run import SOURCES
 
     cwd = os.path.join(ROOT, "Segmentation")
@@ -513,29 +528,32 @@ def segmentation_imp_jobs(script: str, name: str, *, python: str, seeds: str, ro
     save_dir_flag = _pop_flag(flags, "--save_dir")
     jobs = []
     for seed in _seeds(seeds):
-        save_dir = save_dir_flag.format(seed=seed) if save_dir_flag else SOURCES[source].imp_dir.format(seed=seed)
+        save_dir = (save_dir_flag.format(seed=seed) if save_dir_flag
+                    else os.path.join(out, SOURCES[source].imp_dir.format(seed=seed)))
         gpu_flag = ["--gpu_id", gpu] if gpu != "" else []
         exp = name.format(seed=seed)
         jobs.append(Job(exp, "seg_imp", [python, "-u", script, exp, *SEGMENTATION_FLAGS, *gpu_flag, "--random_seed",
                                          str(seed), "--imp_rounds", str(rounds), "--save_dir", save_dir, *flags],
                         cwd, save_dir, rounds=rounds))
-    jobs.append(_segmentation_report(python, cwd, [job.save_dir for job in jobs], f"report_imp_{source}",
+    jobs.append(_segmentation_report(python, cwd, [job.save_dir for job in jobs], os.path.join(out, f"report_imp_{source}"),
                                      f"DeepLabV3+ segmentation, IMP from {source} weights"))
     return jobs
 
 
 def segmentation_transfer_jobs(script: str, name: str, masks: str, *, python: str, seeds: str, rounds: int,
-                               kinds: str = "ticket", gpu: str = "", flags: Sequence[str] = ()) -> list[Job]:
+                               kinds: str = "ticket", gpu: str = "", flags: Sequence[str] = (),
+                               out: str = "") -> list[Job]:
     """Segmentation/sh/transfer_*.sh: a mask file is one job (NAME_01, the original's); a folder of IMP
     outputs is one job per round, kind and seed: round 0 dense, round i the mask of round i
     (seg_backbone_imp{i}.pth, ticket_{ii}.pt or mask-{i}.pt; the first that exists, else the IMP
     file it waits for). KINDS: ticket (the original's), reversed (--reverse_mask) and random
-    (--random_prune: random pruning at the mask's sparsity, the control of Fig. 4)."""
+    (--random_prune: random pruning at the mask's sparsity, the control of Fig. 4). The --save_dir
+    (the original's checkpoints/) and the report go to ``out`` (default Segmentation/)."""
     cwd = os.path.join(ROOT, "Segmentation")
     source = _segmentation_source(script, "transfer")
     flags = list(flags)
     _no_seed_flag(flags, ("--random_seed", "--seed"))
-    save_dir = _pop_flag(flags, "--save_dir") or "checkpoints"
+    save_dir = _pop_flag(flags, "--save_dir") or os.path.join(out, "checkpoints")
     chosen = kinds.split()
     unknown = [k for k in chosen if k not in ("ticket", "reversed", "random")]
     if unknown or not chosen:
@@ -564,7 +582,7 @@ def segmentation_transfer_jobs(script: str, name: str, masks: str, *, python: st
                 jobs.append(Job(run, "seg_once", base + [run, *mask_flags, *tail], cwd, save_dir, exp=run,
                                 needs=needs))
     inputs = [save_dir] + ([masks] if not os.path.isfile(masks) else [])  # an IMP folder: its curve and dense model
-    jobs.append(_segmentation_report(python, cwd, inputs, f"report_transfer_{source}",
+    jobs.append(_segmentation_report(python, cwd, inputs, os.path.join(out, f"report_transfer_{source}"),
                                      f"DeepLabV3+ segmentation, {source} weights (Fig. 4)"))
     return jobs
 
@@ -588,5 +606,5 @@ def _segmentation_mask(folder: str, level: int) -> str:
 
 
 def _segmentation_report(python: str, cwd: str, inputs: list[str], out: str, title: str) -> Job:
-    return Job(out, "report", [python, os.path.join(ROOT, "main_report.py"), "--out", out, "--title", title], cwd,
+    return Job(os.path.basename(out), "report", [python, os.path.join(ROOT, "main_report.py"), "--out", out, "--title", title], cwd,
                inputs=inputs, stage=REPORT)

@@ -1,15 +1,16 @@
 # Sourced by the six sweep scripts: their job lists (the original's fixed flags, one job per seed
 # for IMP, one per round, kind and seed for transfers), then the jobs. They set GPU first; from the
 # environment: SEEDS (default SEED, default 10, the original's), PYTHON, ROUNDS (19: rounds 0..18),
-# KINDS (transfer: ticket, and the controls reversed and random), JOBS (the job list, default
-# sweep_jobs/NAME.jsonl in Segmentation/), SWEEP_MODE=list (write the list and stop; run it with
-# `python ../main_sweep.py run JOBS [--index I]`, or on SLURM as `python ../main_sweep.py slurm JOBS`
-# prints). Finished jobs are skipped, started ones resumed; each job's output is kept in JOBS.logs/.
+# KINDS (transfer: ticket, and the controls reversed and random), OUT (folder of the run folders and
+# the report, default Segmentation/), JOBS (the job list, default OUT/sweep_jobs/NAME.jsonl),
+# SWEEP_MODE=list (write the list and stop; run it with `python ../main_sweep.py run JOBS [--index I]`,
+# or on SLURM as `python ../main_sweep.py slurm JOBS` prints). Finished jobs are skipped, started ones resumed; each job's output is kept in JOBS.logs/.
 # Runs from Segmentation/, as the original's scripts.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python}"
 SEEDS="${SEEDS:-${SEED:-10}}"
 ROUNDS="${ROUNDS:-19}"
+OUT="${OUT:-.}"
 
 run_list() {  # run_list JOBS: run it here, unless SWEEP_MODE=list
     if [ "${SWEEP_MODE:-run}" = list ]; then
@@ -23,9 +24,9 @@ run_list() {  # run_list JOBS: run it here, unless SWEEP_MODE=list
 imp_sweep() {
     local script=$1 name=$2
     shift 2
-    local jobs="${JOBS:-sweep_jobs/${name//\{seed\}/S}.jsonl}"
+    local jobs="${JOBS:-$OUT/sweep_jobs/${name//\{seed\}/S}.jsonl}"
     "$PYTHON" ../main_sweep.py make segmentation-imp --jobs "$jobs" --python "$PYTHON" --seeds "$SEEDS" \
-        --gpu "${GPU}" --rounds "$ROUNDS" "$script" "$name" -- "$@"
+        --gpu "${GPU}" --rounds "$ROUNDS" --out "$OUT" "$script" "$name" -- "$@"
     run_list "$jobs"
 }
 
@@ -37,8 +38,8 @@ imp_sweep() {
 transfer_sweep() {
     local script=$1 name=$2 masks=$3
     shift 3
-    local jobs="${JOBS:-sweep_jobs/${name//\{seed\}/S}.jsonl}"
+    local jobs="${JOBS:-$OUT/sweep_jobs/${name//\{seed\}/S}.jsonl}"
     "$PYTHON" ../main_sweep.py make segmentation-transfer --jobs "$jobs" --python "$PYTHON" --seeds "$SEEDS" \
-        --gpu "${GPU}" --rounds "$ROUNDS" --kinds "${KINDS:-ticket}" "$script" "$name" "$masks" -- "$@"
+        --gpu "${GPU}" --rounds "$ROUNDS" --out "$OUT" --kinds "${KINDS:-ticket}" "$script" "$name" "$masks" -- "$@"
     run_list "$jobs"
 }
