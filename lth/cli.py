@@ -29,12 +29,17 @@ class ArgumentParser(argparse.ArgumentParser):
 def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
              argv: list[str] | None = None) -> None:
     """Parse, run, and turn a ``UserError`` into ``error: ...`` on stderr with exit status 2."""
-    from lth.checkpoint import trusted_checkpoints
+    import contextlib
 
     args = parser.parse_args(argv)
     try:
         set_deterministic(getattr(args, "deterministic", False))
-        with trusted_checkpoints(getattr(args, "trust_checkpoint", False)):
+        trusted = contextlib.nullcontext()
+        if getattr(args, "trust_checkpoint", False):  # imported only then: tools without torch start fast
+            from lth.checkpoint import trusted_checkpoints
+
+            trusted = trusted_checkpoints(True)
+        with trusted:
             main(args)
     except UserError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)

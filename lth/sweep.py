@@ -11,6 +11,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
@@ -162,15 +163,18 @@ def _shown(path: str, cwd: str) -> str:
 
 def write_jobs(jobs: Sequence[Job], path: str) -> None:
     """The job list as strict JSON lines (written atomically; an earlier list is replaced)."""
-    from lth.checkpoint import atomic_write_text, jsonl_text
-
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise UserError("two jobs of the sweep have the same name")
     for name in names:  # a job's name is the name of its log and lock files
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
             raise UserError(f"job name '{name}' may hold only letters, digits and _ . + -")
-    atomic_write_text(jsonl_text([asdict(job) for job in jobs]), path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)  # not lth.checkpoint's: no torch import here
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(json.dumps(asdict(job), allow_nan=False) + "\n" for job in jobs)
+    os.replace(tmp, path)
 
 
 def read_jobs(path: str) -> list[Job]:
