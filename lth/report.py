@@ -529,6 +529,9 @@ class _Keys:
         return self.describe_file(mask, strip_round=True)
 
     def describe_file(self, path: str, strip_round: bool) -> str:
+        if strip_round and os.path.isdir(path):  # a mask folder (detection's --mask_dir with --mask_num)
+            source = self.of_folder(path, below=True)
+            return f"masks of run {source}" if source else os.path.normpath(path)
         folder, name = os.path.split(os.path.normpath(path))
         if strip_round:
             match = _ROUNDED_FILE.match(name)
@@ -600,7 +603,7 @@ def _base_label(group: Group) -> str:
         what = "random pruning" if run.kind == "random" else "IMP"
         detail = str(args.get("prune_type") or "")
         if run.kind == "random" and "mask_dir" in args and "pruning_times" not in args:
-            detail = "one shot, at the masks' sparsity"  # a transfer run pruned at random
+            detail = "one shot to the masks' sparsity"  # a transfer run pruned at random
         if detail == "pt_trans" or (not detail and not _no_weights(args)) or args.get("imp_type"):
             detail = f"{detail} from {_weights_name(run)}".strip()
         if run.script not in ("main_imp_downstream.py",) and not args.get("imp_type") and "exp" not in args:

@@ -106,8 +106,8 @@ def test_segmentation_imp_and_random_pruning_make_fig_4(segmentation, tmp_path):
     _, imp, transfer = segmentation
     levels, text = make_report(tmp_path / "report", imp, transfer)
     by_group = {(row["group"], float(row["remaining"])): row for row in levels}
-    assert set(by_group) == {("IMP", 100.0), ("IMP", 80.0), ("random pruning (one shot, at the masks' sparsity)", 80.0)}
-    control = by_group[("random pruning (one shot, at the masks' sparsity)", 80.0)]
+    assert set(by_group) == {("IMP", 100.0), ("IMP", 80.0), ("random pruning (one shot to the masks' sparsity)", 80.0)}
+    control = by_group[("random pruning (one shot to the masks' sparsity)", 80.0)]
     assert control["reference"] == "IMP" and control["dense"] == "IMP"
     results = report.analyse(report.read_runs([str(imp), str(transfer)]))
     imp_group = results.groups[0]

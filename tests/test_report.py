@@ -479,6 +479,28 @@ def test_crowded_levels_keep_a_readable_subset():
     assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))
 
 
+def test_kernel_maps_layer_axis_and_overlap_labels(tmp_path, monkeypatch):
+    mask = torch.ones(2, 3, 3, 3)
+    mask[0, 1] = 0  # kernel (0, 1) pruned entirely
+    mask[1, 2, 0, :2] = 0  # kernel (1, 2) keeps 7 of 9
+    maps = ticket_analysis.kernel_keep_maps({"layer1.0.conv1.weight_mask": mask,
+                                             "layer1.0.downsample.0.weight_mask": torch.ones(2, 3, 1, 1)})
+    assert list(maps) == ["layer1.0.conv1"]  # 1x1 convs have no kernels to show
+    assert maps["layer1.0.conv1"].flatten().tolist() == pytest.approx([1, 0, 1, 1, 1, 7 / 9])
+    assert ticket_analysis.shown_layers(["layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv2", "layer2.0.conv1"]) == \
+        ["layer1.0.conv1", "layer1.1.conv2", "layer2.0.conv1"]
+    assert [plots.share_text(v) for v in (0, 1, 0.5, 0.0031, 0.01)] == ["0", "1", "0.50", "0.0031", "0.01"]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, tight=True: figures.append(fig))
+    plots.plot_layer_shares({"t": {"a": 0.0, "b": 3.0, "c": 80.0}}, str(tmp_path / "x.png"))
+    assert figures[-1].axes[0].get_ylim()[0] == 0  # a share is never below 0
+    plots.plot_groups({"IMP": [(100.0, 90.0, 1.0), (80.0, 89.5, 1.0), (64.0, 20.0, 1.0)]}, str(tmp_path / "y.png"),
+                      dense=[("IMP", 90.0, 1.0, 3)], dense_of={"IMP": "IMP"}, ylabel="accuracy (%)")
+    full, zoom = figures[-1].axes
+    assert zoom.get_ylim() == pytest.approx(plots.zoom_band([(90.0, 1.0)])) and full.get_ylim()[0] < 20.0
+    assert zoom.get_ylabel() == "accuracy (%)"
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 def run_cli(argv, capsys):
@@ -547,6 +569,7 @@ def test_real_runs_and_tickets_end_to_end(tmp_path, one_thread):
     assert groups[("reversed masks of IMP (lt)", 20.0)] == 1  # keeps 20 %: shown there
     text = (out / "report.md").read_text()
     assert "## Matching verdicts" in text and "## Ticket analysis" in text and "## Provenance" in text
+    assert "(the paper's Fig. 7)" in text and (out / "tickets" / "kernel_maps.png").stat().st_size > 10_000
     with open(out / "tickets" / "overlap.csv") as handle:
         overlap = list(csv.DictReader(handle))
     assert [float(r["iou"]) for r in overlap if r["ticket_a"] == r["ticket_b"]] == [1.0, 1.0]
