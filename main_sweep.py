@@ -131,11 +131,17 @@ def make(args) -> list:
                                     seeds=args.seeds, gpu=args.gpu, maskroot=args.maskroot, flags=flags,
                                     out=args.out)
     elif args.sweep == "segmentation-imp":
+        from Segmentation.run import SOURCES
+
         jobs = sweep.segmentation_imp_jobs(args.script, args.name, python=args.python, seeds=args.seeds,
-                                           rounds=args.rounds, gpu=args.gpu, flags=flags, out=args.out)
+                                           rounds=args.rounds, imp_dirs={k: v.imp_dir for k, v in SOURCES.items()},
+                                           gpu=args.gpu, flags=flags, out=args.out)
     else:
+        from Segmentation.run import SOURCES
+
         jobs = sweep.segmentation_transfer_jobs(args.script, args.name, args.masks, python=args.python,
-                                                seeds=args.seeds, rounds=args.rounds, kinds=args.kinds,
+                                                seeds=args.seeds, rounds=args.rounds, sources=list(SOURCES),
+                                                kinds=args.kinds,
                                                 gpu=args.gpu, flags=flags, out=args.out)
     for notice in notices:
         print(f"notice: {notice}", file=sys.stderr)

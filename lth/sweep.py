@@ -517,23 +517,22 @@ def detection_jobs(kind: str, pretraining: str, first: int, last: int, *, python
 SEGMENTATION_FLAGS = ["--model", "deeplabv3plus_resnet50", "--year", "2012", "--crop_val", "--batch_size", "4"]
 
 
-def segmentation_imp_jobs(script: str, name: str, *, python: str, seeds: str, rounds: int, gpu: str = "",
-                          flags: Sequence[str] = (), out: str = "") -> list[Job]:
+def segmentation_imp_jobs(script: str, name: str, *, python: str, seeds: str, rounds: int, imp_dirs: dict[str, str],
+                          gpu: str = "", flags: Sequence[str] = (), out: str = "") -> list[Job]:
     """Segmentation/sh/imp_*.sh: per seed one job running rounds 0..ROUNDS-1 (round k in NAME_k, as
     the original's one command per round), resumable; then the report of the IMP runs. Runs in
     Segmentation/; the --save_dir (the original's seed{S}_imp_..._outbackbone) and the report go to
-    ``out`` (default Segmentation/ itself)."""
-    from Segmentation.run import SOURCES
-
+    ``out`` (default Segmentation/ itself). ``imp_dirs``: per pre-training, the IMP scripts' default
+    --save_dir with '{seed}' in it (Segmentation.run.SOURCES)."""
     cwd = os.path.join(ROOT, "Segmentation")
-    source = _segmentation_source(script, "imp")
+    source = _segmentation_source(script, "imp", imp_dirs)
     flags = list(flags)
     _no_seed_flag(flags, ("--random_seed", "--seed"))
     save_dir_flag = _pop_flag(flags, "--save_dir")
     jobs = []
     for seed in _seeds(seeds):
         save_dir = (save_dir_flag.format(seed=seed) if save_dir_flag
-                    else os.path.join(out, SOURCES[source].imp_dir.format(seed=seed)))
+                    else os.path.join(out, imp_dirs[source].format(seed=seed)))
         gpu_flag = ["--gpu_id", gpu] if gpu != "" else []
         exp = name.format(seed=seed)
         jobs.append(Job(exp, "seg_imp", [python, "-u", script, exp, *SEGMENTATION_FLAGS, *gpu_flag, "--random_seed",
@@ -545,8 +544,8 @@ def segmentation_imp_jobs(script: str, name: str, *, python: str, seeds: str, ro
 
 
 def segmentation_transfer_jobs(script: str, name: str, masks: str, *, python: str, seeds: str, rounds: int,
-                               kinds: str = "ticket", gpu: str = "", flags: Sequence[str] = (),
-                               out: str = "") -> list[Job]:
+                               sources: Iterable[str], kinds: str = "ticket", gpu: str = "",
+                               flags: Sequence[str] = (), out: str = "") -> list[Job]:
     """Segmentation/sh/transfer_*.sh: a mask file is one job (NAME_01, the original's); a folder of IMP
     outputs is one job per round, kind and seed: round 0 dense, round i the mask of round i
     (seg_backbone_imp{i}.pth, ticket_{ii}.pt or mask-{i}.pt; the first that exists, else the IMP
@@ -554,7 +553,7 @@ def segmentation_transfer_jobs(script: str, name: str, masks: str, *, python: st
     (--random_prune: random pruning at the mask's sparsity, the control of Fig. 4). The --save_dir
     (the original's checkpoints/) and the report go to ``out`` (default Segmentation/)."""
     cwd = os.path.join(ROOT, "Segmentation")
-    source = _segmentation_source(script, "transfer")
+    source = _segmentation_source(script, "transfer", sources)
     flags = list(flags)
     _no_seed_flag(flags, ("--random_seed", "--seed"))
     save_dir = _pop_flag(flags, "--save_dir") or os.path.join(out, "checkpoints")
@@ -591,11 +590,9 @@ def segmentation_transfer_jobs(script: str, name: str, masks: str, *, python: st
     return jobs
 
 
-def _segmentation_source(script: str, mode: str) -> str:
-    from Segmentation.run import SOURCES
-
+def _segmentation_source(script: str, mode: str, sources: Iterable[str]) -> str:
     stem = os.path.basename(script)
-    for source in SOURCES:
+    for source in sources:
         if stem == f"main_{mode}_{source}.py":
             return source
     raise UserError(f"'{script}' is not one of Segmentation's main_{mode}_<imagenet|moco|simclr>.py")
