@@ -13,7 +13,6 @@ import torch.nn as nn
 import main_report
 import pruning_utils
 from lth import cli, report, ticket_analysis
-from lth.errors import UserError
 from lth import plots
 
 IMP_ARGS = {"dataset": "digits", "arch": "resnet18", "epochs": 3, "lr": 0.05, "batch_size": 64,
