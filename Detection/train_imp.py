@@ -45,10 +45,17 @@ def check_round_files(run: RunDir, first: int, last: int, resume: bool) -> tuple
     folder does not fit the request (nothing is overwritten)."""
     if resume:
         mine = {r: path for r, path in run.checkpoints().items() if first <= r <= last}
-        if not mine:
-            raise UserError(f"--resume: '{run.path}' holds no checkpoint of round {first}"
+        # A finished round keeps its checkpoint; resuming it would rewind the logs (summary.jsonl,
+        # metrics.jsonl) to that round and train it again: only unfinished rounds are resumed.
+        unfinished = {r: path for r, path in mine.items() if not os.path.exists(run.file(f"backbone_imp{r + 1}.pth"))}
+        if not unfinished and os.path.exists(run.file(f"backbone_imp{last + 1}.pth")):
+            raise UserError(f"--resume: round{'s' if last > first else ''} {first}"
+                            + (f"..{last}" if last > first else "") + f" of '{run.path}' finished already "
+                            f"(backbone_imp{last + 1}.pth exists); nothing was changed")
+        if not unfinished:
+            raise UserError(f"--resume: '{run.path}' holds no checkpoint of an unfinished round in {first}"
                             + (f"..{last}" if last > first else "") + "; start the round without --resume")
-        return max(mine), mine[max(mine)]
+        return max(unfinished), unfinished[max(unfinished)]
     if first == 0:
         run.check(False)
     else:

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from lth import cli, distributed, pruning
-from lth.checkpoint import atomic_write_text, jsonl_text, load_file, read_jsonl
+from lth.checkpoint import atomic_write_text, jsonl_text, load_file, locked, read_jsonl
 from lth.errors import UserError
 from lth.imp import BackbonePruning, training_curve_labels
 from lth.loaders import DeviceLoader, Loaders
@@ -446,9 +446,10 @@ def record_summary(save_dir: str, row: dict, key: str, curve: Callable[[dict], s
     """Put ``row`` into SAVE_DIR/summary.jsonl, replacing the line with the same ``key`` (a re-run
     end of round), and redraw SAVE_DIR/miou_vs_remaining.png (one curve per ``curve(row)``)."""
     path = os.path.join(save_dir, SUMMARY)
-    rows = [old for old in read_jsonl(path) if old.get(key) != row.get(key)] + [row]
-    rows.sort(key=lambda item: (str(item.get("kind", "")), item.get("round", 0), str(item.get("exp", ""))))
-    atomic_write_text(jsonl_text(rows), path)
+    with locked(path):  # the parallel jobs of a transfer sweep share this file
+        rows = [old for old in read_jsonl(path) if old.get(key) != row.get(key)] + [row]
+        rows.sort(key=lambda item: (str(item.get("kind", "")), item.get("round", 0), str(item.get("exp", ""))))
+        atomic_write_text(jsonl_text(rows), path)
     curves: dict[str, list] = {}
     for item in rows:
         curves.setdefault(curve(item), []).append((item["remaining"], item.get("reported")))

@@ -114,6 +114,25 @@ def pruned_kernel_share(masks: Mapping[str, torch.Tensor], spatial_only: bool = 
     return {block: 100.0 * pruned[block] / total[block] for block in sorted(total, key=_block_order)}
 
 
+def kernel_keep_maps(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per kxk conv (k > 1), the share of each kernel's weights kept: an (out, in) map, 0 where the
+    kernel is pruned entirely (the paper's Fig. 7 shows these maps)."""
+    return {layer_name(key): mask.flatten(2).float().mean(dim=2) for key, mask in masks.items()
+            if mask.dim() == 4 and mask.shape[2] * mask.shape[3] > 1}
+
+
+def shown_layers(layers: Sequence[str]) -> list[str]:
+    """The layers a kernel figure shows: the first and the last kxk conv of each block."""
+    by_block: dict[str, list[str]] = {}
+    for layer in layers:
+        by_block.setdefault(block_of(layer), []).append(layer)
+    shown = []
+    for block in sorted(by_block, key=_block_order):
+        members = by_block[block]
+        shown += [members[0]] + ([members[-1]] if len(members) > 1 else [])
+    return shown
+
+
 def _block_order(block: str) -> tuple[int, int]:
     match = re.fullmatch(r"layer(\d+)", block)
     return (1, int(match.group(1))) if match else (0, 0)
@@ -265,7 +284,7 @@ def analyse_tickets(tickets: Sequence[Ticket], out: str, arch: str | None = None
     plots.plot_block_bars(kernels, os.path.join(out, "pruned_kernels.png"),
                           ylabel="fully pruned 3x3 kernels (%)")
     blocks = sorted({b for s in kernels.values() for b in s}, key=_block_order)
-    lines += ["### Fully pruned kernels per block (the paper's Fig. 7)", "",
+    lines += ["### Fully pruned kernels per block", "",
               "Share of the kxk kernels (k > 1; one input-output channel pair of a conv) whose weights are "
               "all pruned, per stage (layer1-layer4 are the paper's B1-B4).", ""]
     spread = [t.remaining for t in tickets]
@@ -276,6 +295,22 @@ def analyse_tickets(tickets: Sequence[Ticket], out: str, arch: str | None = None
     for label, s in kernels.items():
         lines.append(f"| {label} | " + " | ".join(f"{s[b]:.1f}" if b in s else "-" for b in blocks) + " |")
     lines += ["", f"![fully pruned kernels]({rel}/pruned_kernels.png)", ""]
+
+    maps = {t.label: kernel_keep_maps(t.masks) for t in tickets}
+    per_layer = {label: {layer: 100.0 * float((grid == 0).float().mean()) for layer, grid in m.items()}
+                 for label, m in maps.items()}
+    _write_table(os.path.join(out, "pruned_kernels_per_layer.csv"), ["ticket", "layer", "fully_pruned_kernels_pct"],
+                 [[label, layer, f"{v:.4f}"] for label, s in per_layer.items() for layer, v in s.items()])
+    layers = shown_layers(list(dict.fromkeys(layer for m in maps.values() for layer in m)))
+    if layers:
+        plots.plot_kernel_maps({label: {layer: m[layer].numpy() for layer in layers if layer in m}
+                                for label, m in maps.items()}, os.path.join(out, "kernel_maps.png"), per_layer)
+        lines += ["### Kernels kept and pruned per layer (the paper's Fig. 7)", "",
+                  "Each map is one conv layer (the first and the last kxk conv of each block): output channels "
+                  "down, input channels across, each pixel the share of that kernel's weights the ticket keeps; "
+                  "white = the kernel is pruned entirely. Every layer's share of fully pruned kernels is in "
+                  f"`{rel}/pruned_kernels_per_layer.csv`.", "",
+                  f"![kernel maps]({rel}/kernel_maps.png)", ""]
 
     if len(tickets) > 1:
         labels = [t.label for t in tickets]
@@ -292,7 +327,7 @@ def analyse_tickets(tickets: Sequence[Ticket], out: str, arch: str | None = None
                   "|---|" + "---:|" * len(labels)]
         for i, label in enumerate(labels):
             lines.append(f"| {i + 1}. {label} | " + " | ".join(
-                f"{iou[i][j]:.3f} ({chance[i][j]:.3f})" for j in range(len(labels))) + " |")
+                f"{_share(iou[i][j])} ({_share(chance[i][j])})" for j in range(len(labels))) + " |")
         lines += ["", f"![mask overlap]({rel}/overlap.png)", ""]
 
     lines += ["### FLOPs and parameters", "",
@@ -316,6 +351,13 @@ def analyse_tickets(tickets: Sequence[Ticket], out: str, arch: str | None = None
                                                   "dense_flops", "nonzero_flops"], table)
     lines += ["", "Batch-norm parameters (never pruned) are not in these sums.", ""]
     return lines
+
+
+def _share(value: float) -> str:
+    """An IoU with the digits it needs (0.0031, not 0.000)."""
+    if value == 0 or value == 1:
+        return f"{value:.0f}"
+    return f"{value:.3f}" if value >= 0.01 else f"{value:.2g}"
 
 
 def _big(value: int) -> str:
