@@ -372,8 +372,8 @@ def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     """Drop MoCo's momentum encoder and queue, and strip ``module.``/``encoder_q.`` prefixes."""
     out = {}
     for key, value in state.items():
-        if key.startswith(_FOREIGN_PREFIXES):
-            continue
+        if not isinstance(key, str) or key.startswith(_FOREIGN_PREFIXES):
+            continue  # a non-string key names no weight (a damaged file)
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix):]

@@ -71,7 +71,10 @@ def backbone_masks(source) -> tuple[dict[str, torch.Tensor], dict]:
         masks, meta = tickets.read_masks(obj)
         meta.setdefault("source", name)
         return masks, meta
-    masks = {key: value.float() for key, value in pruning_utils.extract_mask(obj["backbone"]).items()}
+    entries = {key: value for key, value in pruning_utils.strip_prefixes(obj["backbone"]).items()
+               if isinstance(key, str) and key.endswith(pruning_utils.MASK_SUFFIX)}
+    pruning_utils.check_mask_values(entries, name)
+    masks = {key: value.float() for key, value in entries.items()}
     if not masks:
         raise UserError(f"{name} holds a dense backbone (no '*.weight_mask'): round 0 is saved before any "
                         f"pruning; use the file of round 1 or later")
