@@ -120,10 +120,9 @@ class RunDir:
         if record is not None:
             record.setdefault("resumed", []).append({**run_record(args), "time": _now()})
         else:
+            record = {**run_record(args), "time": _now()}
             if resume and os.path.exists(record_path):
                 os.replace(record_path, record_path + ".damaged")
-            record = {**run_record(args), "time": _now()}
-            if resume:
                 record["note"] = ("resumed from a checkpoint; the earlier run.json was unreadable and is "
                                   "kept as run.json.damaged")
         write_json(record, record_path)
