@@ -53,7 +53,7 @@ def check_out(out: str) -> None:
     """--out may be new, empty, or hold an earlier report; nothing else is overwritten."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out '{out}' exists and is not a folder")
-    RunDir(out).check_location()
+    RunDir(out).check_location("--out")
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "report.md")):
         raise UserError(f"--out '{out}' holds other files and no earlier report.md; choose another folder")
     if os.path.isfile(os.path.join(out, "run.json")):

@@ -68,7 +68,7 @@ def backbone_masks(source) -> tuple[dict[str, torch.Tensor], dict]:
     name = str(source) if isinstance(source, (str, os.PathLike)) else "the given object"
     obj = load_file(source, "mask") if isinstance(source, (str, os.PathLike)) else source
     if not is_imp_file(obj):
-        masks, meta = tickets.read_masks(obj)
+        masks, meta = tickets.read_masks(obj, name=name)
         meta.setdefault("source", name)
         return masks, meta
     entries = {key: value for key, value in pruning_utils.strip_prefixes(obj["backbone"]).items()

@@ -568,7 +568,7 @@ def prepare(work: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=FAMILIES, default=None)
+    parser.add_argument("--only", choices=FAMILIES, nargs="+", default=None, help="run these families only")
     parser.add_argument("--verbose", action="store_true", help="print every case's outcome and line")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -580,7 +580,7 @@ def main() -> None:
                     "bombs": bomb_cases, "side effects": side_effect_cases}
         results = []
         for family in FAMILIES:
-            if args.only and family != args.only:
+            if args.only and family not in args.only:
                 continue
             for index, case in enumerate(builders[family]()):
                 base = work / f"{family.replace(' ', '_')}-{index}"

@@ -153,6 +153,7 @@ def read_rgb_image(path: str) -> Image.Image:
         with Image.open(path) as image:
             return image.convert("RGB")
     except IMAGE_READ_ERRORS as error:
-        reason = " ".join(str(error).split()) or type(error).__name__
+        # PIL often names the file itself; once is enough
+        reason = " ".join(str(error).replace(f" '{path}'", "").split()) or type(error).__name__
         raise UserError(f"cannot read image '{path}': {reason} (replace or remove the file and run again, "
                         f"with --resume once a checkpoint exists)") from None

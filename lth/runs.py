@@ -59,24 +59,24 @@ class RunDir:
             raise UserError(f"'{self.path}' already holds a run; pass --resume to continue it or "
                             f"choose another --save_dir")
 
-    def check_location(self) -> None:
+    def check_location(self, flag: str = "--save_dir") -> None:
         """The folder can be written: it is a folder (or can become one) and the system lets us
         write there. Nothing is created: a probe file in the nearest existing folder is removed
         at once, so a refused run leaves no new folder behind."""
         path = os.path.abspath(self.path)
         if os.path.exists(path) and not os.path.isdir(path):
-            raise UserError(f"--save_dir '{self.path}' exists and is not a folder")
+            raise UserError(f"{flag} '{self.path}' exists and is not a folder")
         target = path
         while not os.path.exists(target):
             target = os.path.dirname(target)
         if not os.path.isdir(target):
-            raise UserError(f"--save_dir '{self.path}' cannot be created: '{target}' is a file, not a folder")
+            raise UserError(f"{flag} '{self.path}' cannot be created: '{target}' is a file, not a folder")
         try:
             handle, probe = tempfile.mkstemp(prefix=TEMP_PREFIX + "probe-", dir=target)
             os.close(handle)
             os.remove(probe)
         except OSError as error:
-            raise UserError(f"--save_dir '{self.path}' cannot be written: '{target}': "
+            raise UserError(f"{flag} '{self.path}' cannot be written: '{target}': "
                             f"{error.strerror or error}") from None
 
     def start(self, args: dict, resume: bool) -> None:

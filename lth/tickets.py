@@ -93,15 +93,16 @@ def is_ticket(obj) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == TICKET_FORMAT
 
 
-def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dict]:
+def read_masks(source, what: str = "mask", name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Masks and metadata from any mask source a user has.
 
     ``source`` is a path or an already loaded object: a ticket file of this toolkit, a checkpoint
     of this toolkit or of the original code (``state_dict`` holding ``*.weight_mask``), or a plain
     ``{layer.weight_mask: tensor}`` dict (the original's ``mask-{i}.pt``, or ``export``'s output).
-    ``module.``, ``encoder_q.`` and ``module.encoder_q.`` prefixes are stripped.
+    ``module.``, ``encoder_q.`` and ``module.encoder_q.`` prefixes are stripped. ``name`` is the
+    file an already loaded object came from, for messages.
     """
-    name = source if isinstance(source, (str, os.PathLike)) else "the given object"
+    name = source if isinstance(source, (str, os.PathLike)) else (name or "the given object")
     obj = load_file(source, what) if isinstance(source, (str, os.PathLike)) else source
     if is_ticket(obj):
         version, meta = obj.get("version"), obj.get("meta", {})

@@ -494,7 +494,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_ch
 
 BAD_VALUES = [
     (["--momentum", "-0.9"], "--momentum"),
-    (["--weight_decay", "-1e-4"], "--weight_decay"),
+    (["--weight_decay=-1e-4"], "--weight_decay"),
     (["--seed", str(2**70)], "--seed"),
     (["-j", "-1"], "--workers"),
     (["--lr", "nan"], "--lr"),
