@@ -11,7 +11,7 @@ folder, on tiny data in the real formats. A case ends as
 A refused case must also leave its --save_dir uncreated (``left files``). Mask cases that are
 accepted count as silent wrong masks. Usage (about a minute; prints a Markdown table)::
 
-    PYTHONPATH=$PWD python bench/bad_inputs.py [--only FAMILY] [--verbose]
+    python bench/bad_inputs.py [--only FAMILY ...] [--verbose]
 
 The cases are those of issue 18's audit, rebuilt; tests/test_reliability.py pins one of each family.
 """
@@ -25,7 +25,6 @@ import io
 import os
 import pickle
 import shutil
-import sys
 import tempfile
 import traceback
 import zipfile
@@ -33,13 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
 FAMILIES = ("masks", "data", "resume", "inputs", "bombs", "side effects")
 
@@ -176,10 +171,10 @@ class CreatesFile:
 
 
 def digits_masks():
-    import pruning_utils
+    from lth import pruning
     from lth.models import build_model
 
-    return pruning_utils.current_masks(build_model("resnet18", 10, 1, "cifar"))
+    return pruning.current_masks(build_model("resnet18", 10, 1, "cifar"))
 
 
 def save_ticket(path: Path, corrupt: Callable | None = None) -> Path:

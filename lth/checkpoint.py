@@ -37,6 +37,24 @@ def atomic_save(obj: Any, path: str) -> None:
     _atomic_write(path, "wb", write, suffix=".pt")
 
 
+@contextlib.contextmanager
+def locked(path: str):
+    """Hold an exclusive lock on ``path``'s companion ``.lock`` file (a read-modify-write of a file
+    that parallel jobs of a sweep share); a no-op where the OS has no ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: sweeps run their jobs one at a time there
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def atomic_write_text(text: str, path: str) -> None:
     _atomic_write(path, "w", lambda handle: handle.write(text))
 

@@ -26,9 +26,8 @@ from PIL import Image
 import main_eval_downstream
 import main_imp_downstream
 import main_imp_imagenet
-import pruning_utils
 from lth import checkpoint as checkpoint_module
-from lth import cli, data, imagedata, tickets, trainer
+from lth import cli, data, imagedata, pruning, tickets, trainer
 from lth.checkpoint import load_file
 from lth.distributed import Context
 from lth.errors import UserError
@@ -97,7 +96,7 @@ LAYER = "layer1.0.conv1.weight_mask"
 @pytest.fixture(scope="module")
 def good_ticket(tmp_path_factory):
     """A 50 % ticket of the digits ResNet-18 (conv weights alternately kept), as saved by save_ticket."""
-    masks = pruning_utils.current_masks(build_model("resnet18", 10, 1, "cifar"))
+    masks = pruning.current_masks(build_model("resnet18", 10, 1, "cifar"))
     masks = {key: (torch.arange(mask.numel()) % 2).float().reshape(mask.shape) for key, mask in masks.items()}
     path = tmp_path_factory.mktemp("ticket") / "ticket_03.pt"
     tickets.save_ticket(str(path), masks, round=3, arch="resnet18", dataset="digits")
@@ -162,7 +161,7 @@ def test_a_malformed_ticket_is_one_line_naming_file_and_layer(good_ticket, tmp_p
 
 @pytest.mark.parametrize("value", [2.0, -1.0, 0.5, float("nan")])
 def test_a_mask_file_holding_values_other_than_0_and_1_is_refused(tmp_path, value):
-    masks = pruning_utils.current_masks(build_model("resnet18", 10, 1, "cifar"))
+    masks = pruning.current_masks(build_model("resnet18", 10, 1, "cifar"))
     masks[LAYER] = masks[LAYER].clone()
     masks[LAYER][0, 0, 0, 0] = value
     path = tmp_path / "mask-3.pt"
@@ -173,13 +172,13 @@ def test_a_mask_file_holding_values_other_than_0_and_1_is_refused(tmp_path, valu
     assert str(path) in message and LAYER in message and "0 and 1" in message
     model = build_model("resnet18", 10, 1, "cifar")  # the backstop every mask passes through
     with pytest.raises(UserError, match=LAYER):
-        pruning_utils.apply_mask(model, masks)
+        pruning.apply_mask(model, masks)
 
 
 @pytest.mark.parametrize("bad", [torch.empty(0), "a string", torch.zeros(3, dtype=torch.complex64)],
                          ids=["empty tensor", "not a tensor", "complex"])
 def test_a_mask_file_with_an_entry_that_is_no_mask_is_refused(tmp_path, bad):
-    masks = pruning_utils.current_masks(build_model("resnet18", 10, 1, "cifar"))
+    masks = pruning.current_masks(build_model("resnet18", 10, 1, "cifar"))
     masks[LAYER] = bad
     path = tmp_path / "mask.pt"
     torch.save(masks, path)
