@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lth.runs import METRICS, RUN_RECORD
+
 FAMILIES = ("masks", "data", "resume", "inputs", "bombs", "side effects")
 
 
@@ -335,18 +337,18 @@ def resume_cases() -> list[Case]:
         return [*DIGITS, "--epochs", "2", "--decreasing_lr", "1", *flags, "--save_dir", base / "run", "--resume"]
 
     def partial_metrics(run):
-        with open(run / "metrics.jsonl", "a") as handle:
+        with open(run / METRICS, "a") as handle:
             handle.write('{"round": 0, "epoch": 1, "va')
 
     def truncated_record(run):
-        (run / "run.json").write_text((run / "run.json").read_text()[:100])
+        (run / RUN_RECORD).write_text((run / RUN_RECORD).read_text()[:100])
 
     def empty_record(run):
-        (run / "run.json").write_text("")
+        (run / RUN_RECORD).write_text("")
 
     def garbage_middle(run):
-        lines = (run / "metrics.jsonl").read_text()
-        (run / "metrics.jsonl").write_text("garbage\n" + lines)
+        lines = (run / METRICS).read_text()
+        (run / METRICS).write_text("garbage\n" + lines)
 
     for name, damage, expect in (("half-written last metrics line", partial_metrics, "accepted"),
                                  ("truncated run.json", truncated_record, "accepted"),
@@ -557,8 +559,8 @@ def prepare(work: Path) -> None:
                                     "--save_dir", str(work / "eval")])
     PREPARED["eval"] = str(work / "eval")
     # the run is finished; make it look killed after epoch 0: drop the last metrics line
-    lines = (work / "eval" / "metrics.jsonl").read_text().splitlines()
-    (work / "eval" / "metrics.jsonl").write_text(lines[0] + "\n")
+    lines = (work / "eval" / METRICS).read_text().splitlines()
+    (work / "eval" / METRICS).write_text(lines[0] + "\n")
 
 
 def main() -> None:

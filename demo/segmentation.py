@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from lth.checkpoint import code_version, read_jsonl
+from lth.checkpoint import code_version, load_file, read_jsonl
 from lth.plots import plot_accuracy_vs_remaining
 from lth.runs import SUMMARY
 
@@ -87,7 +87,7 @@ def main(args) -> None:
     finish(start(command("main_transfer_imagenet.py", "dense", "--save_dir", pretrain_dir, "--pretrained", "none",
                          "--total_itrs", str(args.pretrain_itrs), "--val_interval", str(args.pretrain_itrs),
                          *common), log), log)
-    state = torch.load(os.path.join(pretrain_dir, "dense", CHECKPOINT), map_location="cpu", weights_only=False)
+    state = load_file(os.path.join(pretrain_dir, "dense", CHECKPOINT), "checkpoint")  # never unpickles code
     backbone = {key[len("backbone."):]: value for key, value in state["state_dict"].items()
                 if key.startswith("backbone.")}
     weights = os.path.join(args.out, "digits_backbone.pt")

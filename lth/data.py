@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lth.checkpoint import allocation_budget
 from lth.errors import UserError
 
 
@@ -443,8 +444,6 @@ def _read_svhn_mat(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     cell or struct array, or a compressed variable that would take more memory than its file
     allows (``lth.checkpoint.allocation_budget``), is refused before it is read."""
     import scipy.io
-
-    from lth.checkpoint import allocation_budget
 
     variables = {name: (shape, kind) for name, shape, kind in scipy.io.whosmat(path)}
     for name in ("X", "y"):
