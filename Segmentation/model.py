@@ -22,7 +22,7 @@ from lth.errors import UserError
 from lth.models import build_model
 
 HEADS = ("deeplabv3plus", "deeplabv3")
-BACKBONES = ("resnet50", "resnet101", "resnet18")  # resnet18: CPU demos and tests
+BACKBONES = ("resnet50", "resnet101", "resnet18", "resnet18_w16")  # resnet18(_w16): CPU demos and tests
 MODELS = tuple(f"{head}_{arch}" for head in HEADS for arch in BACKBONES)
 OUTPUT_STRIDES = (16, 8)
 
@@ -33,7 +33,7 @@ BACKBONE_BN_MOMENTUM = 0.01
 BACKBONE_LR_FACTOR = 0.1
 
 # (channels of layer4, channels of layer1) per backbone
-_FEATURE_CHANNELS = {"resnet18": (512, 64), "resnet50": (2048, 256), "resnet101": (2048, 256)}
+_FEATURE_CHANNELS = {"resnet18": (512, 64), "resnet18_w16": (128, 16), "resnet50": (2048, 256), "resnet101": (2048, 256)}
 
 
 def stride_settings(output_stride: int) -> tuple[list[bool], list[int]]:
@@ -189,7 +189,7 @@ def build_segmentation_model(name: str = "deeplabv3plus_resnet50", num_classes: 
         raise UserError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
     if num_classes < 1:
         raise UserError(f"the number of classes must be positive, got {num_classes}")
-    head_name, arch = name.split("_")
+    head_name, arch = name.split("_", 1)
     dilation, rates = stride_settings(output_stride)
     resnet = dilate_resnet(build_model(arch, num_classes=1000, stem="imagenet"), dilation)
     high_channels, low_channels = _FEATURE_CHANNELS[arch]
