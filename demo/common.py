@@ -39,6 +39,15 @@ def run(script: str, *flags: str, log: str | None = None) -> float:
     return cpu
 
 
+def mean_std(values: list[float]) -> str:
+    """``mean ± sample std`` (n - 1), two decimals; the std is left out for one value."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.2f} ± {std:.2f}"
+
+
 def write_digits_image_folder(folder: str) -> None:
     """The digits training split as train/ and its validation split as val/, 32x32 RGB PNGs (each 8x8 digit
     enlarged 4x, nearest neighbour): the ImageFolder layout that main_imp_imagenet.py, SimCLR/ and MoCo/ read."""
@@ -103,3 +112,59 @@ class Clock:
         load = " ".join(f"{value:.1f}" for value in os.getloadavg())
         return (f"{name} finished in {self.wall() / 60:.1f} min (CPU time of all its processes "
                 f"{self.cpu() / 60:.1f} min; {os.cpu_count()} CPUs, load average {load}; {instruction_set()})")
+
+
+class Pretraining:
+    """The dense demos' pre-training task, as the paper's supervised ImageNet pipeline in small.
+
+    On the digits as an ImageFolder of 32x32 images (main_imp_imagenet.py, ImageNet stem):
+      1. dense pre-training from random init (--states 0): ``weights``, which stand in for the released
+         pre-trained ImageNet weights;
+      2. IMP on the pre-training task from them (--states 2: round 0 prunes the pre-trained network
+         one-shot, round 1 retrains it with that mask, rewinds to the pre-trained weights and prunes
+         again): ``ticket`` (ticket_02.pt) keeps (1 - rate)^2 of the backbone's conv weights (conv1 never
+         pruned), the mask that the dense task receives on the pre-trained weights.
+    The dense pre-trained weights are ready before the IMP run starts: ``dense_ready`` is set then,
+    so that runs needing only them can start beside it."""
+
+    def __init__(self, out: str, arch: str, seed: int, epochs: int, imp_epochs: int, rate: float):
+        self.out, self.arch, self.seed = out, arch, seed
+        self.epochs, self.imp_epochs, self.rate = epochs, imp_epochs, rate
+        self.images = os.path.join(out, "digits_imagefolder")
+        self.dense_dir, self.imp_dir = os.path.join(out, "pretrain_dense"), os.path.join(out, "pretrain_imp")
+        self.weights = os.path.join(self.dense_dir, "model_best.pth.tar")
+        self.ticket = os.path.join(self.imp_dir, "ticket_02.pt")
+        self.dense_ready = threading.Event()
+
+    def common(self) -> list[str]:
+        return [self.images, "-a", self.arch, "--image_size", "32", "-b", "64", "--weight_decay", "5e-4",
+                "-j", "0", "-p", "0", "--seed", str(self.seed)]
+
+    def run(self) -> None:
+        try:
+            write_digits_image_folder(self.images)
+            # lr 0.05 after a one-epoch warm-up, x0.1 for the last 2 epochs (as `make demo`'s rounds)
+            run("main_imp_imagenet.py", *self.common(), "--states", "0", "--random", "--epochs", str(self.epochs),
+                "--lr", "0.05", "--warmup", "1", "--decreasing_lr", str(max(1, self.epochs - 2)),
+                "--save_dir", self.dense_dir, log=os.path.join(self.out, "logs", "pretrain_dense.log"))
+        finally:
+            self.dense_ready.set()  # also on failure: waiting runs then fail on the missing file
+        # IMP retrains at the dense run's last (decayed) rate, constant, as the original's ImageNet IMP
+        run("main_imp_imagenet.py", *self.common(), "--states", "2", "--percent", str(self.rate),
+            "--pretrained", self.weights, "--epochs", str(self.imp_epochs), "--lr", "0.005",
+            "--save_dir", self.imp_dir, log=os.path.join(self.out, "logs", "pretrain_imp.log"))
+
+    def describe(self) -> str:
+        return (f"{self.arch} (ImageNet stem) pre-trained on digits classification (the digits as 32x32 images, "
+                f"main_imp_imagenet.py: ImageNet augmentation, {self.epochs} epochs from random init, seed "
+                f"{self.seed}); IMP on that task from the pre-trained weights (round 0 prunes one-shot, round 1 "
+                f"retrains {self.imp_epochs} epochs, rewinds to the pre-trained weights and prunes again, "
+                f"{self.rate:g} of the remaining backbone conv weights per prune): the ticket keeps "
+                f"{100 * (1 - self.rate) ** 2:.2f} % of them")
+
+    def validation_curve(self) -> list[float]:
+        """Validation top-1 (%) per epoch of the dense pre-training (its metrics.jsonl)."""
+        import json
+
+        with open(os.path.join(self.dense_dir, "metrics.jsonl")) as handle:
+            return [json.loads(line)["val_acc"] for line in handle if line.strip()]
