@@ -12,9 +12,10 @@ import os
 import shlex
 import sys
 
-from lth import cli, report
+from lth import cli, report, ticket_analysis
 from lth.errors import UserError
 from lth.plots import plot_groups
+from lth.runs import RUN_RECORD
 
 OUTPUTS = ("report.md", "levels.csv", "runs.csv", "metric_vs_remaining.png", "final_vs_remaining.png")
 
@@ -54,7 +55,7 @@ def check_out(out: str) -> None:
         raise UserError(f"--out '{out}' exists and is not a folder")
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "report.md")):
         raise UserError(f"--out '{out}' holds other files and no earlier report.md; choose another folder")
-    if os.path.isfile(os.path.join(out, "run.json")):
+    if os.path.isfile(os.path.join(out, RUN_RECORD)):
         raise UserError(f"--out '{out}' is a run folder; choose another folder")
 
 
@@ -65,7 +66,6 @@ def main(args) -> str:
     inputs = report.read_runs(args.runs) if args.runs else None
     tickets = []
     if args.tickets:
-        from lth import ticket_analysis
         tickets = ticket_analysis.load_tickets(args.tickets)
     results = report.analyse(inputs, args.baseline) if inputs else None
     os.makedirs(args.out, exist_ok=True)

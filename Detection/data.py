@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lth.data import digits_pixels, digits_split, read_digits
 from lth.errors import UserError
 from Detection.model import STRIDES, VOC_ANCHORS
 from Detection.targets import MAX_BOXES_PER_SCALE, build_targets
@@ -402,15 +403,10 @@ _DIGIT_TEST_COUNT, _DIGIT_VAL_COUNT = 360, 144
 def digit_pool(split: str) -> tuple[np.ndarray, np.ndarray]:
     """The digit images of one split: the 1,797 digits permuted once with a fixed seed, the first
     360 for test, the next 144 for validation, the rest for training (never shared)."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    order = np.random.default_rng(0).permutation(len(bunch.images))
-    bounds = {"test": (0, _DIGIT_TEST_COUNT), "val": (_DIGIT_TEST_COUNT, _DIGIT_TEST_COUNT + _DIGIT_VAL_COUNT),
-              "train": (_DIGIT_TEST_COUNT + _DIGIT_VAL_COUNT, len(order))}[split]
-    chosen = order[bounds[0]:bounds[1]]
-    pixels = np.round(bunch.images[chosen] * 255.0 / 16.0).astype(np.uint8)
-    return pixels, bunch.target[chosen].astype(np.int64)
+    ink, labels = read_digits()
+    chosen = digits_split([("test", _DIGIT_TEST_COUNT), ("val", _DIGIT_VAL_COUNT), ("train", None)],
+                          seed=0, count=len(ink))[split]
+    return digits_pixels(ink[chosen]), labels[chosen]
 
 
 def digit_detection_records(split: str, count: int, seed: int = 0, canvas: int = 64,

@@ -12,17 +12,14 @@ import json
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script (python eval.py, the original's way)
-    import _script_path  # noqa: F401  (the repository root on sys.path)
-import pruning_utils  # noqa: E402
-from Detection import runner  # noqa: E402
-from Detection.model import BACKBONE_IMP_KEYS, read_backbone_imp  # noqa: E402
-from Detection.task import DetectionPruning  # noqa: E402
-from lth import cli, distributed  # noqa: E402
-from lth.checkpoint import load_file, write_json  # noqa: E402
-from lth.errors import UserError  # noqa: E402
-from lth.runs import RunDir  # noqa: E402
-from lth.session import open_session  # noqa: E402
+from Detection import runner
+from Detection.imp_files import BACKBONE_IMP_KEYS, read_backbone_imp
+from Detection.task import DetectionPruning
+from lth import cli, distributed, pruning
+from lth.checkpoint import load_file, write_json
+from lth.errors import UserError
+from lth.runs import RunDir
+from lth.session import open_session
 
 
 def get_args_parser():
@@ -66,7 +63,7 @@ def main(args) -> dict:
     model = setup.model
     DetectionPruning(0.2).restore(model, state)
     try:
-        model.load_state_dict(pruning_utils.strip_prefixes(state), strict=True)
+        model.load_state_dict(pruning.strip_prefixes(state), strict=True)
     except RuntimeError as error:
         raise UserError(f"'{args.checkpoint}' does not fit a YOLOv4-{args.arch} with {len(setup.data.class_names)} "
                         f"classes ({args.conv_type} convs): {str(error).splitlines()[0]}") from None

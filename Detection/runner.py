@@ -20,11 +20,12 @@ from Detection.model import BACKBONE_CHANNELS, CONV_TYPES, YOLOv4
 from lth import cli
 from lth.checkpoint import append_jsonl
 from lth.distributed import Context
-from lth.engine import Precision, StepResult
+from lth.engine import Precision, StepResult, unwrap
 from lth.errors import UserError
 from lth.loaders import DeviceLoader, Loaders
-from lth.plots import plot_accuracy_vs_remaining
-from lth.trainer import Objective, TrainConfig
+from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
+from lth.runs import SUMMARY
+from lth.trainer import Objective, StageProgress, TrainConfig, train_stage
 
 PRETRAINED_TYPES = ("imagenet", "moco", "simclr")
 # The original's weight files (train_imp.py); its ImageNet weights came from a torchvision download
@@ -159,7 +160,7 @@ class Evaluation:
         evaluator = DetectionEvaluator(self.records[desc], self.class_names, self.args.conf_thresh,
                                        self.args.nms_thresh, flip=self.args.flip_val)
         with self.precision.autocast(self.ctx.device):
-            metrics = task.run_evaluation(task.unwrap(model), loader, evaluator, self.result_dir(desc),
+            metrics = task.run_evaluation(unwrap(model), loader, evaluator, self.result_dir(desc),
                                           progress=self.ctx.is_main)
         return as_percent(metrics)
 
@@ -258,7 +259,7 @@ def record_sweep_point(sweep_dir: str, row: dict, label: str, title: str, is_mai
     if not is_main:
         return
     os.makedirs(sweep_dir, exist_ok=True)
-    path = os.path.join(sweep_dir, "summary.jsonl")
+    path = os.path.join(sweep_dir, SUMMARY)
     append_jsonl(row, path)
     latest = {}
     with open(path) as handle:
@@ -276,11 +277,7 @@ def train_single(args: argparse.Namespace, session, setup: Setup, stage: int, pr
     """One training of a fixed mask (transfer, random pruning): ``prepare()`` puts the mask on the
     fresh model (skipped on --resume, where the checkpoint brings it), then the core trains and
     evaluates; the run's summary row goes to its own summary.jsonl and to the sweep folder's."""
-    from lth.plots import plot_training_curves
-    from lth.trainer import StageProgress, train_stage
-    from Detection.task import DetectionPruning
-
-    strategy = DetectionPruning(config.DEFAULTS["prune_rate"])
+    strategy = task.DetectionPruning(config.DEFAULTS["prune_rate"])
     run, ctx = session.run, session.ctx
     if args.resume:
         progress, optimizer_state, scheduler_state = session.restore(setup.model, CHECKPOINT_FORMAT, args,

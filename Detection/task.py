@@ -14,10 +14,12 @@ from tqdm import tqdm
 from Detection.data import (DIGIT_CLASSES, VOC_CLASSES, DetectionRecord, digit_detection_records,
                             read_annotation_list, voc_records)
 from Detection.evaluate import DetectionEvaluator
+from Detection.imp_files import BACKBONE_IMP_KEYS, read_backbone_imp, rewind_pruned_convs
 from Detection.loss import yolo_loss
-from Detection.model import BACKBONE_IMP_KEYS, YOLOv4, read_backbone_imp, rewind_pruned_convs
-import pruning_utils
+from Detection.model import YOLOv4
+from lth import tickets
 from lth.checkpoint import load_file
+from lth.engine import unwrap
 from lth.errors import UserError
 from lth.imp import BackbonePruning
 from lth.models import LoadReport, load_pretrained
@@ -65,23 +67,8 @@ def load_backbone_weights(model: YOLOv4, path: str, quiet: bool = False) -> Load
 
 
 def prune_target(model: nn.Module) -> nn.Module:
-    """The module IMP prunes: the backbone (its conv1 excluded by pruning_utils' default)."""
+    """The module IMP prunes: the backbone (its conv1 excluded by lth.pruning's default)."""
     return unwrap(model).backbone
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
-def move_batch(batch, device: torch.device):
-    """A collated batch (tensors, lists and dicts of tensors) on ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {key: move_batch(value, device) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_batch(value, device) for value in batch)
-    return batch
 
 
 def loss_step(model: nn.Module, batch: Mapping, iou_threshold: float = 0.5) -> dict[str, torch.Tensor]:
@@ -125,7 +112,7 @@ def read_backbone_masks(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     if isinstance(obj, Mapping) and all(key in obj for key in BACKBONE_IMP_KEYS):
         return read_backbone_imp(obj)["masks"], {"source": path, "imp": obj.get("imp")}
     try:
-        masks, meta = pruning_utils.read_masks(obj)
+        masks, meta = tickets.read_masks(obj)
     except UserError as error:
         raise UserError(str(error).replace("the given object", f"'{path}'")) from None
     meta["source"] = path

@@ -14,17 +14,14 @@ or all rounds in one resumable command: --imp_num 0 --rounds 19.
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script (python train_imp.py, the original's way)
-    import _script_path  # noqa: F401  (the repository root on sys.path)
-import pruning_utils  # noqa: E402
-from Detection import runner  # noqa: E402
-from Detection.model import read_backbone_imp, save_backbone_imp, start_round_from  # noqa: E402
-from Detection.task import DetectionPruning  # noqa: E402
-from lth import cli, distributed  # noqa: E402
-from lth.errors import UserError  # noqa: E402
-from lth.imp import ImpConfig, ImpRun  # noqa: E402
-from lth.runs import RunDir  # noqa: E402
-from lth.session import check_same_experiment, open_session  # noqa: E402
+from Detection import runner
+from Detection.imp_files import read_backbone_imp, save_backbone_imp, start_round_from
+from Detection.task import DetectionPruning
+from lth import cli, distributed, pruning
+from lth.errors import UserError
+from lth.imp import ImpConfig, ImpRun
+from lth.runs import RunDir
+from lth.session import check_same_experiment, open_session
 
 
 def get_args_parser():
@@ -69,7 +66,7 @@ def check_round_files(run: RunDir, first: int, last: int, resume: bool) -> tuple
 
 def main(args) -> ImpRun:
     runner.check_args(args)
-    pruning_utils.check_rate(args.rate)
+    pruning.check_rate(args.rate)
     if args.imp_num < 0 or args.rounds < 1:
         raise UserError(f"--imp_num must be 0 or more and --rounds at least 1 (got {args.imp_num}, {args.rounds})")
     args.save_dir = args.save_dir or runner.default_save_dir(args.seed, args.imp_type, "imp")

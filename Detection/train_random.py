@@ -10,15 +10,13 @@ Example (the original's random/01_random_moco0102.sh, run from Detection/):
 
 import os
 
-if __package__ in (None, ""):  # run as a script (python train_imp.py, the original's way)
-    import _script_path  # noqa: F401  (the repository root on sys.path)
-import pruning_utils  # noqa: E402
-from Detection import runner  # noqa: E402
-from Detection.model import save_backbone_imp  # noqa: E402
-from Detection.task import DetectionPruning  # noqa: E402
-from lth import cli, distributed  # noqa: E402
-from lth.errors import UserError  # noqa: E402
-from lth.session import check_save_dir, open_session  # noqa: E402
+from Detection import runner
+from Detection.imp_files import save_backbone_imp
+from Detection.task import DetectionPruning
+from lth import cli, distributed, pruning, tickets
+from lth.errors import UserError
+from lth.runs import ticket_name
+from lth.session import check_save_dir, open_session
 
 
 def get_args_parser():
@@ -36,7 +34,7 @@ def get_args_parser():
 
 def main(args) -> dict:
     runner.check_args(args)
-    pruning_utils.check_rate(args.rate)
+    pruning.check_rate(args.rate)
     if args.imp_num < 0:
         raise UserError(f"--imp_num must be 0 or more, got {args.imp_num}")
     sweep = args.save_dir or runner.default_save_dir(args.seed, args.imp_type, "random")
@@ -54,7 +52,7 @@ def main(args) -> dict:
         if ctx.is_main:
             os.makedirs(sweep, exist_ok=True)
             save_backbone_imp(os.path.join(sweep, f"backbone_random{k}.pth"), setup.model, k)
-            pruning_utils.save_ticket(os.path.join(sweep, f"ticket_{k:02d}.pt"),
+            tickets.save_ticket(os.path.join(sweep, ticket_name(k)),
                                       DetectionPruning(args.rate).masks(setup.model), round=k, random_prune=True,
                                       seed=args.seed, arch=args.arch, dataset=args.dataset, task="detection",
                                       imp_type=args.imp_type)

@@ -14,6 +14,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from lth.data import DIGITS_MAX_VALUE, digits_split, read_digits
 from lth.errors import UserError
 from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD
 
@@ -394,14 +395,11 @@ def digits_segmentation(seed: int = 0, canvas: int = 32, digit_size: int = 12, p
     ``train_copies`` times (other partners, places and colours): a set that small is otherwise
     memorised within a few hundred steps.
     """
-    from sklearn.datasets import load_digits
-
-    glyphs, classes = load_digits(return_X_y=True)
+    ink, classes = read_digits()
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(glyphs))
-    held = int(round(held_out * len(glyphs)))
-    parts = {"val": order[:held], "test": order[held: 2 * held], "train": order[2 * held:]}
-    scaled = _scale_glyphs(glyphs.reshape(-1, 8, 8) / 16.0, digit_size)
+    held = int(round(held_out * len(ink)))
+    parts = digits_split([("val", held), ("test", held), ("train", None)], seed=rng, count=len(ink))
+    scaled = _scale_glyphs(ink / DIGITS_MAX_VALUE, digit_size)
     built, sources = {}, {}
     for name in ("train", "val", "test"):
         copies = train_copies if name == "train" else 1

@@ -20,15 +20,14 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-import pruning_utils
-from lth import cli, distributed
+from lth import cli, distributed, pruning
 from lth.checkpoint import atomic_write_text, jsonl_text, load_file, read_jsonl
 from lth.errors import UserError
 from lth.imp import BackbonePruning, training_curve_labels
 from lth.loaders import DeviceLoader, Loaders
 from lth.models import load_pretrained
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
-from lth.runs import RunDir
+from lth.runs import SUMMARY, RunDir, ticket_name
 from lth.session import Session, check_same_experiment, open_session
 from lth.trainer import Objective, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage
 from lth.tickets import save_ticket
@@ -221,7 +220,7 @@ def check_args(args: argparse.Namespace, mode: str) -> None:
     if mode == "imp":
         if args.imp_num is not None and args.imp_num < 0:
             raise UserError(f"--imp_num must be 0 or more, got {args.imp_num}")
-        pruning_utils.check_rate(args.rate)
+        pruning.check_rate(args.rate)
         if args.imp_rounds < 1:
             raise UserError(f"--imp_rounds must be at least 1, got {args.imp_rounds}")
         if args.ckpt and not (args.continue_training or args.test_only):
@@ -324,7 +323,7 @@ def load_ckpt_weights(model: nn.Module, path: str, strategy: BackbonePruning) ->
     if not isinstance(state, dict):
         raise UserError(f"'{path}' holds neither a segmentation checkpoint of this toolkit nor the "
                         f"original's 'model_state'")
-    state = pruning_utils.strip_prefixes(state)
+    state = pruning.strip_prefixes(state)
     strategy.restore(model, state)
     try:
         model.load_state_dict(state, strict=True)
@@ -410,7 +409,7 @@ def summary_row(progress: StageProgress, stage: int, remaining: float, **extra) 
 def record_summary(save_dir: str, row: dict, key: str, curve: Callable[[dict], str], title: str) -> None:
     """Put ``row`` into SAVE_DIR/summary.jsonl, replacing the line with the same ``key`` (a re-run
     end of round), and redraw SAVE_DIR/miou_vs_remaining.png (one curve per ``curve(row)``)."""
-    path = os.path.join(save_dir, "summary.jsonl")
+    path = os.path.join(save_dir, SUMMARY)
     rows = [old for old in read_jsonl(path) if old.get(key) != row.get(key)] + [row]
     rows.sort(key=lambda item: (str(item.get("kind", "")), item.get("round", 0), str(item.get("exp", ""))))
     atomic_write_text(jsonl_text(rows), path)
@@ -545,7 +544,7 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
                        "round", lambda row: "IMP", f"{args.model} on {args.dataset}: IMP ({task.source.name})")
     strategy.prune(model, seed=args.seed * 7919 + round_index)
     if ctx.is_main:
-        save_ticket(os.path.join(save_dir, f"ticket_{round_index + 1:02d}.pt"), strategy.masks(model),
+        save_ticket(os.path.join(save_dir, ticket_name(round_index + 1)), strategy.masks(model),
                     round=round_index + 1, prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
                     source=os.path.abspath(save_dir), arch=args.model.split("_", 1)[1], dataset=args.dataset,
                     pretraining=task.source.name, model=args.model)
@@ -632,11 +631,11 @@ def apply_transfer_mask(model: nn.Module, args: argparse.Namespace, strategy: Ba
         return {}
     masks, meta = backbone_masks(args.mask_dir)
     if args.reverse_mask:
-        masks = pruning_utils.reverse_mask(masks)
+        masks = pruning.reverse_mask(masks)
     if args.random_prune:
-        rate = 1.0 - pruning_utils.mask_remaining(masks) / 100.0
+        rate = 1.0 - pruning.mask_remaining(masks) / 100.0
         if rate > 0:
-            pruning_utils.global_prune(strategy.target(model), rate, random=True, generator_seed=args.seed)
+            pruning.global_prune(strategy.target(model), rate, random=True, generator_seed=args.seed)
     else:
         strategy.apply_ticket(model, masks)
     return plain_meta(meta)

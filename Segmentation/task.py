@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lth.distributed import Context, all_reduce_sum
-from lth.engine import Precision, StepResult
+from lth.engine import Precision, StepResult, unwrap
 from Segmentation.loss import IGNORE_INDEX
 from Segmentation.metrics import PRIMARY_METRIC, ConfusionMatrix
 from Segmentation.visual import PredictionWriter
@@ -44,7 +44,7 @@ def evaluate(model: nn.Module, loader: Iterable, ctx: Context, precision: Precis
     One confusion matrix over all pixels of all ranks' shards (summed with ``all_reduce_sum``), so
     the result is the one of a single process. ``writer`` saves each prediction as a label PNG.
     """
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    inner = unwrap(model)
     was_training = inner.training
     inner.eval()
     metric = ConfusionMatrix(num_classes, ctx.device)

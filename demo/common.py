@@ -9,6 +9,8 @@ import tempfile
 import threading
 import time
 
+from lth.runs import METRICS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _print_lock = threading.Lock()
 
@@ -166,5 +168,5 @@ class Pretraining:
         """Validation top-1 (%) per epoch of the dense pre-training (its metrics.jsonl)."""
         import json
 
-        with open(os.path.join(self.dense_dir, "metrics.jsonl")) as handle:
+        with open(os.path.join(self.dense_dir, METRICS)) as handle:
             return [json.loads(line)["val_acc"] for line in handle if line.strip()]

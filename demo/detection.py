@@ -25,6 +25,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from lth.runs import METRICS, SUMMARY
+
 from common import ROOT, Clock, Pretraining, mean_std, run
 
 MARKER = "detection_report.md"
@@ -122,9 +124,9 @@ def read_results(runs: str, seeds: list[int]) -> dict:
     for arm in ARMS:
         for seed in seeds:
             folder = glob.glob(os.path.join(runs, f"{arm}_s{seed}", "model*"))[0]
-            with open(os.path.join(folder, "summary.jsonl")) as handle:
+            with open(os.path.join(folder, SUMMARY)) as handle:
                 rows = [json.loads(line) for line in handle if line.strip()]
-            with open(os.path.join(folder, "metrics.jsonl")) as handle:
+            with open(os.path.join(folder, METRICS)) as handle:
                 evaluations = [row for row in (json.loads(line) for line in handle if line.strip()) if "ap" in row]
             results[arm, seed] = {"row": rows[-1], "val": [e["ap"] for e in evaluations],
                                   "epochs": [e["epoch"] + 1 for e in evaluations]}

@@ -24,6 +24,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from lth.runs import METRICS
+
 from common import ROOT, Clock, run
 
 
@@ -168,7 +170,7 @@ def convergence_table(runs: str) -> str:
     trainings: dict[str, list[list[float]]] = {DENSE: [], **{label: [] for _, label in CURVES}}
     for name in sorted(os.listdir(runs)):
         label = next((label for prefix, label in CURVES if name.startswith(prefix)), None)
-        path = os.path.join(runs, name, "metrics.jsonl")
+        path = os.path.join(runs, name, METRICS)
         if label is None or not os.path.isfile(path):
             continue
         by_round: dict[int, list[float]] = {}

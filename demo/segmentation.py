@@ -23,6 +23,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from lth.runs import METRICS, SUMMARY
+
 from common import ROOT, Clock, Pretraining, mean_std, run
 
 MARKER = "report.md"
@@ -121,9 +123,9 @@ def read_results(runs: str, seeds: list[int]) -> dict:
     for arm in ARMS:
         for seed in seeds:
             name = f"{arm}_s{seed}"
-            with open(os.path.join(runs, name, "summary.jsonl")) as handle:
+            with open(os.path.join(runs, name, SUMMARY)) as handle:
                 rows = [json.loads(line) for line in handle if line.strip()]
-            with open(os.path.join(runs, name, name, "metrics.jsonl")) as handle:
+            with open(os.path.join(runs, name, name, METRICS)) as handle:
                 evaluations = [json.loads(line) for line in handle if line.strip()]
             results[arm, seed] = {"row": rows[-1], "val": [e["miou"] for e in evaluations if "miou" in e],
                                   "test": [e["test_miou"] for e in evaluations if "test_miou" in e],

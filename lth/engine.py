@@ -119,9 +119,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, warmu
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model inside DDP and/or torch.compile wrappers."""
+    """The bare model inside DDP, DataParallel and/or torch.compile wrappers (the one place that knows them)."""
     while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod

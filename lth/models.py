@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-import pruning_utils
+from lth import pruning
 from lth.checkpoint import load_file
 from lth.errors import UserError
 
@@ -118,8 +118,8 @@ def load_pretrained(model: nn.Module, path: str, dict_key: str | None = None, fc
     ``UserError`` names the first key that does not fit.
     """
     state = select_state_dict(load_file(path, "pre-trained weight"), path, dict_key)
-    weights = pruning_utils.transferable_weights(state, fc=fc, conv1=conv1)
-    target = pruning_utils.dense_state_dict(model)
+    weights = pruning.transferable_weights(state, fc=fc, conv1=conv1)
+    target = pruning.dense_state_dict(model)
     for key, value in weights.items():
         if key not in target:
             raise UserError(f"'{path}' has weight '{key}' that this {type(model).__name__} does not "

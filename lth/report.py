@@ -12,11 +12,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from lth.errors import UserError
+from lth.runs import METRICS, ONE_OFF_SUMMARY, RUN_RECORD
+from lth.runs import SUMMARY as ROUND_SUMMARY
 
-RUN_RECORD = "run.json"
-ROUND_SUMMARY = "summary.jsonl"
-ONE_OFF_SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
 
 # Flags that never change what a run computes (where it writes, how it is launched, how fast it
 # runs on a CPU): runs that differ only in these and in their seed are repeats of one experiment.

@@ -11,9 +11,12 @@ import time
 from lth.checkpoint import append_jsonl, atomic_write_text, jsonl_text, read_jsonl, run_record, write_json
 from lth.errors import UserError
 
+# The names of a run's files, for every writer and reader (scripts, report, demos).
 RUN_RECORD = "run.json"
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.jsonl"
+METRICS = "metrics.jsonl"  # one line per evaluation (or trained epoch)
+SUMMARY = "summary.jsonl"  # one line per finished round
+ONE_OFF_SUMMARY = "summary.json"  # the one row of a single training (main_eval_downstream/visda)
+TICKET_GLOB = "ticket_*.pt"
 _CHECKPOINT_RE = re.compile(r"^(\d*)checkpoint\.pth\.tar$")
 
 
@@ -103,6 +106,11 @@ class RunDir:
     def remove_stale(self, pattern: str) -> None:
         for path in glob.glob(self.file(pattern)):
             os.remove(path)
+
+
+def ticket_name(round_index: int) -> str:
+    """The ticket file of a round: its masks, the ones round ``round_index`` trains with."""
+    return f"ticket_{round_index:02d}.pt"
 
 
 def _rewrite_jsonl(rows: list[dict], path: str) -> None:

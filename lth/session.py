@@ -86,7 +86,8 @@ def check_same_experiment(run: RunDir, args: argparse.Namespace, flags: Sequence
         saved = json.load(handle).get("args", {})
     for flag in flags:
         if flag in saved and saved[flag] != getattr(args, flag):
-            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}")
+            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}; "
+                            f"a resume keeps the run's flags: to change it, start a new run in another folder")
 
 
 def resolve_seed(seed: int | None, ctx: Context) -> int:

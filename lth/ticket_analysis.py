@@ -12,10 +12,13 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-import pruning_utils
+from lth import plots, pruning
 from lth.errors import UserError
+from lth.models import ARCHS, build_model
+from lth.runs import TICKET_GLOB
+from lth.tickets import read_masks
 
-MASK_SUFFIX = pruning_utils.MASK_SUFFIX
+MASK_SUFFIX = pruning.MASK_SUFFIX
 # Input sizes and stems by data set (the CIFAR stem for the small data sets, as the scripts build them).
 _INPUTS = {"cifar10": (3, 32, 10, "cifar"), "cifar100": (3, 32, 100, "cifar"), "svhn": (3, 32, 10, "cifar"),
            "fmnist": (1, 28, 10, "cifar"), "digits": (1, 8, 10, "cifar")}
@@ -31,7 +34,7 @@ class Ticket:
 
     @property
     def remaining(self) -> float:
-        return pruning_utils.mask_remaining(self.masks)
+        return pruning.mask_remaining(self.masks)
 
 
 def find_tickets(specs: Sequence[str]) -> list[tuple[str | None, str]]:
@@ -46,7 +49,7 @@ def find_tickets(specs: Sequence[str]) -> list[tuple[str | None, str]]:
             raise UserError(f"--tickets '{path}' matches no file")
         for item in paths:
             if os.path.isdir(item):
-                inside = sorted(glob.glob(os.path.join(item, "ticket_*.pt")))
+                inside = sorted(glob.glob(os.path.join(item, TICKET_GLOB)))
                 if not inside:
                     raise UserError(f"--tickets folder '{item}' holds no ticket_XX.pt")
                 found.extend((f"{label} r{_round_of(p)}" if label else None, p) for p in inside)
@@ -65,7 +68,7 @@ def _round_of(path: str) -> str:
 def load_tickets(specs: Sequence[str]) -> list[Ticket]:
     tickets = []
     for label, path in find_tickets(specs):
-        masks, meta = pruning_utils.read_masks(path, "ticket")
+        masks, meta = read_masks(path, "ticket")
         if label is None:
             run = os.path.basename(os.path.dirname(os.path.abspath(path)))
             label = f"{run}/{os.path.splitext(os.path.basename(path))[0]}"
@@ -174,7 +177,7 @@ def layer_costs(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape
     FLOPs; batch norms, activations, pooling and additions are not counted. A layer without a mask
     is dense.
     """
-    masks = {layer_name(k): v for k, v in pruning_utils.strip_prefixes(masks).items()}
+    masks = {layer_name(k): v for k, v in pruning.strip_prefixes(masks).items()}
     modules = dict(model.named_modules())
     unknown = [name for name in masks if name not in modules]
     if unknown:
@@ -195,7 +198,7 @@ def layer_costs(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.Linear)) or name not in outputs:
             continue
-        weight = module.weight_orig if pruning_utils.is_pruned(module) else module.weight
+        weight = module.weight_orig if pruning.is_pruned(module) else module.weight
         mask = masks.get(name)
         if mask is not None and tuple(mask.shape) != tuple(weight.shape):
             raise UserError(f"mask for '{name}' has shape {tuple(mask.shape)}, the layer {tuple(weight.shape)}")
@@ -221,8 +224,6 @@ def model_for(ticket: Ticket, arch: str | None, input_size: int | None, stem: st
               num_classes: int | None) -> tuple[nn.Module, tuple[int, int, int]]:
     """The network a ticket belongs to, from its metadata (arch, data set) or the given overrides;
     an unknown architecture is found by trying each one the toolkit builds."""
-    from lth.models import ARCHS, build_model
-
     dataset = str(ticket.meta.get("dataset", ""))
     channels, size, classes, default_stem = _INPUTS.get(dataset, _IMAGENET_INPUT)
     size, stem, classes = input_size or size, stem or default_stem, num_classes or classes
@@ -230,7 +231,7 @@ def model_for(ticket: Ticket, arch: str | None, input_size: int | None, stem: st
     for name in candidates:
         model = build_model(name, classes, channels, stem)
         try:
-            pruning_utils.fit_masks(model, ticket.masks, conv1="conv1" + MASK_SUFFIX in ticket.masks)
+            pruning.fit_masks(model, ticket.masks, conv1="conv1" + MASK_SUFFIX in ticket.masks)
         except UserError:
             if len(candidates) == 1:
                 raise
@@ -246,8 +247,6 @@ def model_for(ticket: Ticket, arch: str | None, input_size: int | None, stem: st
 def analyse_tickets(tickets: Sequence[Ticket], out: str, arch: str | None = None, input_size: int | None = None,
                     stem: str | None = None, num_classes: int | None = None) -> list[str]:
     """Write the CSVs and plots of the ticket analysis into ``out``; returns report.md lines."""
-    from lth import plots
-
     os.makedirs(out, exist_ok=True)
     rel = os.path.basename(os.path.normpath(out))
     lines = ["## Ticket analysis", "",

@@ -15,7 +15,7 @@ import torch
 import pruning_utils
 from Detection import eval as det_eval
 from Detection import train_imp, train_random, train_transfer
-from Detection.model import BACKBONE_IMP_KEYS
+from Detection.imp_files import BACKBONE_IMP_KEYS
 from lth import cli, imp as lth_imp, trainer
 from lth.models import build_model
 from test_detection_data import write_voc

@@ -30,7 +30,9 @@ def test_two_gloo_ranks_hold_the_same_masks(tmp_path, random_prune):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                os.path.join(ROOT, "tests", "ddp_worker.py"), str(tmp_path), *flags]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # The worker imports main_imp_downstream, a script of the repository root (not an installed module).
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "masks_rank0.pt")
