@@ -170,3 +170,21 @@ class Pretraining:
 
         with open(os.path.join(self.dense_dir, METRICS)) as handle:
             return [json.loads(line)["val_acc"] for line in handle if line.strip()]
+
+
+def convergence_table(metric: str, x_name: str, xs: list, trainings: dict[str, list[list[float]]]) -> str:
+    """The validation curve of each kind of training, mean over its trainings, and how many of them had
+    their best evaluation at their end. A training whose best evaluation is its last stopped while still
+    improving: where most are, the budget is too short for claims about trained networks."""
+    lines = [f"## Convergence: validation {metric} at each evaluation (mean over the trainings of a row)", "",
+             f"| trainings | n | " + " | ".join(f"{x_name} {x}" for x in xs) + " | best evaluation is the last |",
+             "|---|---:|" + "---:|" * (len(xs) + 1)]
+    for label, curves in trainings.items():
+        curves = [curve for curve in curves if len(curve) == len(xs)]
+        if not curves:
+            continue
+        means = [sum(values) / len(values) for values in zip(*curves)]
+        last_best = sum(curve.index(max(curve)) == len(curve) - 1 for curve in curves)
+        lines.append(f"| {label} | {len(curves)} | " + " | ".join(f"{m:.2f}" for m in means) +
+                     f" | {last_best} of {len(curves)} |")
+    return "\n".join(lines + [""])

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lth.runs import METRICS, SUMMARY
 
-from common import ROOT, Clock, Pretraining, mean_std, run
+from common import ROOT, Clock, Pretraining, convergence_table, mean_std, run
 
 MARKER = "detection_report.md"
 ARMS = ("dense", "ticket", "random")
@@ -173,18 +173,10 @@ def write_report(args, pre: Pretraining, results: dict, report_status: str, cloc
         per_seed = ", ".join(f"{row['reported']:.2f}" for row in rows)
         lines.append(f"| {ARM_NAMES[arm]} | {rows[0]['remaining']:.2f} | {mean_std([r['reported'] for r in rows])} | "
                      f"{mean_std([r['ap50'] for r in rows])} | {per_seed} |")
-    epochs = results[ARMS[0], seeds[0]]["epochs"]
-    lines += ["", "(std: sample standard deviation over the seeds.) " + report_status, "",
-              "## Convergence (validation AP at each evaluation, mean over seeds)", "",
-              "| arm | " + " | ".join(f"epoch {e}" for e in epochs) + " | best evaluation is the last |",
-              "|---|" + "---:|" * (len(epochs) + 1)]
-    for arm in ARMS:
-        curves = [results[arm, seed]["val"] for seed in seeds]
-        means = [sum(values) / len(values) for values in zip(*curves)]
-        last_best = sum(c.index(max(c)) == len(c) - 1 for c in curves)
-        lines.append(f"| {ARM_NAMES[arm]} | " + " | ".join(f"{m:.2f}" for m in means) +
-                     f" | {last_best} of {len(curves)} |")
-    lines += ["", clock.summary("demo-det") + f"; {args.jobs} runs at a time, one thread each.",
+    lines += ["", "(std: sample standard deviation over the seeds.) " + report_status, ""]
+    lines.append(convergence_table("AP (%)", "epoch", results[ARMS[0], seeds[0]]["epochs"],
+                                   {ARM_NAMES[arm]: [results[arm, seed]["val"] for seed in seeds] for arm in ARMS}))
+    lines += [clock.summary("demo-det") + f"; {args.jobs} runs at a time, one thread each.",
               "Files: runs/<arm>_s<seed>/model<k>/ (run.json, metrics.jsonl, summary.jsonl, comp4 files), "
               "pretrain_dense/, pretrain_imp/ (ticket_02.pt), logs/, main_report/.", ""]
     text = "\n".join(lines)

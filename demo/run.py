@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lth.runs import METRICS
 
-from common import ROOT, Clock, run
+from common import ROOT, Clock, convergence_table, run
 
 
 def get_args_parser():
@@ -148,7 +148,7 @@ def main(args) -> None:
     subprocess.run([sys.executable, os.path.join(ROOT, "main_report.py"), runs, "--out", report,
                     "--title", f"{args.arch} on digits, {len(seeds)} seeds", "--tickets", *tickets],
                    check=True, cwd=ROOT, env=env)
-    convergence = convergence_table(runs)
+    convergence = convergence_table("accuracy (%)", "epoch", *read_trainings(runs))
     line = clock.summary("demo")
     with open(os.path.join(report, "report.md"), "a") as handle:
         handle.write("\n" + convergence + f"\n{line}; {args.jobs} runs at a time, one thread each.\n")
@@ -161,13 +161,11 @@ CURVES = (("imp_lt_s", "IMP tickets"), ("random_s", "random pruning"), ("reinit_
 DENSE = "dense (round 0 of the IMP and random-pruning runs)"
 
 
-def convergence_table(runs: str) -> str:
-    """Did every training reach a validation plateau? From each run's metrics.jsonl, per curve.
-
-    A training is one round of an IMP or random-pruning run (round 0 is the dense model), or one control
-    run. Its best validation epoch is where the scripts read the test accuracy they report; if that is
-    mostly the last epoch, each training stopped while still improving and the budget is too short."""
+def read_trainings(runs: str) -> tuple[list[int], dict[str, list[list[float]]]]:
+    """Validation accuracy by epoch of every training (one round of an IMP or random-pruning run, or one
+    control run), from the runs' metrics.jsonl, per kind; round 0 is the dense model."""
     trainings: dict[str, list[list[float]]] = {DENSE: [], **{label: [] for _, label in CURVES}}
+    epochs: set[int] = set()
     for name in sorted(os.listdir(runs)):
         label = next((label for prefix, label in CURVES if name.startswith(prefix)), None)
         path = os.path.join(runs, name, METRICS)
@@ -179,22 +177,11 @@ def convergence_table(runs: str) -> str:
                 if text.strip():
                     row = json.loads(text)
                     by_round.setdefault(row.get("round", 0), []).append(row["val_acc"])
+                    epochs.add(row["epoch"] + 1)
         for round_index, curve in sorted(by_round.items()):
             dense = round_index == 0 and label in ("IMP tickets", "random pruning")
             trainings[DENSE if dense else label].append(curve)
-    lines = ["## Convergence (validation accuracy within each training, from metrics.jsonl)", "",
-             "A training: one round of an IMP or random-pruning run, or one control run.", "",
-             "| trainings | count | best validation epoch is the last | last epoch minus the best (points, mean) "
-             "| last epoch minus 3 epochs before it (points, mean) |", "|---|---:|---:|---:|---:|"]
-    for label, curves in trainings.items():
-        if not curves:
-            continue
-        last_best = sum(curve.index(max(curve)) == len(curve) - 1 for curve in curves)
-        below = sum(curve[-1] - max(curve) for curve in curves) / len(curves)
-        late = [curve[-1] - curve[-4] for curve in curves if len(curve) >= 4]
-        gain = f"{sum(late) / len(late):+.2f}" if late else "-"
-        lines.append(f"| {label} | {len(curves)} | {last_best} of {len(curves)} | {below:+.2f} | {gain} |")
-    return "\n".join(lines + [""])
+    return sorted(epochs), trainings
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lth.runs import METRICS, SUMMARY
 
-from common import ROOT, Clock, Pretraining, mean_std, run
+from common import ROOT, Clock, Pretraining, convergence_table, mean_std, run
 
 MARKER = "report.md"
 ARMS = ("dense", "ticket", "random")
@@ -164,17 +164,10 @@ def write_report(args, pre: Pretraining, results: dict, report_status: str, cloc
         values = [results[arm, seed]["row"]["reported"] for seed in seeds]
         lines.append(f"| {ARM_NAMES[arm]} | {remaining[arm]:.2f} | {mean_std(values)} | "
                      f"{', '.join(f'{v:.2f}' for v in values)} |")
-    lines += ["", "(std: sample standard deviation over the seeds.) " + report_status, "",
-              "## Convergence (validation mIoU at each evaluation, mean over seeds)", "",
-              "| arm | " + " | ".join(f"step {itr}" for itr in results[ARMS[0], seeds[0]]["itrs"]) +
-              " | best evaluation is the last |", "|---|" + "---:|" * (len(results[ARMS[0], seeds[0]]["itrs"]) + 1)]
-    for arm in ARMS:
-        curves = [results[arm, seed]["val"] for seed in seeds]
-        means = [sum(values) / len(values) for values in zip(*curves)]
-        last_best = sum(c.index(max(c)) == len(c) - 1 for c in curves)
-        lines.append(f"| {ARM_NAMES[arm]} | " + " | ".join(f"{m:.2f}" for m in means) +
-                     f" | {last_best} of {len(curves)} |")
-    lines += ["", clock.summary("demo-seg") + f"; {args.jobs} runs at a time, one thread each.",
+    lines += ["", "(std: sample standard deviation over the seeds.) " + report_status, ""]
+    lines.append(convergence_table("mIoU (%)", "step", results[ARMS[0], seeds[0]]["itrs"],
+                                   {ARM_NAMES[arm]: [results[arm, seed]["val"] for seed in seeds] for arm in ARMS}))
+    lines += [clock.summary("demo-seg") + f"; {args.jobs} runs at a time, one thread each.",
               "Files: runs/<arm>_s<seed>/ (run.json, metrics.jsonl, summary.jsonl), pretrain_dense/, pretrain_imp/ "
               "(ticket_02.pt), logs/, main_report/.", ""]
     text = "\n".join(lines)
