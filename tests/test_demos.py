@@ -122,3 +122,19 @@ def test_quarter_width_dense_backbones_and_their_heads():
     det = YOLOv4(10, "resnet18_w16")
     raw, decoded = det(torch.zeros(2, 3, 32, 32))
     assert [tuple(r.shape[1:3]) for r in raw] == [(4, 4), (2, 2), (1, 1)]
+
+
+def test_read_digits_gives_load_digits_arrays_without_importing_sklearn():
+    import subprocess
+
+    from sklearn.datasets import load_digits
+
+    from lth.data import read_digits
+
+    ink, labels = read_digits()
+    bunch = load_digits()
+    assert ink.dtype == bunch.images.dtype and ink.shape == (1797, 8, 8)
+    assert (ink == bunch.images).all() and (labels == bunch.target).all() and labels.dtype == "int64"
+    probe = "import sys; from lth.data import read_digits; read_digits(); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
