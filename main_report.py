@@ -16,7 +16,7 @@ import sys
 from lth import cli, report, ticket_analysis
 from lth.errors import UserError
 from lth.plots import plot_groups
-from lth.runs import RUN_RECORD
+from lth.runs import RUN_RECORD, RunDir
 
 OUTPUTS = ("report.md", "levels.csv", "runs.csv", "metric_vs_remaining.png", "final_vs_remaining.png")
 # More sections of report.md (after the controls): callables (results, out folder) -> markdown lines,
@@ -57,6 +57,7 @@ def check_out(out: str) -> None:
     """--out may be new, empty, or hold an earlier report; nothing else is overwritten."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out '{out}' exists and is not a folder")
+    RunDir(out).check_location("--out")
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "report.md")):
         raise UserError(f"--out '{out}' holds other files and no earlier report.md; choose another folder")
     if os.path.isfile(os.path.join(out, RUN_RECORD)):
