@@ -16,18 +16,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_demo(name: str):
-    """A demo script as a module (the demos import their sibling ``common`` as scripts do)."""
-    sys.path.insert(0, os.path.join(ROOT, "demo"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"demo_{name}", os.path.join(ROOT, "demo", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(os.path.join(ROOT, "demo"))
+    """A demo script as a module. The demos import their sibling ``common`` (a script's own folder is on
+    its path); here ``common`` is registered under that name instead."""
+    spec = importlib.util.spec_from_file_location(name if name == "common" else f"demo_{name}",
+                                                  os.path.join(ROOT, "demo", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-common = load_demo("common")
+common = sys.modules.setdefault("common", load_demo("common"))
 
 
 def test_mean_std_is_the_sample_standard_deviation():
