@@ -148,7 +148,7 @@ def main(args) -> None:
     subprocess.run([sys.executable, os.path.join(ROOT, "main_report.py"), runs, "--out", report,
                     "--title", f"{args.arch} on digits, {len(seeds)} seeds", "--tickets", *tickets],
                    check=True, cwd=ROOT, env=env)
-    convergence = convergence_table("accuracy (%)", "epoch", *read_trainings(runs))
+    convergence = convergence_table("accuracy (%)", "epoch", *read_trainings(runs), longer="--epochs")
     line = clock.summary("demo")
     with open(os.path.join(report, "report.md"), "a") as handle:
         handle.write("\n" + convergence + f"\n{line}; {args.jobs} runs at a time, one thread each.\n")
