@@ -41,6 +41,26 @@ def run(script: str, *flags: str, log: str | None = None) -> float:
     return cpu
 
 
+def int_list(text: str) -> list[int]:
+    """argparse type of a comma-separated list of integers (seeds, rounds); a bad one is a one-line error."""
+    import argparse
+
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def seed_list(text: str) -> list[int]:
+    """argparse type of the seeds: at least one integer."""
+    import argparse
+
+    seeds = int_list(text)
+    if not seeds:
+        raise argparse.ArgumentTypeError("give at least one seed")
+    return seeds
+
+
 def mean_std(values: list[float]) -> str:
     """``mean ± sample std`` (n - 1), two decimals; the std is left out for one value."""
     mean = sum(values) / len(values)

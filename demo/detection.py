@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lth.runs import METRICS, SUMMARY
 
-from common import ROOT, Clock, Pretraining, convergence_table, mean_std, run
+from common import ROOT, Clock, convergence_table, mean_std, Pretraining, run, seed_list
 
 MARKER = "detection_report.md"
 ARMS = ("dense", "ticket", "random")
@@ -40,7 +40,7 @@ def get_args_parser():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "demo", "detection"),
                         help="output folder (replaced if it holds an earlier detection demo)")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the detection runs")
+    parser.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds of the detection runs")
     parser.add_argument("--arch", default="resnet18_w16",
                         help="backbone (resnet18_w16: ResNet-18 at a quarter of the width, YOLOv4's neck and heads "
                              "follow its channels; resnet18 is the full-width one)")
@@ -68,7 +68,7 @@ def get_args_parser():
 
 def main(args) -> None:
     clock = Clock()
-    seeds = [int(part) for part in args.seeds.split(",") if part.strip()]
+    seeds = args.seeds
     if args.evaluations < 1 or args.epochs % args.evaluations:
         sys.exit(f"error: --evaluations must divide --epochs ({args.epochs}), got {args.evaluations}")
     if os.path.exists(args.out):

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lth.runs import METRICS, ONE_OFF_SUMMARY
 
-from common import ROOT, Clock, convergence_table, mean_std, run, write_digits_image_folder
+from common import ROOT, Clock, convergence_table, mean_std, run, seed_list, write_digits_image_folder
 
 METHODS = ("simclr", "moco")
 METHOD_NAMES = {"simclr": "SimCLR", "moco": "MoCo v2"}
@@ -49,7 +49,7 @@ def get_args_parser():
                              "12.5 %% in 3 rounds)")
     parser.add_argument("--transfer_epochs", type=int, default=8,
                         help="downstream training epochs (as `make demo`'s rounds: validation plateaus)")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the transfer runs")
+    parser.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds of the transfer runs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pre-training and IMP runs")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     return parser
@@ -120,7 +120,7 @@ def transfer(args, method: Method, arm: str, seed: int) -> str:
 
 def main(args) -> None:
     clock = Clock()
-    seeds = [int(part) for part in args.seeds.split(",") if part.strip()]
+    seeds = args.seeds
     if args.imp_rounds < 1:
         sys.exit(f"error: --imp_rounds must be at least 1, got {args.imp_rounds}")
     if os.path.exists(args.out):

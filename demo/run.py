@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lth.runs import METRICS
 
-from common import ROOT, Clock, convergence_table, run
+from common import ROOT, Clock, convergence_table, int_list, run, seed_list
 
 
 def get_args_parser():
@@ -34,7 +34,7 @@ def get_args_parser():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "demo"),
                         help="output folder (replaced if it holds an earlier demo)")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; every experiment runs once per seed")
+    parser.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds; every experiment runs once per seed")
     parser.add_argument("--arch", default="resnet18_w16",
                         help="the ResNet to prune (resnet18_w16: ResNet-18 at a quarter of the width; resnet18, "
                              "resnet50, ...)")
@@ -49,9 +49,9 @@ def get_args_parser():
     parser.add_argument("--lr", type=float, default=0.05,
                         help="SGD learning rate after a one-epoch warm-up, x0.1 for the last --decay_epochs")
     parser.add_argument("--decay_epochs", type=int, default=2, help="last epochs trained at 0.1 x --lr")
-    parser.add_argument("--reinit_rounds", default="3",
+    parser.add_argument("--reinit_rounds", type=int_list, default="3",
                         help="tickets (rounds) trained from a new random init: the random re-init control")
-    parser.add_argument("--reversed_rounds", default="2",
+    parser.add_argument("--reversed_rounds", type=int_list, default="2",
                         help="tickets (rounds) whose reversed mask is trained from the ticket's init")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--keep_checkpoints", action="store_true",
@@ -72,10 +72,6 @@ def remove_checkpoints(save_dir: str, keep: str = "") -> None:
             os.remove(path)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part.strip()]
-
-
 def main(args) -> None:
     clock = Clock()
     runs, report = os.path.join(args.out, "runs"), os.path.join(args.out, "report")
@@ -88,8 +84,8 @@ def main(args) -> None:
         print(f"replacing the earlier demo in {args.out}")
         for path in earlier:
             shutil.rmtree(path)
-    seeds = _ints(args.seeds)
-    for k in _ints(args.reinit_rounds) + _ints(args.reversed_rounds):
+    seeds = args.seeds
+    for k in args.reinit_rounds + args.reversed_rounds:
         if not 0 < k < args.rounds:
             sys.exit(f"error: ticket rounds must lie in 1..{args.rounds - 1} (trained tickets), got {k}")
     if not 0 < args.decay_epochs < args.epochs:
@@ -110,12 +106,12 @@ def main(args) -> None:
         if not args.keep_checkpoints:
             remove_checkpoints(imp_dir, keep=REVERSED_INIT)  # the init of the reversed-mask control
         jobs = []
-        for k in _ints(args.reinit_rounds):
+        for k in args.reinit_rounds:
             # The ticket's mask from a new random init (seed + 100 draws another init, and another data order).
             jobs.append(pool.submit(run_then_tidy, "main_eval_downstream.py", *common, "--seed", str(seed + 100),
                                     "--mask_dir", os.path.join(imp_dir, f"ticket_{k:02d}.pt"),
                                     "--save_dir", os.path.join(runs, f"reinit_r{k:02d}_s{seed}")))
-        for k in _ints(args.reversed_rounds):
+        for k in args.reversed_rounds:
             # The ticket's own init (the IMP run's rewind point) with the complement of its mask.
             jobs.append(pool.submit(run_then_tidy, "main_eval_downstream.py", *common, "--seed", str(seed),
                                     "--mask_dir", os.path.join(imp_dir, f"ticket_{k:02d}.pt"), "--reverse_mask",

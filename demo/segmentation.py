@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lth.runs import METRICS, SUMMARY
 
-from common import ROOT, Clock, Pretraining, convergence_table, mean_std, run
+from common import ROOT, Clock, convergence_table, mean_std, Pretraining, run, seed_list
 
 MARKER = "report.md"
 ARMS = ("dense", "ticket", "random")
@@ -38,7 +38,7 @@ def get_args_parser():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "demo", "segmentation"),
                         help="output folder (replaced if it holds an earlier segmentation demo)")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the segmentation runs")
+    parser.add_argument("--seeds", type=seed_list, default="0,1,2", help="comma-separated seeds of the segmentation runs")
     parser.add_argument("--arch", default="resnet18_w16",
                         help="backbone (resnet18_w16: ResNet-18 at a quarter of the width, its DeepLabV3+ head "
                              "a quarter as wide too; resnet18 is the full-width one)")
@@ -70,7 +70,7 @@ def model_name(arch: str) -> str:
 
 def main(args) -> None:
     clock = Clock()
-    seeds = [int(part) for part in args.seeds.split(",") if part.strip()]
+    seeds = args.seeds
     if args.itrs < args.evaluations or args.evaluations < 1:
         sys.exit(f"error: --evaluations must lie in 1..--itrs ({args.itrs}), got {args.evaluations}")
     if os.path.exists(os.path.join(args.out, MARKER)) or os.path.isdir(os.path.join(args.out, "runs")):
