@@ -15,19 +15,28 @@ from lth.models import build_model
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"demo_{name}", os.path.join(ROOT, "demo", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+common = _load("common")
+
+
 def load_demo(name: str):
-    """A demo script as a module (the demos import their sibling ``common`` as scripts do)."""
-    sys.path.insert(0, os.path.join(ROOT, "demo"))
+    """A demo script as a module. The demos import their sibling ``common`` as scripts do (``demo/``
+    is first on a script's sys.path); here demo/common.py stands in for it while the script loads."""
+    saved = sys.modules.get("common")
+    sys.modules["common"] = common
     try:
-        spec = importlib.util.spec_from_file_location(f"demo_{name}", os.path.join(ROOT, "demo", f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return _load(name)
     finally:
-        sys.path.remove(os.path.join(ROOT, "demo"))
-
-
-common = load_demo("common")
+        if saved is None:
+            del sys.modules["common"]
+        else:
+            sys.modules["common"] = saved
 
 
 def test_mean_std_is_the_sample_standard_deviation():
