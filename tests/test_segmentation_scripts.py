@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import pruning_utils
+from lth import sweep as sweep_jobs
 from lth import trainer
 from lth.models import build_model
 from lth.tickets import save_ticket
@@ -324,40 +325,45 @@ def test_missing_or_mismatching_weights_are_one_line_errors(tmp_path, capsys):
 
 
 def sweep(tmp_path, script, *args):
-    """Run a sweep script with a ``python`` that only records its command lines."""
-    bin_dir, record = tmp_path / "bin", tmp_path / "calls.txt"
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$PWD $*" >> {record}\n')
-    (bin_dir / "python").chmod(0o755)
+    """The job list a sweep script writes (SWEEP_MODE=list: the jobs are listed, not run)."""
+    jobs = tmp_path / "jobs.jsonl"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    env = dict(os.environ, PYTHON=sys.executable, SWEEP_MODE="list", JOBS=str(jobs), OUT=str(tmp_path),
+               PYTHONPATH=root)
+    env.pop("SEED", None), env.pop("SEEDS", None)
     subprocess.run(["bash", os.path.join(root, "Segmentation", "sh", script), *args], check=True, env=env)
-    calls = record.read_text().splitlines()
-    record.unlink()
-    return root, calls
+    listed = sweep_jobs.train_jobs(sweep_jobs.read_jobs(str(jobs)))
+    jobs.unlink()
+    return root, listed
 
 
 @pytest.mark.parametrize("source", ["imagenet", "moco", "simclr"])
 def test_the_sweep_scripts_run_the_original_command_lines(tmp_path, source):
-    root, calls = sweep(tmp_path, f"imp_{source}.sh", "3")
-    assert len(calls) == 19
-    for i, call in enumerate(calls):
-        where, *words = call.split()
-        assert where == os.path.join(root, "Segmentation")
-        assert words[:2] == ["-u", f"main_imp_{source}.py"] and words[-1] == f"seed10_imp_{source}_{i}"
-        line = " ".join(words)
-        assert f"--imp_num {i}" in line and "--gpu_id 3" in line and "--random_seed 10" in line
-        assert "--batch_size 4 " in line and "--crop_val" in line and "--model deeplabv3plus_resnet50" in line
+    """The sweeps list the original's command lines: IMP rounds 0..18 (one resumable command per
+    seed, round i in seed10_imp_SOURCE_i, as the original's 19 commands), transfers one per round."""
+    root, jobs = sweep(tmp_path, f"imp_{source}.sh", "3")
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert job.cwd == os.path.join(root, "Segmentation") and job.rounds == 19
+    words = job.command[1:]
+    assert words[:3] == ["-u", f"main_imp_{source}.py", f"seed10_imp_{source}"]
+    line = " ".join(words)
+    assert "--imp_rounds 19" in line and "--gpu_id 3" in line and "--random_seed 10" in line
+    assert "--batch_size 4 " in line and "--crop_val" in line and "--model deeplabv3plus_resnet50" in line
     masks = tmp_path / "masks"
     masks.mkdir()
     for i in range(1, 19):
         (masks / f"ticket_{i:02d}.pt").write_text("")
     (masks / "mask-1.pt").write_text("")
-    _, calls = sweep(tmp_path, f"transfer_{source}.sh", "0", str(masks), "--lr", "0.02")
-    assert len(calls) == 19 and "--mask_dir" not in calls[0] and calls[0].endswith(f"seed10_{source}_00")
-    assert f"--mask_dir {masks}/ticket_05.pt --lr 0.02 seed10_{source}_05" in calls[5]
-    _, calls = sweep(tmp_path, f"transfer_{source}.sh", "0", str(masks / "mask-1.pt"))
-    assert len(calls) == 1 and f"--mask_dir {masks}/mask-1.pt seed10_{source}_01" in calls[0]
+    _, jobs = sweep(tmp_path, f"transfer_{source}.sh", "0", str(masks), "--lr", "0.02")
+    calls = [" ".join(job.command[1:]) for job in jobs]
+    assert len(calls) == 19 and "--mask_dir" not in calls[0] and f"seed10_{source}_00" in calls[0].split()
+    assert calls[5].startswith(f"-u main_transfer_{source}.py seed10_{source}_05 --mask_dir {masks}/ticket_05.pt ")
+    assert calls[5].endswith("--lr 0.02") and "--gpu_id 0" in calls[5] and "--random_seed 10" in calls[5]
+    if source != "imagenet":
+        return  # one mask file is one run whatever the weights (each call costs seconds: torch's import)
+    _, jobs = sweep(tmp_path, f"transfer_{source}.sh", "0", str(masks / "mask-1.pt"))
+    assert len(jobs) == 1 and f"seed10_{source}_01 --mask_dir {masks}/mask-1.pt" in " ".join(jobs[0].command)
 
 
 def test_round_files_as_masks_a_pruned_ckpt_and_the_originals_flags(three_rounds, tmp_path, capsys):
