@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import pruning_utils
-from lth import sweep as sweep_jobs
 from lth import trainer
 from lth.models import build_model
 from lth.tickets import save_ticket
@@ -322,48 +321,6 @@ def test_missing_or_mismatching_weights_are_one_line_errors(tmp_path, capsys):
         transfer(tmp_path, "w2", "--pretrained", str(tmp_path / "r50.pth"))
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "shape" in err and "\n" not in err
-
-
-def sweep(tmp_path, script, *args):
-    """The job list a sweep script writes (SWEEP_MODE=list: the jobs are listed, not run)."""
-    jobs = tmp_path / "jobs.jsonl"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHON=sys.executable, SWEEP_MODE="list", JOBS=str(jobs), OUT=str(tmp_path),
-               PYTHONPATH=root)
-    env.pop("SEED", None), env.pop("SEEDS", None)
-    subprocess.run(["bash", os.path.join(root, "Segmentation", "sh", script), *args], check=True, env=env)
-    listed = sweep_jobs.train_jobs(sweep_jobs.read_jobs(str(jobs)))
-    jobs.unlink()
-    return root, listed
-
-
-@pytest.mark.parametrize("source", ["imagenet", "moco", "simclr"])
-def test_the_sweep_scripts_run_the_original_command_lines(tmp_path, source):
-    """The sweeps list the original's command lines: IMP rounds 0..18 (one resumable command per
-    seed, round i in seed10_imp_SOURCE_i, as the original's 19 commands), transfers one per round."""
-    root, jobs = sweep(tmp_path, f"imp_{source}.sh", "3")
-    assert len(jobs) == 1
-    job = jobs[0]
-    assert job.cwd == os.path.join(root, "Segmentation") and job.rounds == 19
-    words = job.command[1:]
-    assert words[:3] == ["-u", f"main_imp_{source}.py", f"seed10_imp_{source}"]
-    line = " ".join(words)
-    assert "--imp_rounds 19" in line and "--gpu_id 3" in line and "--random_seed 10" in line
-    assert "--batch_size 4 " in line and "--crop_val" in line and "--model deeplabv3plus_resnet50" in line
-    masks = tmp_path / "masks"
-    masks.mkdir()
-    for i in range(1, 19):
-        (masks / f"ticket_{i:02d}.pt").write_text("")
-    (masks / "mask-1.pt").write_text("")
-    _, jobs = sweep(tmp_path, f"transfer_{source}.sh", "0", str(masks), "--lr", "0.02")
-    calls = [" ".join(job.command[1:]) for job in jobs]
-    assert len(calls) == 19 and "--mask_dir" not in calls[0] and f"seed10_{source}_00" in calls[0].split()
-    assert calls[5].startswith(f"-u main_transfer_{source}.py seed10_{source}_05 --mask_dir {masks}/ticket_05.pt ")
-    assert calls[5].endswith("--lr 0.02") and "--gpu_id 0" in calls[5] and "--random_seed 10" in calls[5]
-    if source != "imagenet":
-        return  # one mask file is one run whatever the weights (each call costs seconds: torch's import)
-    _, jobs = sweep(tmp_path, f"transfer_{source}.sh", "0", str(masks / "mask-1.pt"))
-    assert len(jobs) == 1 and f"seed10_{source}_01 --mask_dir {masks}/mask-1.pt" in " ".join(jobs[0].command)
 
 
 def test_round_files_as_masks_a_pruned_ckpt_and_the_originals_flags(three_rounds, tmp_path, capsys):
