@@ -98,7 +98,7 @@ def main(args) -> str:
 def _figures(results: report.Report, out: str, title: str | None) -> list[tuple[str, str]]:
     """The paper's figure (Fig. 3 for classification, Fig. 4 for detection and segmentation): every
     curve against remaining weights with the dense model(s) its verdict uses, at the best evaluation
-    and at the last epoch."""
+    (or the evaluation the runs' summary rows name) and at the last epoch."""
     first = results.groups[0].runs[0]
     title = title or first.task
     unit = report.metric_label(first.metric)
@@ -106,7 +106,8 @@ def _figures(results: report.Report, out: str, title: str | None) -> list[tuple[
     dense_of = {g.label: g.dense.label for g in results.groups if g.dense is not None}
     kinds = {g.label: g.kind for g in results.groups}
     figures = []
-    for key, name, what in (("reported", "metric_vs_remaining.png", "at the best evaluation"),
+    when = report.reported_when(run for group in results.groups for run in group.runs)
+    for key, name, what in (("reported", "metric_vs_remaining.png", when),
                             ("final", "final_vs_remaining.png", "at the last epoch")):
         curves = {}
         for group in results.groups:

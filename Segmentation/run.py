@@ -73,7 +73,10 @@ SOURCES = {
 def default_weights(source: Source, model: str) -> str:
     if source.weights is not None:
         return source.weights
-    return os.path.join(torch.hub.get_dir(), "checkpoints", TORCHVISION_FILES[model.split("_")[1]])
+    arch = model.split("_", 1)[1]
+    if arch not in TORCHVISION_FILES:
+        raise UserError(f"torchvision has no pre-trained {arch}: give its weights with --pretrained (or 'none')")
+    return os.path.join(torch.hub.get_dir(), "checkpoints", TORCHVISION_FILES[arch])
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,7 +591,7 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
     if ctx.is_main:
         save_ticket(os.path.join(save_dir, ticket_name(round_index + 1)), strategy.masks(model),
                     round=round_index + 1, prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
-                    source=os.path.abspath(save_dir), arch=args.model.split("_")[1], dataset=args.dataset,
+                    source=os.path.abspath(save_dir), arch=args.model.split("_", 1)[1], dataset=args.dataset,
                     pretraining=task.source.name, model=args.model)
         save_imp_file(imp_file_path(save_dir, round_index + 1), model)  # written last: the round is done
         if not args.keep_checkpoints:

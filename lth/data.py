@@ -195,11 +195,23 @@ def _missing_files(name: str, root: str) -> list[str]:
 
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 handwritten digits: ink (N, 8, 8) floats from 0 to ``DIGITS_MAX_VALUE``, labels int64."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's 1,797 handwritten digits: ink (N, 8, 8) floats from 0 to ``DIGITS_MAX_VALUE``, labels int64.
 
-    bunch = load_digits()
-    return bunch.images, bunch.target.astype(np.int64)
+    Read from the file ``sklearn.datasets.load_digits`` reads (``datasets/data/digits.csv.gz`` of the installed
+    scikit-learn: 64 pixel columns then the label), without importing scikit-learn, whose import (with SciPy's)
+    took about 1 s of CPU in every run on the digits; tests/test_demos.py checks that the arrays are
+    load_digits' own. Falls back to load_digits if the file is not where it was."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz") if spec else ""
+    if not os.path.isfile(path):
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target.astype(np.int64)
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
 def digits_pixels(ink: np.ndarray) -> np.ndarray:
