@@ -9,6 +9,7 @@ their check; ``check_shared(args)`` applies it to the flags a script has, and ea
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, Iterable
 
 from lth.errors import UserError
@@ -110,8 +111,6 @@ def check_shared(args, skip: Iterable[str] = ()) -> None:
 def check_run_name(name: str, what: str = "the run name") -> str:
     """A run's folder name under --save_dir: not empty, not absolute, never climbing out with '..'
     (a name is joined to --save_dir, and a run must not write outside it)."""
-    import os
-
     if not name or not name.strip():
         raise UserError(f"{what} is empty: give a name for its folder under --save_dir")
     parts = name.replace("\\", "/").split("/")

@@ -308,10 +308,10 @@ EVAL_FAST = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "2", "--ba
              "--print_freq", "0", "--decreasing_lr", "1"]
 
 
-@pytest.fixture
-def interrupted_run(tmp_path, monkeypatch, one_thread):
+@pytest.fixture(scope="module")
+def interrupted_template(module_tmp, one_thread):
     """main_eval_downstream killed during its second epoch: epoch 0's checkpoint and log line exist."""
-    out = tmp_path / "run"
+    out = module_tmp("interrupted") / "run"
     real = trainer.train_one_epoch
     calls = []
 
@@ -321,12 +321,20 @@ def interrupted_run(tmp_path, monkeypatch, one_thread):
             raise Interrupted()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "train_one_epoch", dies_on_second_epoch)
-    with pytest.raises(Interrupted):
-        main_eval_downstream.main(main_eval_downstream.get_args_parser().parse_args(
-            [*EVAL_FAST, "--save_dir", str(out)]))
-    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(trainer, "train_one_epoch", dies_on_second_epoch)
+        with pytest.raises(Interrupted):
+            main_eval_downstream.main(main_eval_downstream.get_args_parser().parse_args(
+                [*EVAL_FAST, "--save_dir", str(out)]))
     return out
+
+
+@pytest.fixture
+def interrupted_run(interrupted_template, tmp_path):
+    """A copy of the interrupted run for one test to damage and resume."""
+    import shutil
+
+    return shutil.copytree(interrupted_template, tmp_path / "run")
 
 
 def test_resume_drops_a_half_written_line_and_survives_a_truncated_run_json(interrupted_run, capsys):
