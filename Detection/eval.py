@@ -16,6 +16,7 @@ if __package__ in (None, ""):  # run as a script (python eval.py, the original's
     import _script_path  # noqa: F401  (the repository root on sys.path)
 import pruning_utils  # noqa: E402
 from Detection import runner  # noqa: E402
+from Detection.hparams import DetectionEval  # noqa: E402
 from Detection.model import BACKBONE_IMP_KEYS, read_backbone_imp  # noqa: E402
 from Detection.task import DetectionPruning  # noqa: E402
 from lth import cli, distributed  # noqa: E402
@@ -26,17 +27,7 @@ from lth.session import open_session  # noqa: E402
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    group = parser.add_argument_group("what to evaluate")
-    group.add_argument("--checkpoint", default=None,
-                       help="the model file; default: {imp_num}checkpoint.pth.tar of the IMP run in --save_dir")
-    group.add_argument("--imp_type", default="imagenet", choices=runner.PRETRAINED_TYPES,
-                       help="with no --checkpoint: the IMP run's type (names its default folder)")
-    group.add_argument("--imp_num", type=int, default=0, help="with no --checkpoint: the IMP round to evaluate")
-    group.add_argument("--result_dir", default=None,
-                       help="where the comp4 files and eval.json go (default: eval_{file name} beside the model)")
-    runner.add_common_args(parser)
-    return parser
+    return DetectionEval.parser(description=__doc__.split("\n\n")[0])
 
 
 def model_state(path: str) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from Detection import config
 from Detection.model import BACKBONE_CHANNELS, CONV_TYPES
 from Detection.task import DATASETS, DIGITS_COUNTS
-from lth.hparams import PATH_WHY, RUN, RUNTIME, Hparams, Run, hparam, like, workers_field
+from lth.hparams import PATH_WHY, RUN, RUNTIME, Run, hparam, like, workers_field
 
 PRETRAINED_TYPES = ("imagenet", "moco", "simclr")
 D = config.DEFAULTS

@@ -1,5 +1,5 @@
-"""What the detection entry scripts share: their flags (the original's config values), and the data,
-model, loaders, training config, step and evaluator they hand to the shared core."""
+"""What the detection entry scripts share: the data, model, loaders, training config, step and
+evaluator they hand to the shared core (their flags: Detection/hparams.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch.nn as nn
 from Detection import config, task
 from Detection.data import (DetectionEvalSet, DetectionTrainSet, eval_collate, train_collate)
 from Detection.evaluate import DetectionEvaluator
-from Detection.model import BACKBONE_CHANNELS, CONV_TYPES, YOLOv4
-from lth import cli
+from Detection.hparams import PRETRAINED_TYPES  # noqa: F401  (scripts and tests read it from here)
+from Detection.model import YOLOv4
 from lth.checkpoint import append_jsonl
 from lth.distributed import Context
 from lth.engine import Precision, StepResult
@@ -26,95 +26,17 @@ from lth.loaders import DeviceLoader, Loaders
 from lth.plots import plot_accuracy_vs_remaining
 from lth.trainer import Objective, TrainConfig
 
-PRETRAINED_TYPES = ("imagenet", "moco", "simclr")
 # The original's weight files (train_imp.py); its ImageNet weights came from a torchvision download
 # (never done here): the file torchvision stored them in.
 DEFAULT_WEIGHTS = {"imagenet": "weight/resnet50-19c8e357.pth", "moco": "weight/moco_v2_800ep_pretrain.pth.tar",
                    "simclr": "weight/simclr_weight.pt"}
 OBJECTIVE = Objective("ap", higher_is_better=True, lists=("class_ap50",), val_prefix="")
 CHECKPOINT_FORMAT = "lth-detection"
-# Flags that make a resumed or continued run a different experiment (beyond the trainer's own).
-IDENTITY = ("arch", "conv_type", "dataset", "img_size", "epochs", "batch_size", "accumulate", "lr_init",
-            "lr_end", "warmup_epochs", "lr_schedule", "momentum", "weight_decay", "seed", "pretrained", "rate")
 
 
 def default_save_dir(seed: int, kind: str, job: str) -> str:
     """The original's output folder: ``seed{S}_{type}_{imp|transfer|random}_ckpt``."""
     return f"seed{seed}_{kind}_{job}_ckpt"
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Data, model, training and evaluation flags with the original's defaults, and the run flags."""
-    d = config.DEFAULTS
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="voc", choices=task.DATASETS,
-                      help="voc: VOC07+12 trainval / VOC07 test read from the XML under --data_root; lists: the "
-                           "original's train_annotation.txt/test_annotation.txt; digits: the embedded set "
-                           "(scikit-learn digits on canvases, no files)")
-    data.add_argument("--data_root", default="data",
-                      help="folder holding VOCdevkit/VOC2007 and VOCdevkit/VOC2012 (the original's DATA_PATH)")
-    data.add_argument("--train_list", default=None, help="--dataset lists: the training annotation list")
-    data.add_argument("--test_list", default=None, help="--dataset lists: the test annotation list")
-    data.add_argument("--digits_canvas", type=int, default=64, help="--dataset digits: canvas side in pixels")
-    data.add_argument("--digits_counts", type=_counts, default=_counts(",".join(map(str, task.DIGITS_COUNTS.values()))),
-                      help="--dataset digits: canvases in its train,val,test splits")
-    model = parser.add_argument_group("model")
-    model.add_argument("--arch", default="resnet50", choices=sorted(BACKBONE_CHANNELS),
-                       help="backbone (the original's Resnet50-YOLOv4; resnet18 for CPU demos and tests)")
-    model.add_argument("--conv_type", default=d["conv_type"], choices=CONV_TYPES,
-                       help="neck/head convs: general (what the original's ResNet-50 model really used) or "
-                            "do_conv (what its config named; DO-Conv)")
-    model.add_argument("--pretrained", default=None,
-                       help="backbone weights (torchvision state_dict, MoCo v2 checkpoint, simclr_weight.pt, any "
-                            "file the core reads); default the original's weight/ file of the type; 'none': "
-                            "random init. Never downloaded")
-    train = parser.add_argument_group("training (the original's config/yolov4_config.py values)")
-    train.add_argument("--epochs", type=int, default=d["epochs"],
-                       help="epochs per round (the original trained 120: Mobilenet_YOLO_EPOCHS applies to "
-                            "Resnet50-YOLOv4; 50 is the config's YOLO_EPOCHS)")
-    train.add_argument("--batch_size", type=int, default=d["batch_size"], help="training batch size (per process)")
-    train.add_argument("--accumulate", type=int, default=d["accumulate"],
-                       help="optimizer step when batch index %% accumulate == 0, as the original (gradients "
-                            "of the batches in between summed)")
-    train.add_argument("--img_size", type=int, default=d["img_size"], help="training and test input side (pixels)")
-    train.add_argument("--lr_init", type=float, default=d["lr_init"], help="peak learning rate of SGD")
-    train.add_argument("--lr_end", type=float, default=d["lr_end"], help="final learning rate of the cosine")
-    train.add_argument("--warmup_epochs", type=float, default=d["warmup_epochs"], help="linear warm-up epochs")
-    train.add_argument("--lr_schedule", default="as_run", choices=config.LR_SCHEDULES,
-                       help="as_run: the original's scheduler index (divided by the batch size: a saw-tooth "
-                            "warm-up, then about lr_init to the end); as_meant: warm-up then cosine to lr_end")
-    train.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum (the original's MOMENTUM)")
-    train.add_argument("--weight_decay", type=float, default=d["weight_decay"], help="SGD weight decay")
-    evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--eval_interval", type=int, default=0,
-                            help="evaluate every this many epochs; 0: once, after the last epoch of each "
-                                 "round (the original)")
-    evaluation.add_argument("--eval_batch_size", type=int, default=None,
-                            help="evaluation batch size (default: --batch_size)")
-    evaluation.add_argument("--conf_thresh", type=float, default=d["conf_thresh"],
-                            help="keep boxes whose confidence x class probability exceeds this")
-    evaluation.add_argument("--nms_thresh", type=float, default=d["nms_thresh"],
-                            help="per-class NMS drops boxes whose GIoU with a kept one exceeds this")
-    evaluation.add_argument("--multi_scale_val", action="store_true",
-                            help="test at 320/416/512/608 px and merge (the config's MULTI_SCALE_VAL; the "
-                                 "original's reported AP never used it)")
-    evaluation.add_argument("--flip_val", action="store_true",
-                            help="also test the flipped image (the config's FLIP_VAL; never used by the original)")
-    cli.add_runtime_args(parser, save_dir="", workers=2)
-    parser.set_defaults(seed=config.DEFAULTS["seed"])
-    parser.add_argument("--resume_all", dest="resume", action="store_true",
-                        help="the original's spelling of --resume")
-    parser.add_argument("--gpu_id", dest="gpu", help="the original's spelling of --gpu")
-
-
-def _counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        counts = []
-    if len(counts) != 3 or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive counts train,val,test, got '{text}'")
-    return counts
 
 
 def check_args(args: argparse.Namespace) -> None:

@@ -14,24 +14,17 @@ if __package__ in (None, ""):  # run as a script (python train_imp.py, the origi
     import _script_path  # noqa: F401  (the repository root on sys.path)
 import pruning_utils  # noqa: E402
 from Detection import runner  # noqa: E402
+from Detection.hparams import DetectionImp, DetectionRandom  # noqa: E402
 from Detection.model import save_backbone_imp  # noqa: E402
 from Detection.task import DetectionPruning  # noqa: E402
 from lth import cli, distributed  # noqa: E402
 from lth.errors import UserError  # noqa: E402
+from lth.hparams import controls_record, twin_id  # noqa: E402
 from lth.session import check_save_dir, open_session  # noqa: E402
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    group = parser.add_argument_group("random pruning (the original's flags)")
-    group.add_argument("--imp_type", default="imagenet", choices=runner.PRETRAINED_TYPES,
-                       help="which pre-trained backbone is pruned and trained")
-    group.add_argument("--imp_num", type=int, default=1,
-                       help="sparsity level k: (1 - --rate)^k of the backbone conv weights remain (0: dense)")
-    group.add_argument("--rate", type=float, default=runner.config.DEFAULTS["prune_rate"],
-                       help="the IMP rate whose k-th level is matched (0.2: 0.8^k remain)")
-    runner.add_common_args(parser)
-    return parser
+    return DetectionRandom.parser(description=__doc__.split("\n\n")[0])
 
 
 def main(args) -> dict:
@@ -39,13 +32,16 @@ def main(args) -> dict:
     pruning_utils.check_rate(args.rate)
     if args.imp_num < 0:
         raise UserError(f"--imp_num must be 0 or more, got {args.imp_num}")
+    hparams = DetectionRandom.from_args(args)
     sweep = args.save_dir or runner.default_save_dir(args.seed, args.imp_type, "random")
     args.save_dir = os.path.join(sweep, f"model{args.imp_num}")
     run, resume_file = check_save_dir(args.save_dir, args.resume)
-    session = open_session(args, run, resume_file, default_seed=runner.config.DEFAULTS["seed"])
+    session = open_session(args, run, resume_file, default_seed=runner.config.DEFAULTS["seed"], hparams=hparams)
     ctx = session.ctx
     setup = runner.build(args, ctx, session.precision, args.imp_type, run.path)
-    session.record(args)
+    # The control of train_imp.py's IMP run with the same settings (its level-k ticket).
+    session.record(args, controls=controls_record("random_prune", None,
+                                                  ticket_experiment=twin_id(hparams, DetectionImp)))
     k = args.imp_num
 
     def prune_at_random() -> None:
@@ -57,7 +53,7 @@ def main(args) -> dict:
             pruning_utils.save_ticket(os.path.join(sweep, f"ticket_{k:02d}.pt"),
                                       DetectionPruning(args.rate).masks(setup.model), round=k, random_prune=True,
                                       seed=args.seed, arch=args.arch, dataset=args.dataset, task="detection",
-                                      imp_type=args.imp_type)
+                                      imp_type=args.imp_type, experiment=run.experiment["id"])
 
     row = runner.train_single(args, session, setup, k, prune_at_random, sweep, f"random {k}",
                               {"imp_num": k, "random_prune": True})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lth.hparams import (PATH_WHY, PRINT_FREQ_EXAMPLES, RUN, RUNTIME, Hparams, Run, hparam, like, resume_path,
+from lth.hparams import (PATH_WHY, PRINT_FREQ_EXAMPLES, RUN, RUNTIME, Run, hparam, like, resume_path,
                          workers_field)
 from lth.models import ARCHS
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from lth.hparams import (PATH_WHY, POSITION, RUN, RUNTIME, Hparams, Iterations, Run, hparam, like,
+from lth.hparams import (PATH_WHY, POSITION, RUN, RUNTIME, Iterations, Run, hparam, like,
                          workers_field)
 from Segmentation.data import DATASETS, VOC_YEARS
 from Segmentation.loss import LOSS_TYPES

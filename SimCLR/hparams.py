@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lth.hparams import PATH_WHY, RUN, RUNTIME, SEED, Hparams, Run, hparam, like
+from lth.hparams import PATH_WHY, RUN, RUNTIME, SEED, Run, hparam, like
 from lth.models import ARCHS
 from SimCLR.simclr import LOSS_FORMS
 

@@ -265,8 +265,14 @@ def experiment_record(hparams: Hparams) -> dict:
 
 
 def task_class(task: str):
-    """The hparams class of a recorded task name, or None (a task this code does not know)."""
+    """The hparams class of a recorded task name, or None (a task this code does not know, or whose
+    hparams module is not imported)."""
     return _REGISTRY.get(task)
+
+
+def registered() -> dict[str, type]:
+    """``{task: hparams class}`` of every task whose hparams module is imported."""
+    return dict(_REGISTRY)
 
 
 def twin_id(hparams: Hparams, cls=None, **changes) -> str:
@@ -389,16 +395,17 @@ class Speed(Hparams):
     precision: str = hparam(
         "auto", "auto: bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16"), group=RUN,
         role=RUNTIME, why="how the arithmetic runs, like the device it runs on ('auto' picks by device); "
-                          "recorded in run.json's args")
+                          "recorded in run.json's args", source="ours (the original trained in fp32)")
     channels_last: str = hparam(
         "auto", "memory layout of activations; auto: on for CUDA, off on CPU", choices=("auto", "on", "off"),
-        group=RUN, role=RUNTIME, why="a memory layout: same values, other speed")
+        group=RUN, role=RUNTIME, why="a memory layout: same values, other speed", source="ours")
     compile: bool = hparam(
         False, "torch.compile the model (recompiled once per round, after re-pruning)", action="store_true",
-        group=RUN, role=RUNTIME, why="the same model compiled: speed only")
+        group=RUN, role=RUNTIME, why="the same model compiled: speed only", source="ours")
     deterministic: bool = hparam(
         False, DETERMINISTIC_HELP, action="store_true", group=RUN, role=RUNTIME,
-        why="which CUDA kernels run (bit-exact repeats on a GPU), not what the experiment is")
+        why="which CUDA kernels run (bit-exact repeats on a GPU), not what the experiment is",
+        source="original: cudnn.deterministic when given a seed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -408,7 +415,8 @@ class Trust(Hparams):
         False, "load every checkpoint, weight and mask file in full even when it holds Python objects besides "
                "tensors, numbers, argparse.Namespace and numpy scalars; unpickling such a file can run any code "
                "in it, so only pass this for files you trust (without it they are refused)",
-        action="store_true", group=RUN, role=RUNTIME, why="a safety switch for loading files")
+        action="store_true", group=RUN, role=RUNTIME, why="a safety switch for loading files",
+        source="ours: the original unpickled every file")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -416,24 +424,27 @@ class Run(Speed, Trust):
     """The run flags of the classification scripts (tasks override defaults and spellings with ``like``)."""
     save_dir: str | None = hparam(
         None, "folder for checkpoints, tickets, metrics.jsonl and plots; must not hold another run unless --resume",
-        group=RUN, required=True, role=RUNTIME, why=PATH_WHY)
+        group=RUN, required=True, role=RUNTIME, why=PATH_WHY, source="original --save_dir (effectively required)")
     resume: bool = hparam(
         False, "continue the run in --save_dir from its latest checkpoint", action="store_true", group=RUN,
-        role=RUNTIME, why="continues the recorded experiment, which it is checked against")
+        role=RUNTIME, why="continues the recorded experiment, which it is checked against", source="original --resume")
     seed: int | None = hparam(
         None, "random seed (0 is a valid seed); without it a seed is drawn and recorded", type=optional_int,
-        group=RUN, role=SEED, why="which replicate: runs that differ only in their seed are pooled")
+        group=RUN, role=SEED, why="which replicate: runs that differ only in their seed are pooled",
+        source="original --seed None (ours also takes 0 and records a drawn seed)")
     gpu: str = hparam(
         "0", "CUDA device number for a single-process run (ignored on a CPU-only machine and under torchrun, "
-             "where each process takes LOCAL_RANK)", group=RUN, role=RUNTIME, why="the device")
+             "where each process takes LOCAL_RANK)", group=RUN, role=RUNTIME, why="the device",
+        source="original --gpu 0")
     cpu: bool = hparam(False, "run on the CPU even if CUDA is available", action="store_true", group=RUN,
-                       role=RUNTIME, why="the device")
+                       role=RUNTIME, why="the device", source="ours")
     print_freq: int = hparam(50, "update the progress bar's loss/accuracy every this many steps", group=RUN,
-                             role=RUNTIME, why="what is printed")
+                             role=RUNTIME, why="what is printed", source="original --print_freq 50")
     workers: int = hparam(
         0, "accepted for compatibility; small data sets live in memory and need no workers",
         flags=("--workers", "-j"), group=RUN, role=RUNTIME,
-        why="processes that read the data: the data order and augmentation come from the seed and epoch")
+        why="processes that read the data: the data order and augmentation come from the seed and epoch",
+        source="ours: in-memory data sets need none")
 
     # Field order of Speed and Trust (bases) comes first in the dataclass; --help shows the run
     # flags in the order they always had.
@@ -467,9 +478,10 @@ class Iterations(Hparams):
     """Training counted in optimizer steps (DeepLab's way); ``TrainConfig.from_hparams`` reads it."""
     GROUPS = ("iterations",)
     total_itrs: int = hparam(30000, "optimizer steps per round (the data loop restarts as often as needed)",
-                             group="iterations")
+                             group="iterations", source="DeepLabV3Plus-Pytorch --total_itrs 30e3")
     val_interval: int = hparam(100, "evaluate, log and checkpoint every this many iterations (and after the last)",
-                               group="iterations")
+                               group="iterations", source="DeepLabV3Plus-Pytorch --val_interval 100")
     lr_policy: str = hparam("poly", "poly: lr x (1 - itr/total_itrs)^0.9; multistep: x0.1 at each milestone "
                                     "iteration; cosine: half a cosine to 0",
-                            choices=("poly", "multistep", "cosine"), group="iterations")
+                            choices=("poly", "multistep", "cosine"), group="iterations",
+                            source="DeepLabV3Plus-Pytorch --lr_policy poly")

@@ -25,6 +25,10 @@ class RunDir:
             raise UserError("--save_dir is required: the folder where this run writes its results")
         self.path = path
         self.is_main = is_main
+        # Set when the session opens (lth.session): the run's typed hparams (lth.hparams) and its
+        # run.json "experiment" record, which tickets and checkpoints of the run quote.
+        self.hparams = None
+        self.experiment: dict | None = None
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -54,8 +58,13 @@ class RunDir:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise UserError(f"--save_dir '{self.path}' exists and is not a folder")
 
-    def start(self, args: dict, resume: bool) -> None:
-        """Create the folder and write (or extend, on resume) the run record."""
+    def start(self, args: dict, resume: bool, experiment: dict | None = None, controls: dict | None = None) -> None:
+        """Create the folder and write (or extend, on resume) the run record.
+
+        ``experiment`` (``lth.hparams.experiment_record``) and ``controls`` (``controls_record``) are
+        recorded once; a resumed run recorded before they existed gains them (its experiment was
+        checked against its args when the session opened).
+        """
         if not self.is_main:
             return
         os.makedirs(self.path, exist_ok=True)
@@ -66,14 +75,31 @@ class RunDir:
             record.setdefault("resumed", []).append({**run_record(args), "time": _now()})
         else:
             record = {**run_record(args), "time": _now()}
+        for key, value in (("experiment", experiment), ("controls", controls)):
+            if value is not None:
+                record.setdefault(key, value)
         write_json(record, record_path)
+
+    def record(self) -> dict | None:
+        """The run record (run.json) as written, or None where there is none."""
+        path = self.file(RUN_RECORD)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path) as handle:
+                record = json.load(handle)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise UserError(f"'{path}' cannot be read as JSON ({error}); the run it records cannot be checked") from None
+        if not isinstance(record, dict):
+            raise UserError(f"'{path}' is not a run record (a JSON object)")
+        return record
 
     def recorded_seed(self, given: int | None) -> int | None:
         """The seed a resumed run used (from its run record), unless one is given explicitly."""
-        if given is not None or not os.path.exists(self.file(RUN_RECORD)):
+        if given is not None:
             return given
-        with open(self.file(RUN_RECORD)) as handle:
-            return json.load(handle).get("args", {}).get("seed")
+        record = self.record()
+        return None if record is None else (record.get("args") or {}).get("seed")
 
     def log_epoch(self, row: dict) -> None:
         if self.is_main:
