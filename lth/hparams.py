@@ -308,12 +308,12 @@ def resume_mismatch(hparams: Hparams, seed: int | None, record: Mapping, where: 
             for name, value in experiment_fields(hparams).items():
                 if name not in old_fields:
                     return (f"{flag_name(cls, name)} ({value!r}) was not recorded by the run in {where}, another "
-                            f"version of this script's experiment (id {old_id}); start a new run in another --save_dir")
+                            f"version of this script's experiment (id {old_id}); start a new run in another folder")
                 if canonical(old_fields[name]) != value:
                     return _changed(cls, name, value, old_fields[name], where, old_id)
             return (f"the run in {where} is experiment {old_id}, not {experiment_id(hparams)} (its fields "
                     f"{sorted(set(old_fields) - set(experiment_fields(hparams)))} are no longer known); "
-                    f"start a new run in another --save_dir")
+                    f"start a new run in another folder")
     else:  # written before run.json recorded the experiment
         for name in fields_of_role(cls, EXPERIMENT):
             value = getattr(hparams, name)
@@ -327,7 +327,7 @@ def resume_mismatch(hparams: Hparams, seed: int | None, record: Mapping, where: 
     old_seed = args.get("seed")
     if seed is not None and old_seed is not None and old_seed != seed:
         return (f"--seed is {seed} but the run being resumed in {where} used {old_seed}: another seed is another "
-                f"replicate; start it in another --save_dir")
+                f"replicate: start a new run in another folder")
     return None
 
 
@@ -338,7 +338,7 @@ def _field(cls, name: str) -> dataclasses.Field:
 def _changed(cls, name: str, new: Any, old: Any, where: str, old_id: str | None) -> str:
     which = f" (experiment {old_id})" if old_id else ""
     return (f"{flag_name(cls, name)} is {new!r} but the run being resumed in {where}{which} used {old!r}: "
-            f"resuming must not change the experiment; start it in another --save_dir")
+            f"a resume keeps the run's experiment: to change it, start a new run in another folder")
 
 
 # --------------------------------------------------------------------------------------------
