@@ -8,7 +8,6 @@ reversed. Example:
         --save_dir eval_ticket --pretrained imagenet_weight.pt --mask_dir imp/ticket_05.pt
 """
 
-
 from lth import cli, distributed
 from lth.checkpoint import write_json
 from lth.classification import load_task, make_model
@@ -17,7 +16,9 @@ from lth.errors import UserError
 from lth.hparams import controls_record, ticket_kind
 from lth.models import load_pretrained
 from lth.plots import plot_training_curves
+from lth.runs import ONE_OFF_SUMMARY
 from lth.session import check_save_dir, open_session
+from lth.tickets import apply_ticket_args
 from lth.trainer import StageFiles, TrainConfig, train_stage
 
 CHECKPOINT_FORMAT = "lth-eval"
@@ -41,7 +42,7 @@ def main(args) -> None:
         # As the original: --conv1 only decides whether conv1 is masked; --load_all loads it.
         load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc or args.load_all,
                         conv1=args.load_all, quiet=not ctx.is_main)
-    mask_meta, remaining = cli.apply_ticket_args(model, args, ctx.is_main)
+    mask_meta, remaining = apply_ticket_args(model, args, ctx.is_main)
     kind = ticket_kind(args.mask_dir, args.reverse_mask, pretrained=bool(args.pretrained))
     session.record(args, controls=controls_record(kind, args.mask_dir, mask_meta) if kind else None)
     cfg = TrainConfig.from_hparams(hparams)
@@ -55,7 +56,7 @@ def main(args) -> None:
                    "pretrained": args.pretrained, "best_epoch": progress.best_epoch,
                    "best_val_acc": progress.best_val, "test_acc_at_best_val": progress.test_at_best,
                    "final_test_acc": progress.history["test_ta"][-1]}
-        write_json(summary, run.file("summary.json"))
+        write_json(summary, run.file(ONE_OFF_SUMMARY))
         plot_training_curves(progress.history, run.file("net_train.png"),
                              title=f"{remaining:.2f}% of conv weights remain")
         print(f"done: test accuracy {progress.test_at_best:.2f}% at the best validation epoch "

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from Detection import config
 from Detection.model import BACKBONE_CHANNELS, CONV_TYPES
 from Detection.task import DATASETS, DIGITS_COUNTS
-from lth.hparams import PATH_WHY, RUN, RUNTIME, Run, hparam, like, workers_field
+from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS
+from lth.hparams import BATCH_HELP, PATH_WHY, RUN, RUNTIME, Run, hparam, like, workers_field
 
 PRETRAINED_TYPES = ("imagenet", "moco", "simclr")
+ORIGINAL = "the original's flags (accepted; see each)"
+IGNORED_WHY = "accepted as the original's and ignored (said on one line when given)"
 D = config.DEFAULTS
 TRAINING = "training (the original's config/yolov4_config.py values)"
 ORIGINAL_CONFIG = "original config/yolov4_config.py"
@@ -36,6 +39,19 @@ def counts(text: str) -> list[int]:
 counts.__name__ = "_counts"
 
 
+def truth(text: str) -> bool:
+    """``--fp_16 true``: the original's type=bool flag, read as the word says."""
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+truth.__name__ = "_truth"
+
+
 @dataclass(frozen=True, kw_only=True)
 class DetectionCommon(Run):
     """Data, model, training, evaluation and run flags every detection script takes."""
@@ -48,8 +64,11 @@ class DetectionCommon(Run):
                             source="original config DATA_PATH")
     train_list: str | None = hparam(None, "--dataset lists: the training annotation list", group="data",
                                     role=RUNTIME, why=PATH_WHY, source="original data/train_annotation.txt")
-    test_list: str | None = hparam(None, "--dataset lists: the test annotation list", group="data", role=RUNTIME,
-                                   why=PATH_WHY, source="original data/test_annotation.txt")
+    test_list: str | None = hparam(None, "--dataset lists: the test annotation list; its images are scored against "
+                                         "the VOC XML beside them (../Annotations, difficult objects ignored) as the "
+                                         "original's evaluator did, or against the list's boxes (said on one line) "
+                                         "where there is none", group="data", role=RUNTIME, why=PATH_WHY,
+                                   source="original data/test_annotation.txt")
     digits_canvas: int = hparam(64, "--dataset digits: canvas side in pixels", group="data",
                                 source="ours: the CPU demo's set")
     digits_counts: tuple[int, ...] = hparam(tuple(DIGITS_COUNTS.values()), "--dataset digits: canvases in its "
@@ -65,10 +84,14 @@ class DetectionCommon(Run):
         None, "backbone weights (torchvision state_dict, MoCo v2 checkpoint, simclr_weight.pt, any file the core "
               "reads); default the original's weight/ file of the type; 'none': random init. Never downloaded",
         group="model", filled_in=True, source="original train_imp.py weight/ files (Detection.runner.DEFAULT_WEIGHTS)")
+    moco_encoder: str = hparam("k", MOCO_ENCODER_HELP + " (the original's train_imp.py MoCo loader did the same)",
+                               choices=MOCO_ENCODERS, group="model",
+                               source="original train_imp.py: k[17:] let encoder_k overwrite encoder_q")
     epochs: int = hparam(D["epochs"], "epochs per round (the original trained 120: Mobilenet_YOLO_EPOCHS applies to "
                                       "Resnet50-YOLOv4; 50 is the config's YOLO_EPOCHS)", group=TRAINING,
                          source="Detection/config.py finding 1 (120 as run)")
-    batch_size: int = hparam(D["batch_size"], "training batch size (per process)", group=TRAINING,
+    batch_size: int = hparam(D["batch_size"], "training batch size (the original's BATCH_SIZE); " + BATCH_HELP,
+                             group=TRAINING,
                              source=f"{ORIGINAL_CONFIG} BATCH_SIZE 8")
     accumulate: int = hparam(D["accumulate"], "optimizer step when batch index %% accumulate == 0, as the original "
                                               "(gradients of the batches in between summed)", group=TRAINING,
@@ -90,7 +113,8 @@ class DetectionCommon(Run):
     weight_decay: float = hparam(D["weight_decay"], "SGD weight decay", group=TRAINING,
                                  source=f"{ORIGINAL_CONFIG} WEIGHT_DECAY 5e-4")
     eval_interval: int = hparam(0, "evaluate every this many epochs; 0: once, after the last epoch of each round "
-                                   "(the original)", group="evaluation",
+                                   "(the original). On VOC and lists, whose only evaluation split is VOC07 test, each "
+                                   "round reports its last evaluation, never the best one", group="evaluation",
                                 source="Detection/config.py finding 4 (once per round)")
     eval_batch_size: int | None = hparam(None, "evaluation batch size (default: --batch_size)", group="evaluation",
                                          role=RUNTIME, why="evaluation only: no gradients; the AP does not depend on it",
@@ -115,16 +139,48 @@ class DetectionCommon(Run):
                          "torchrun, where each process takes LOCAL_RANK); --gpu_id is the original's spelling",
                     source="original --gpu_id 0")
     workers: int = workers_field(2, source="ours: 2 reader processes")
+    weight_path: str | None = hparam(
+        None, "ignored: the original's ResNet-50 model never read it (only its --resume looked for last.pt beside "
+              "it); weights come from --pretrained", group=ORIGINAL, role=RUNTIME, why=IGNORED_WHY,
+        source="original --weight_path weight/mobilenetv2.pth")
+    log_path: str | None = hparam(
+        None, "ignored: the original's log.txt and tensorboard folder; here run.json, metrics.jsonl and summary.jsonl "
+              "in --save_dir hold the log", group=ORIGINAL, role=RUNTIME, why=IGNORED_WHY,
+        source="original --log_path log/")
+    fp_16: bool | None = hparam(
+        None, "the original's mixed-precision switch (apex fp16, which crashed there): true trains in bf16 autocast "
+              "(--precision bf16; evaluation stays fp32), false changes nothing", type=truth, metavar="BOOL",
+        group=ORIGINAL, role=RUNTIME, why="sets --precision bf16 (the arithmetic, like --precision)",
+        source="original --fp_16 (type=bool)")
 
-    GROUPS = ("data", "model", TRAINING, "evaluation", RUN)
+    GROUPS = ("data", "model", TRAINING, "evaluation", RUN, ORIGINAL)
 
 
 @dataclass(frozen=True, kw_only=True)
-class DetectionImp(DetectionCommon):
+class DetectionTraining(DetectionCommon):
+    """The flags of the detection scripts that train: what a finished round keeps on disk, and the
+    original's unused --mask_dir of train_imp.py/train_random.py (``PARSER_DEFAULTS`` marks it ignored)."""
+    keep_checkpoints: bool = hparam(
+        False, "keep every finished round's resumable checkpoint (model and optimizer, 1.4 GB on ResNet-50) and "
+               "best-model copy; by default a finished round keeps only what the original kept (backbone_imp{k+1}.pth, "
+               "or backbone_random{k}.pth) and its ticket, and eval.py rebuilds the round's model from them",
+        action="store_true", group="disk", role=RUNTIME, why="what is kept on disk",
+        source="ours (the original kept every resume.pt)")
+    mask_dir: str | None = hparam(
+        None, "ignored, as in the original's train_imp.py/train_random.py: IMP reads its own backbone_imp{k}.pth; a "
+              "mask is transferred with train_transfer.py --mask_dir", group=ORIGINAL, role=RUNTIME, why=IGNORED_WHY,
+        source="original --mask_dir (unused)")
+    PARSER_DEFAULTS = {"mask_dir_ignored": True}  # Detection.runner.original_flag_notices says so when given
+
+    GROUPS = ("data", "model", TRAINING, "evaluation", RUN, "disk", ORIGINAL)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectionImp(DetectionTraining):
     """Detection/train_imp.py: IMP of YOLOv4's backbone, one round (or --rounds) per command."""
     TASK = "Detection/train_imp"
     IMP = "IMP (the original's flags)"
-    GROUPS = (IMP, *DetectionCommon.GROUPS)
+    GROUPS = (IMP, *DetectionTraining.GROUPS)
     imp_type: str = hparam("imagenet", "which pre-trained backbone the tickets start from (and rewind to)",
                            choices=PRETRAINED_TYPES, group=IMP, source="original --imp_type")
     imp_num: int = hparam(0, "the round to train: 0 starts from the pre-trained backbone, k > 0 from "
@@ -139,11 +195,11 @@ class DetectionImp(DetectionCommon):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DetectionRandom(DetectionCommon):
+class DetectionRandom(DetectionTraining):
     """Detection/train_random.py: the random-pruning control at sparsity level --imp_num."""
     TASK = "Detection/train_random"
     RANDOM = "random pruning (the original's flags)"
-    GROUPS = (RANDOM, *DetectionCommon.GROUPS)
+    GROUPS = (RANDOM, *DetectionTraining.GROUPS)
     imp_type: str = hparam("imagenet", "which pre-trained backbone is pruned and trained", choices=PRETRAINED_TYPES,
                            group=RANDOM, source="original --imp_type")
     imp_num: int = hparam(1, "sparsity level k: (1 - --rate)^k of the backbone conv weights remain (0: dense)",
@@ -157,7 +213,7 @@ class DetectionTransfer(DetectionCommon):
     """Detection/train_transfer.py: YOLOv4 trained with a fixed backbone mask (a ticket) on pre-trained weights."""
     TASK = "Detection/train_transfer"
     TRANSFER = "transfer (the original's flags)"
-    GROUPS = (TRANSFER, *DetectionCommon.GROUPS)
+    GROUPS = (TRANSFER, "data", "model", TRAINING, "evaluation", RUN, "disk", ORIGINAL)
     transfer_type: str = hparam("imagenet", "which pre-trained backbone the mask is put on", choices=PRETRAINED_TYPES,
                                 group=TRANSFER, source="original --transfer_type")
     mask_dir: str = hparam(help="the mask file (the original passes MASKROOT/mask-{i}.pt), or a folder holding "
@@ -168,6 +224,7 @@ class DetectionTransfer(DetectionCommon):
     reverse_mask: bool = hparam(False, "train the complement of the mask (1 - mask): the reversed-mask control",
                                 action="store_true", group=TRANSFER, source="ours (the original had no such control "
                                                                               "for detection)")
+    keep_checkpoints: bool = like(DetectionTraining, "keep_checkpoints")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,8 +233,10 @@ class DetectionEval(DetectionCommon):
     TASK = "Detection/eval"
     WHAT = "what to evaluate"
     GROUPS = (WHAT, *DetectionCommon.GROUPS)
-    checkpoint: str | None = hparam(None, "the model file; default: {imp_num}checkpoint.pth.tar of the IMP run in "
-                                          "--save_dir", group=WHAT, source="ours (the original's --resume_all file)")
+    checkpoint: str | None = hparam(None, "the model file; default: the model round --imp_num of the IMP run in "
+                                          "--save_dir trained: its {imp_num}checkpoint.pth.tar, or (a finished round "
+                                          "keeps no checkpoint) backbone_imp{imp_num+1}.pth's weights with round "
+                                          "imp_num's masks", group=WHAT, source="ours (the original's --resume_all file)")
     imp_type: str = hparam("imagenet", "with no --checkpoint: the IMP run's type (names its default folder)",
                            choices=PRETRAINED_TYPES, group=WHAT, source="original --imp_type")
     imp_num: int = hparam(0, "with no --checkpoint: the IMP round to evaluate", group=WHAT,

@@ -4,6 +4,7 @@ evaluator they hand to the shared core (their flags: Detection/hparams.py)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -16,15 +17,15 @@ import torch.nn as nn
 from Detection import config, task
 from Detection.data import (DetectionEvalSet, DetectionTrainSet, eval_collate, train_collate)
 from Detection.evaluate import DetectionEvaluator
-from Detection.hparams import PRETRAINED_TYPES  # noqa: F401  (scripts and tests read it from here)
 from Detection.model import YOLOv4
 from lth.checkpoint import append_jsonl
-from lth.distributed import Context
-from lth.engine import Precision, StepResult
+from lth.distributed import Context, per_process_batch, per_process_eval_batch
+from lth.engine import Precision, StepResult, unwrap
 from lth.errors import UserError
 from lth.loaders import DeviceLoader, Loaders
-from lth.plots import plot_accuracy_vs_remaining
-from lth.trainer import Objective, TrainConfig
+from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
+from lth.runs import SUMMARY
+from lth.trainer import Objective, StageProgress, TrainConfig, train_stage
 
 # The original's weight files (train_imp.py); its ImageNet weights came from a torchvision download
 # (never done here): the file torchvision stored them in.
@@ -39,7 +40,31 @@ def default_save_dir(seed: int, kind: str, job: str) -> str:
     return f"seed{seed}_{kind}_{job}_ckpt"
 
 
+def original_flag_notices(args: argparse.Namespace) -> list[str]:
+    """Apply the original's flags that mean something here (--fp_16) and say what each given one does."""
+    notices = []
+    flags = ("weight_path", "log_path") + (("mask_dir",) if getattr(args, "mask_dir_ignored", False) else ())
+    for flag in flags:
+        if getattr(args, flag, None) is not None:
+            notices.append(f"notice: --{flag} is ignored: {IGNORED_ORIGINAL_FLAGS[flag]}")
+    if getattr(args, "fp_16", None):
+        args.precision = "bf16"
+        notices.append("notice: --fp_16: training runs in bf16 autocast (--precision bf16); evaluation stays fp32")
+    return notices
+
+
+IGNORED_ORIGINAL_FLAGS = {
+    "weight_path": "the original's ResNet-50 model never read it; backbone weights come from --pretrained",
+    "log_path": "the log is run.json, metrics.jsonl and summary.jsonl in --save_dir",
+    "mask_dir": "an IMP round reads backbone_imp{k}.pth from --save_dir (train_transfer.py --mask_dir transfers a mask)",
+}
+
+
 def check_args(args: argparse.Namespace) -> None:
+    notices = original_flag_notices(args)
+    if os.environ.get("RANK", "0") == "0":
+        for line in notices:
+            print(line, file=sys.stderr)
     for name in ("epochs", "batch_size", "accumulate", "img_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -80,8 +105,8 @@ class Evaluation:
     def __call__(self, model: nn.Module, loader, desc: str) -> dict:
         evaluator = DetectionEvaluator(self.records[desc], self.class_names, self.args.conf_thresh,
                                        self.args.nms_thresh, flip=self.args.flip_val)
-        with self.precision.autocast(self.ctx.device):
-            metrics = task.run_evaluation(task.unwrap(model), loader, evaluator, self.result_dir(desc),
+        with self.precision.eval_autocast(self.ctx.device):
+            metrics = task.run_evaluation(unwrap(model), loader, evaluator, self.result_dir(desc),
                                           progress=self.ctx.is_main)
         return as_percent(metrics)
 
@@ -121,10 +146,12 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     data = task.load_detection_data(args.dataset, args.data_root, seed=args.seed, canvas=args.digits_canvas,
                                     train_list=args.train_list, test_list=args.test_list,
                                     digits_counts=dict(zip(task.DIGITS_COUNTS, args.digits_counts)))
+    if data.note and ctx.is_main:
+        print(data.note, file=sys.stderr)
     torch.manual_seed(args.seed)
     model = YOLOv4(len(data.class_names), args.arch, conv_type=args.conv_type)
     if pretrained:
-        task.load_backbone_weights(model, pretrained, quiet=not ctx.is_main)
+        task.load_backbone_weights(model, pretrained, quiet=not ctx.is_main, moco_encoder=args.moco_encoder)
     elif ctx.is_main and not weights_follow:
         print("notice: --pretrained none: the backbone starts from random weights", file=sys.stderr)
     pretrained_backbone = {key: value.detach().clone() for key, value in model.backbone.state_dict().items()}
@@ -134,9 +161,10 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     workers = args.workers
     common = dict(seed=args.seed, ctx=ctx, workers=workers, channels_last=precision.channels_last)
     train = DeviceLoader(DetectionTrainSet(data.train, len(data.class_names), args.img_size, seed=args.seed),
-                         args.batch_size, train=True, drop_last=False, collate_fn=train_collate, **common)
+                         per_process_batch(args.batch_size, ctx), train=True, drop_last=False,
+                         collate_fn=train_collate, **common)
     sizes = config.MULTI_SCALE_VAL_SIZES if args.multi_scale_val else None
-    eval_batch = args.eval_batch_size or args.batch_size
+    eval_batch = per_process_eval_batch(args.eval_batch_size or args.batch_size, ctx)
 
     def eval_loader(records):
         return DeviceLoader(DetectionEvalSet(records, args.img_size, sizes=sizes), eval_batch, train=False,
@@ -147,6 +175,13 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     records = {"val": val_records, "test": data.test}
     loaders = Loaders(train=train, val=eval_loader(val_records),
                       test=eval_loader(data.test) if data.val is not None else None)
+    objective = OBJECTIVE
+    if data.val is None:  # VOC and lists: VOC07 test is the only evaluation split
+        objective = dataclasses.replace(OBJECTIVE, select_last=True)
+        if args.eval_interval and args.eval_interval < args.epochs and ctx.is_main:
+            print(f"notice: --eval_interval {args.eval_interval}: VOC07 test is also the validation split, so "
+                  f"each round reports its last evaluation (not the best of several test-set evaluations)",
+                  file=sys.stderr)
     batches = len(train)
     if batches == 0:
         raise UserError("the training set yields no batch")
@@ -160,7 +195,7 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     step_after = (functools.partial(_steps_after, accumulate=args.accumulate) if args.accumulate > 1 else None)
     train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr_init, momentum=args.momentum,
                             weight_decay=args.weight_decay, warmup=0, milestones=[], print_freq=args.print_freq,
-                            compile=args.compile, objective=OBJECTIVE, step_after=step_after, lr_factor=lr_factor,
+                            compile=args.compile, objective=objective, step_after=step_after, lr_factor=lr_factor,
                             eval_every=args.eval_interval or args.epochs)
     evaluation = Evaluation(records, data.class_names, args, ctx, precision, result_base)
     return Setup(data, model, loaders, train_cfg, evaluation, pretrained_backbone)
@@ -180,7 +215,7 @@ def record_sweep_point(sweep_dir: str, row: dict, label: str, title: str, is_mai
     if not is_main:
         return
     os.makedirs(sweep_dir, exist_ok=True)
-    path = os.path.join(sweep_dir, "summary.jsonl")
+    path = os.path.join(sweep_dir, SUMMARY)
     append_jsonl(row, path)
     latest = {}
     with open(path) as handle:
@@ -198,11 +233,7 @@ def train_single(args: argparse.Namespace, session, setup: Setup, stage: int, pr
     """One training of a fixed mask (transfer, random pruning): ``prepare()`` puts the mask on the
     fresh model (skipped on --resume, where the checkpoint brings it), then the core trains and
     evaluates; the run's summary row goes to its own summary.jsonl and to the sweep folder's."""
-    from lth.plots import plot_training_curves
-    from lth.trainer import StageProgress, train_stage
-    from Detection.task import DetectionPruning
-
-    strategy = DetectionPruning(config.DEFAULTS["prune_rate"])
+    strategy = task.DetectionPruning(config.DEFAULTS["prune_rate"])
     run, ctx = session.run, session.ctx
     if args.resume:
         progress, optimizer_state, scheduler_state = session.restore(setup.model, CHECKPOINT_FORMAT, args,
@@ -218,7 +249,8 @@ def train_single(args: argparse.Namespace, session, setup: Setup, stage: int, pr
                            checkpoint_extra=lambda: {"format": CHECKPOINT_FORMAT, "args": vars(args),
                                                      "arch": args.arch, "dataset": args.dataset},
                            remaining=remaining, **stage_kwargs(setup))
-    row = {**progress.summary_row(stage, remaining, OBJECTIVE), **row_extra}
+    row = {**progress.summary_row(stage, remaining, setup.train_cfg.objective), **row_extra,
+           **session.precision.describe()}
     if ctx.is_main:
         run.log_round(row)
         plot_training_curves(progress.history, run.file("net_train.png"), title=f"{label}: {remaining:.2f}% remain",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lth.hparams import (PATH_WHY, PRINT_FREQ_EXAMPLES, RUN, RUNTIME, Run, hparam, like, resume_path,
+from lth.hparams import (BATCH_HELP, PATH_WHY, PRINT_FREQ_EXAMPLES, RUN, RUNTIME, Run, hparam, like, resume_path,
                          workers_field)
 from lth.models import ARCHS
 
@@ -35,8 +35,8 @@ class MocoImp(Run):
         group=MOCO, source="original --pretrained_path moco_v2_800ep_pretrain.pth.tar")
     epochs: int = hparam(180, "training epochs in all; IMP prunes every --retrain_epoch of them", group=MOCO,
                          source="original --epochs 180")
-    batch_size: int = hparam(256, "batch size of one node, shared equally by its processes (as in the original); the "
-                                  "queue size must be a multiple of the batch of all nodes",
+    batch_size: int = hparam(256, "batch size of all processes together (the queue size must be a multiple of it); "
+                                  + BATCH_HELP + " (the original's -b was per node: the same on one node)",
                              flags=("-b", "--batch-size"), group=MOCO, source="original -b 256")
     lr: float = hparam(3e-4, "SGD learning rate, fixed throughout (the original's fix_lr)",
                        flags=("--lr", "--learning-rate"), group=MOCO, source="original --lr 3e-4 (fix_lr)")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from lth.hparams import (PATH_WHY, POSITION, RUN, RUNTIME, Iterations, Run, hparam, like,
+from lth.hparams import (BATCH_HELP, PATH_WHY, POSITION, RUN, RUNTIME, Iterations, Run, hparam, like,
                          workers_field)
-from Segmentation.data import DATASETS, VOC_YEARS
+from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS
+from Segmentation.data import DATASETS, LABEL_PADS, ORIGINAL_LABEL_PAD, VOC_YEARS
 from Segmentation.loss import LOSS_TYPES
 from Segmentation.model import MODELS
 
@@ -67,6 +68,10 @@ class Segmentation(Iterations, Run):
                                    "(default: full images)", action="store_true", group="data",
                             source="original --crop_val (its sweeps pass it)")
     crop_size: int = hparam(513, "training (and --crop_val) crop size", group="data", source="original --crop_size 513")
+    label_pad: int = hparam(ORIGINAL_LABEL_PAD, "label of the pixels padded around a training image smaller than "
+                                                "--crop_size: 0 (background, the original's: 23.5 %% of VOC's "
+                                                "training label pixels at 513) or 255 (ignored by the loss)",
+                            choices=LABEL_PADS, group="data", source="original: ext_transforms pads labels with 0")
     download: bool = hparam(False, "accepted as the original's, but refused: data sets are never downloaded; place "
                                    "them under --data_root", action="store_true", group="data", role=RUNTIME,
                             why="refused: data sets are never downloaded", source="original --download")
@@ -83,23 +88,31 @@ class Segmentation(Iterations, Run):
     dict_key: str | None = hparam(None, "entry of the --pretrained file that holds the weights (default: "
                                         "'state_dict' when present, else the whole file)", group="model",
                                   source="ours (the original read 'state_dict')")
+    moco_encoder: str = hparam("k", MOCO_ENCODER_HELP + " (the original's main_*_moco.py did the same)",
+                               choices=MOCO_ENCODERS, group="model",
+                               source="original main_*_moco.py: k[17:] let encoder_k overwrite encoder_q")
     test_only: bool = hparam(False, "evaluate on val (--ckpt, or the model a run would start training from), print "
                                     "the scores and exit; writes only --save_val_results", action="store_true",
                              group=TRAINING, role=RUNTIME, why="evaluates and exits: no run is recorded",
                              source="original --test_only")
-    save_val_results: bool = hparam(False, "at each evaluation write {image_id}_pred.png (VOC palette, at the label's "
-                                           "size) into EXP/results, replacing the previous evaluation's",
+    save_val_results: bool = hparam(False, "at each evaluation write {image_id}_image.png, _target.png, _pred.png "
+                                           "(palette, at the label's size) and _overlay.png (prediction over the "
+                                           "image at alpha 0.7), as the original meant to, into EXP/results, "
+                                           "replacing the previous evaluation's",
                                     action="store_true", group=TRAINING, role=RUNTIME, why="what is written",
                                     source="original --save_val_results")
     lr: float = hparam(0.01, "head learning rate; the backbone trains at 0.1x", group=TRAINING,
                        source="original --lr 0.01")
     weight_decay: float = hparam(1e-4, "SGD weight decay (momentum 0.9)", group=TRAINING,
                                  source="original --weight_decay 1e-4")
-    batch_size: int = hparam(16, "training batch size (per process)", group=TRAINING,
+    batch_size: int = hparam(16, "training batch size (at least 2 per process: batch norm after ASPP's image "
+                                 "pooling sees one value per channel per image); " + BATCH_HELP, group=TRAINING,
                              source="original --batch_size 16 (its sweeps pass 4)")
-    val_batch_size: int = hparam(4, "validation batch size (images of different sizes are padded, padding not "
-                                    "scored)", group=TRAINING, role=RUNTIME,
-                                 why="evaluation only: no gradients, padding not scored; the figures do not depend on it",
+    val_batch_size: int = hparam(4, "validation batch size; images of different sizes (VOC without --crop_val) are "
+                                    "predicted each at its own size, so the scores do not depend on it",
+                                 group=TRAINING, role=RUNTIME,
+                                 why="evaluation only: each image is predicted at its own size; the figures do not "
+                                     "depend on it",
                                  source="original --val_batch_size 4")
     loss_type: str = hparam("cross_entropy", "cross-entropy ignoring 255, or the original's focal loss",
                             choices=LOSS_TYPES, group=TRAINING, source="original --loss_type cross_entropy")
@@ -159,6 +172,15 @@ class SegmentationImp(Segmentation):
                          source="original: 20% per round, hard-coded")
     imp_rounds: int = hparam(IMP_ROUNDS, "rounds run without --imp_num (finished ones are skipped with --resume)",
                              group="IMP", source="original sh/imp_*.sh: rounds 0..18")
+    keep_checkpoints: bool = hparam(False, "keep a finished round's resumable EXP/latest_*.pth (model and optimizer); by "
+                                           "default a finished round keeps seg_backbone_imp{k+1}.pth, its ticket and "
+                                           "EXP/best_*.pth (the best validation model)", action="store_true",
+                                    group="IMP", role=RUNTIME, why="what is kept on disk",
+                                    source="ours (the original kept every checkpoint)")
+    mask_dir: str | None = hparam(None, "the original's flag, ignored as there: round k reads the mask of "
+                                        "seg_backbone_imp{k}.pth in --save_dir (transfer a mask with main_transfer_*.py)",
+                                  group="IMP", role=RUNTIME, why="accepted as the original's and ignored",
+                                  source="original --mask_dir (unused by its IMP scripts)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +195,10 @@ class SegmentationTransfer(Segmentation):
     random_prune: bool = hparam(False, "prune the backbone convs (conv1 excepted) globally at random to the mask's "
                                        "sparsity instead of using the mask: the random-pruning control",
                                 action="store_true", group="ticket", source="ours (a control)")
+    imp_num: int | None = hparam(None, "the original's flag, ignored as there (its transfer scripts never read it); "
+                                       "the mask is --mask_dir", group="ticket", role=RUNTIME,
+                                 why="accepted as the original's and ignored",
+                                 source="original --imp_num (unused by its transfer scripts)")
 
 
 def _script_class(base, mode: str, source: Source):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lth.hparams import PATH_WHY, RUN, RUNTIME, SEED, Run, hparam, like
+from lth.hparams import BATCH_HELP, PATH_WHY, RUN, RUNTIME, SEED, Run, hparam, like
 from lth.models import ARCHS
 from SimCLR.simclr import LOSS_FORMS
 
@@ -24,7 +24,7 @@ class SimclrImp(Run):
     TASK = "SimCLR/main"
     GROUPS = (None, DATA_MODEL, OPTIM, "pruning", RUN)
     ORDER = {RUN: ("save_dir", "resume", "seed", "gpu", "cpu", "workers", "sync_bn", "print_freq", "precision",
-                   "channels_last", "compile", "deterministic", "trust_checkpoint")}
+                   "eval_precision", "channels_last", "compile", "deterministic", "trust_checkpoint")}
     experiment: str = hparam(help="name of this run; everything is written to SAVE_DIR/EXPERIMENT", positional=True,
                              role=RUNTIME, why="a name: part of the output path", source="original experiment")
     data: str = hparam("./data", "ImageFolder root with train/<class>/<images> and val/<class>/<images>",
@@ -50,8 +50,8 @@ class SimclrImp(Run):
                        source="original: its loss function's form (ours: the flag)")
     epochs: int = hparam(150, "training epochs in all: rounds = 1 + epochs / prun_epoch, the first only evaluates",
                          group=OPTIM, source="original --epochs 150 (its README runs 180)")
-    batch_size: int = hparam(256, "images per step over all GPUs (each of N processes takes 1/N, as the original's "
-                                  "DataParallel did); NT-Xent contrasts all 2x of them", group=OPTIM,
+    batch_size: int = hparam(256, "images per step over all GPUs; NT-Xent contrasts all 2x of them; " + BATCH_HELP,
+                             group=OPTIM,
                              source="original --batch_size 256")
     lr: float = hparam(1e-4, "learning rate, constant", group=OPTIM, source="original --lr 1e-4")
     optimizer: str = hparam("lars", f"lars: trust ratio eta 1e-3; lars and sgd use momentum {MOMENTUM}; a fresh "

@@ -14,25 +14,20 @@ import os
 import shlex
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # runs as `cd SimCLR && python main.py` and as `python SimCLR/main.py`
-    sys.path.insert(0, _ROOT)
+import torch
+import torch.nn as nn
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-import pruning_utils  # noqa: E402
-from lth import cli, distributed  # noqa: E402
-from lth.checkpoint import atomic_save  # noqa: E402
-from lth.contrastive import contrastive_evaluate  # noqa: E402
-from lth.errors import UserError  # noqa: E402
-from lth.imagedata import image_folder  # noqa: E402
-from lth.loaders import DeviceLoader, Loaders  # noqa: E402
-from lth.imp import ImpConfig, ImpRun  # noqa: E402
-from lth.session import check_same_experiment, check_save_dir, open_session, resume_source  # noqa: E402
-from lth.trainer import StageFiles, TrainConfig, train_stage  # noqa: E402
-from SimCLR import simclr  # noqa: E402
-from SimCLR.hparams import DEFAULT_SIM_MODEL, LATEST, MOMENTUM, SimclrImp  # noqa: E402
+from lth import cli, distributed, pruning
+from lth.checkpoint import atomic_save
+from lth.contrastive import contrastive_evaluate
+from lth.errors import UserError
+from lth.imagedata import image_folder
+from lth.loaders import DeviceLoader, Loaders
+from lth.imp import ImpConfig, ImpRun
+from lth.session import check_same_experiment, check_save_dir, open_session, resume_source
+from lth.trainer import StageFiles, TrainConfig, train_stage
+from SimCLR import simclr
+from SimCLR.hparams import DEFAULT_SIM_MODEL, LATEST, MOMENTUM, SimclrImp
 
 DENSE_FORMAT = "lth-simclr-dense"
 DENSE_OUTPUT = "simclr_weight.pt"
@@ -74,7 +69,7 @@ def check_args(args) -> None:
     if args.weight_decay < 0 or args.workers < 0:
         raise UserError("--weight_decay and --workers must not be negative")
     if args.prun_percent != 0:
-        pruning_utils.check_rate(args.prun_percent)
+        pruning.check_rate(args.prun_percent)
         if args.epochs % args.prun_epoch:
             raise UserError(f"--prun_epoch {args.prun_epoch} must divide --epochs {args.epochs} "
                             f"(rounds = 1 + epochs / prun_epoch)")
@@ -119,7 +114,7 @@ def make_loaders(args, ctx) -> Loaders:
     transform = simclr.simclr_transform(args.image_size)
     train_set = image_folder(args.data, "train", transform)
     val_set = image_folder(args.data, "val", transform)
-    per_process = args.batch_size // ctx.world_size
+    per_process = distributed.per_process_batch(args.batch_size, ctx)
     common = dict(seed=args.seed, ctx=ctx, workers=args.workers)
     # The last partial batch is kept, as the original's loader kept it (under DDP every rank's
     # last batch has the same size: the sampler pads), so NT-Xent's gather stays aligned.
@@ -216,7 +211,7 @@ def train_dense(model, loaders, cfg, session, args, meta, stage_kwargs) -> None:
                            optimizer_state=optimizer_state, scheduler_state=scheduler_state,
                            checkpoint_extra=lambda: extra, remaining=100.0, **stage_kwargs)
     if ctx.is_main:
-        atomic_save({"state_dict": pruning_utils.dense_state_dict(model), "epochs": args.epochs,
+        atomic_save({"state_dict": pruning.dense_state_dict(model), "epochs": args.epochs,
                      "mlpout": args.mlpout, **meta}, run.file(DENSE_OUTPUT))
         run.log_round(progress.summary_row(0, 100.0))
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from lth.cli import milestones
 from lth.data import DATASETS
-from lth.hparams import (PATH_WHY, PRINT_FREQ_EXAMPLES, RUN, RUNTIME, Hparams, Run, hparam, like, resume_path,
+from lth.hparams import (BATCH_HELP, PATH_WHY, PRINT_FREQ_EXAMPLES, RUN, RUNTIME, Hparams, Run, hparam, like, resume_path,
                          workers_field)
 from lth.imp import PRUNE_TYPES, REWIND_TARGETS
 from lth.models import ARCHS
@@ -57,10 +57,10 @@ class Model(Hparams):
 class Optim(Hparams):
     """SGD with warm-up and step decay: the downstream scripts' defaults (others override them)."""
     GROUPS = (OPTIM,)
-    batch_size: int = hparam(256, "training batch size (per process)", group=OPTIM,
+    batch_size: int = hparam(256, "training batch size; " + BATCH_HELP, group=OPTIM,
                              source="original main_imp_downstream.py --batch_size 256")
-    eval_batch_size: int | None = hparam(None, "evaluation batch size (default: 4x --batch_size; no gradients are "
-                                               "kept)", group=OPTIM, role=RUNTIME, why=EVAL_BATCH_WHY,
+    eval_batch_size: int | None = hparam(None, "evaluation batch size, global as --batch_size (default: 4x "
+                                               "--batch_size; no gradients are kept)", group=OPTIM, role=RUNTIME, why=EVAL_BATCH_WHY,
                                          source="ours (the original evaluated at --batch_size)")
     lr: float = hparam(0.1, "initial learning rate of SGD", group=OPTIM, source="original --lr 0.1")
     momentum: float = hparam(0.9, "SGD momentum factor (0 for plain SGD)", group=OPTIM,

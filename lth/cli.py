@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Callable
 
+from lth.checkpoint import trusted_checkpoints
 from lth.errors import UserError
 
 
@@ -25,9 +26,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
              argv: list[str] | None = None) -> None:
-    """Parse, run, and turn a ``UserError`` into ``error: ...`` on stderr with exit status 2."""
-    from lth.checkpoint import trusted_checkpoints
-
+    """Parse, run, and turn a ``UserError`` into ``error: ...`` on stderr with exit status 2 (3 for a
+    run that diverged, ``TrainingDiverged``)."""
     args = parser.parse_args(argv)
     try:
         set_deterministic(getattr(args, "deterministic", False))
@@ -35,7 +35,7 @@ def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.Argume
             main(args)
     except UserError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_status)
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch's checkpoint is intact; continue with --resume",
               file=sys.stderr)
@@ -68,18 +68,6 @@ def optional_int(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'")
 
 
-def resolve_seed(seed: int | None) -> int:
-    """The run's seed (see ``lth.session.resolve_seed``, which scripts reach through ``open_session``):
-    the one given or a fresh draw, rank 0's under torchrun, broadcast once."""
-    import torch.distributed as dist
-
-    from lth.distributed import Context
-    from lth.session import resolve_seed as shared_resolve_seed
-
-    initialized = dist.is_available() and dist.is_initialized()
-    ctx = Context(device=None, rank=dist.get_rank() if initialized else 0,
-                  world_size=dist.get_world_size() if initialized else 1)
-    return shared_resolve_seed(seed, ctx)
 
 
 def set_deterministic(enabled: bool) -> None:
@@ -99,24 +87,6 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def apply_ticket_args(model, args, is_main: bool) -> tuple[dict, float]:
-    """Put the mask of --mask_dir (reversed with --reverse_mask) on ``model``; report what trains.
-
-    Returns the mask's metadata and the remaining percentage of conv weights.
-    """
-    import pruning_utils
-
-    mask_meta = {}
-    if args.mask_dir:
-        masks, mask_meta = pruning_utils.read_masks(args.mask_dir)
-        if args.reverse_mask:
-            masks = pruning_utils.reverse_mask(masks)
-        pruning_utils.apply_mask(model, masks, conv1=args.conv1)
-    remaining = pruning_utils.sparsity(model, args.conv1)["remaining"]
-    if is_main:
-        print(f"training {'the reverse of ' if args.reverse_mask else ''}"
-              f"{args.mask_dir or 'a dense network'}: {remaining:.2f}% of conv weights remain", file=sys.stderr)
-    return mask_meta, remaining
 
 
 def check_common(args: argparse.Namespace) -> None:

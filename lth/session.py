@@ -85,7 +85,9 @@ def open_session(args: argparse.Namespace, run: RunDir, resume_file: str | None 
     if seed is None:
         seed = default_seed
     args.seed = resolve_seed(seed, ctx)
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
+    precision = Precision.choose(args.precision, ctx.device, args.channels_last,
+                                 getattr(args, "eval_precision", "fp32"))
+    run.stamp = precision.describe()
     return Session(run=run, ctx=ctx, precision=precision, resume_file=resume_file, seed=args.seed, hparams=hparams)
 
 

@@ -8,7 +8,6 @@ import argparse
 import importlib
 import json
 import os
-import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNAPSHOT = os.path.join(ROOT, "tests", "parsers.json")
@@ -90,7 +89,6 @@ def snapshot() -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
     with open(SNAPSHOT, "w") as handle:
         handle.write(dumps(snapshot()))
     print(f"wrote {SNAPSHOT}")
