@@ -8,11 +8,13 @@ reversed. Example:
         --save_dir eval_ticket --pretrained imagenet_weight.pt --mask_dir imp/ticket_05.pt
 """
 
-from lth import cli, data, distributed
+from lth import cli, distributed
 from lth.checkpoint import write_json
 from lth.classification import load_task, make_model
+from lth.classification_hparams import DownstreamEval
 from lth.errors import UserError
-from lth.models import ARCHS, load_pretrained
+from lth.hparams import controls_record, ticket_kind
+from lth.models import load_pretrained
 from lth.plots import plot_training_curves
 from lth.runs import ONE_OFF_SUMMARY
 from lth.session import check_save_dir, open_session
@@ -24,25 +26,15 @@ EVAL_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_SA_best.pth
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cli.add_data_args(parser, list(data.DATASETS), default="cifar10")
-    cli.add_model_args(parser, ARCHS, conv1_loads=False)
-    cli.add_optim_args(parser, batch_size=128)
-    group = cli.add_ticket_args(parser)
-    group.add_argument("--load_all", action="store_true",
-                       help="load every weight of --pretrained, fc and conv1 included (shapes must fit); "
-                            "without it conv1 and fc keep their random init, as in the original")
-    group.add_argument("--save_model", action="store_true",
-                       help="also keep the best-validation model as model_SA_best.pth.tar")
-    cli.add_runtime_args(parser)
-    return parser
+    return DownstreamEval.parser(description=__doc__.split("\n\n")[0])
 
 
 def main(args) -> None:
     cli.check_common(args)
     if args.reverse_mask and not args.mask_dir:
         raise UserError("--reverse_mask needs a mask to reverse: give --mask_dir")
-    session = open_session(args, *check_save_dir(args.save_dir, args.resume))
+    hparams = DownstreamEval.from_args(args)
+    session = open_session(args, *check_save_dir(args.save_dir, args.resume), hparams=hparams)
     run, ctx, precision = session.run, session.ctx, session.precision
     task = load_task(args, ctx, precision, args.seed)
     model = make_model(args, task.spec, ctx, precision, args.seed)
@@ -51,8 +43,9 @@ def main(args) -> None:
         load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc or args.load_all,
                         conv1=args.load_all, quiet=not ctx.is_main)
     mask_meta, remaining = apply_ticket_args(model, args, ctx.is_main)
-    session.record(args)
-    cfg = TrainConfig.from_args(args)
+    kind = ticket_kind(args.mask_dir, args.reverse_mask, pretrained=bool(args.pretrained))
+    session.record(args, controls=controls_record(kind, args.mask_dir, mask_meta) if kind else None)
+    cfg = TrainConfig.from_hparams(hparams)
     progress, optimizer_state, scheduler_state = session.restore(model, CHECKPOINT_FORMAT, args, args.conv1)
     extra = {"format": CHECKPOINT_FORMAT, "args": vars(args), "mask_meta": mask_meta}
     progress = train_stage(model, task.loaders, cfg, precision, ctx, run, stage=0, files=EVAL_FILES,

@@ -13,8 +13,10 @@ import math
 
 from lth import cli, distributed, imagedata
 from lth.checkpoint import write_json
+from lth.classification_hparams import VisdaEval
 from lth.errors import UserError
-from lth.models import ARCHS, load_pretrained
+from lth.hparams import controls_record, ticket_kind
+from lth.models import load_pretrained
 from lth.plots import plot_training_curves
 from lth.runs import ONE_OFF_SUMMARY
 from lth.session import check_save_dir, open_session
@@ -26,22 +28,7 @@ EVAL_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_best.pth.ta
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", metavar="DIR",
-                        help="VisDA-2017 root: DIR/train/image_list.txt and DIR/validation/image_list.txt, "
-                             "lines 'relative/path label' (labels 0-11)")
-    group = parser.add_argument_group("model")
-    group.add_argument("-a", "--arch", default="resnet50", choices=ARCHS,
-                       help="torchvision ResNet (ImageNet stem) with a 12-way fc")
-    group.add_argument("--image_size", type=int, default=224,
-                       help="training crop size and validation resize (size x size)")
-    cli.add_optim_args(parser, batch_size=64, names=cli.EXAMPLES_NAMES)
-    parser.set_defaults(lr=1e-3, weight_decay=5e-4, epochs=20, warmup=0, decreasing_lr=[10])
-    group = cli.add_ticket_args(parser, weights_note="; fc is not loaded, conv1 is")
-    group.add_argument("--conv1", action="store_true",
-                       help="also mask the stem conv1 (the mask must then hold conv1.weight_mask)")
-    cli.add_runtime_args(parser, names=cli.EXAMPLES_NAMES, workers=4, save_dir="results/", resume_path=True)
-    return parser
+    return VisdaEval.parser(description=__doc__.split("\n\n")[0])
 
 
 def main(args) -> None:
@@ -50,7 +37,8 @@ def main(args) -> None:
         raise UserError("--reverse_mask needs a mask to reverse: give --mask_dir")
     if args.image_size < 1:
         raise UserError(f"--image_size must be positive, got {args.image_size}")
-    session = open_session(args, *check_save_dir(args.save_dir, args.resume))
+    hparams = VisdaEval.from_args(args)
+    session = open_session(args, *check_save_dir(args.save_dir, args.resume), hparams=hparams)
     run, ctx, precision = session.run, session.ctx, session.precision
     train_set, val_set = imagedata.visda_splits(args.data, args.image_size)
     loaders = imagedata.image_loaders(train_set, val_set, imagedata.VISDA_CLASSES, batch_size=args.batch_size,
@@ -60,8 +48,9 @@ def main(args) -> None:
     if args.pretrained:
         load_pretrained(model, args.pretrained, args.dict_key, fc=False, conv1=True, quiet=not ctx.is_main)
     mask_meta, remaining = apply_ticket_args(model, args, ctx.is_main)
-    session.record(args)
-    cfg = TrainConfig.from_args(args)
+    kind = ticket_kind(args.mask_dir, args.reverse_mask, pretrained=bool(args.pretrained))
+    session.record(args, controls=controls_record(kind, args.mask_dir, mask_meta) if kind else None)
+    cfg = TrainConfig.from_hparams(hparams)
     progress, optimizer_state, scheduler_state = session.restore(model, CHECKPOINT_FORMAT, args, args.conv1)
     extra = {"format": CHECKPOINT_FORMAT, "args": vars(args), "arch": args.arch, "mask_meta": mask_meta}
     progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, files=EVAL_FILES,

@@ -9,45 +9,19 @@ rewinds to the --prune_type's target and repeats, --pruning_times rounds in all.
 
 import sys
 
-from lth import pruning
-from lth import cli, data, distributed
+from lth import cli, distributed, pruning
 from lth.classification import load_task, make_model
+from lth.classification_hparams import DownstreamImp
 from lth.errors import UserError
-from lth.imp import PRUNE_TYPES, REWIND_TARGETS, ImpConfig, ImpRun
-from lth.models import ARCHS, load_pretrained
+from lth.hparams import controls_record, twin_id
+from lth.imp import ImpConfig, ImpRun
+from lth.models import load_pretrained
 from lth.session import check_save_dir, open_session
 from lth.trainer import TrainConfig
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cli.add_data_args(parser, list(data.DATASETS), default="cifar10")
-    cli.add_model_args(parser, ARCHS)
-    cli.add_optim_args(parser, batch_size=256)
-    group = parser.add_argument_group("pruning")
-    group.add_argument("--pruning_times", type=int, default=19,
-                       help="IMP rounds; round k trains with 0.8^k of the conv weights (at --rate 0.2)")
-    group.add_argument("--rate", type=float, default=0.2,
-                       help="fraction of the remaining conv weights pruned after each round, in (0, 1)")
-    group.add_argument("--prune_type", default="lt", choices=PRUNE_TYPES,
-                       help="rewind target: " + "; ".join(f"{k}: {v}" for k, v in REWIND_TARGETS.items()))
-    group.add_argument("--random_prune", action="store_true",
-                       help="prune at random (the control) instead of by weight magnitude")
-    group.add_argument("--rewind_epoch", type=int, default=9,
-                       help="for rewind_lt: rewind to the weights after this many epochs of round 0 "
-                            "(1 to --epochs; saved as epoch_{k}_rewind_weight.pt, as in the original)")
-    group.add_argument("--pretrained", default=None,
-                       help="pre-trained weights to start from and rewind to, for pt_trans (required there): "
-                            "a torchvision state_dict, simclr_weight.pt, moco.pt, a MoCo v2 checkpoint or an "
-                            "IMP checkpoint; ignored by lt, rewind_lt and pt, which start from a random "
-                            "init (as in the original)")
-    group.add_argument("--dict_key", default=None,
-                       help="entry of the --pretrained file that holds the weights (default: "
-                            "'state_dict' when present, else the whole file)")
-    cli.add_runtime_args(parser)
-    parser.add_argument("--checkpoint", default=None,
-                        help="with --resume: the checkpoint file to continue from (default: the latest)")
-    return parser
+    return DownstreamImp.parser(description=__doc__.split("\n\n")[0])
 
 
 def check_args(args) -> None:
@@ -66,7 +40,8 @@ def check_args(args) -> None:
 
 def main(args) -> ImpRun:
     check_args(args)
-    session = open_session(args, *check_save_dir(args.save_dir, args.resume))
+    hparams = DownstreamImp.from_args(args)
+    session = open_session(args, *check_save_dir(args.save_dir, args.resume), hparams=hparams)
     run, ctx, precision = session.run, session.ctx, session.precision
     task = load_task(args, ctx, precision, args.seed)
     model = make_model(args, task.spec, ctx, precision, args.seed)
@@ -78,8 +53,10 @@ def main(args) -> ImpRun:
     elif args.pretrained:
         load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc, conv1=args.conv1,
                         quiet=not ctx.is_main)
-    session.record(args)
-    train_cfg = TrainConfig.from_args(args)
+    # Random pruning controls the magnitude-pruning experiment of the same hparams.
+    session.record(args, controls=controls_record("random_prune", None, ticket_experiment=twin_id(
+        hparams, random_prune=False)) if args.random_prune else None)
+    train_cfg = TrainConfig.from_hparams(hparams)
     imp_cfg = ImpConfig(rounds=args.pruning_times, rate=args.rate, prune_type=args.prune_type,
                         random_prune=args.random_prune, conv1=args.conv1, rewind_epoch=args.rewind_epoch,
                         seed=args.seed, meta={"arch": args.arch, "dataset": args.dataset},

@@ -14,9 +14,10 @@ import sys
 from lth import pruning
 from lth import cli, distributed, imagedata
 from lth.checkpoint import load_file
+from lth.classification_hparams import ImagenetImp
 from lth.errors import UserError
 from lth.imp import CHECKPOINT_FORMAT, ImpConfig, ImpRun, examples_checkpoint_keys
-from lth.models import ARCHS, load_pretrained, select_state_dict
+from lth.models import load_pretrained, select_state_dict
 from lth.plots import plot_training_curves
 from lth.session import check_save_dir, open_session
 from lth.trainer import StageFiles, TrainConfig, evaluate_and_print, train_stage
@@ -27,41 +28,7 @@ DENSE_FORMAT = "lth-dense"
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", metavar="DIR",
-                        help="ImageFolder root: DIR/train/<class>/<images> and DIR/val/<class>/<images>")
-    group = parser.add_argument_group("model")
-    group.add_argument("-a", "--arch", default="resnet50", choices=ARCHS,
-                       help="torchvision ResNet (ImageNet stem), one output per class folder of DIR/train")
-    group.add_argument("--pretrained", default=None, metavar="W",
-                       help="weights to start from and rewind to, e.g. imagenet_weight.pt (a torchvision "
-                            "state_dict; fc is loaded when DIR/train has as many classes); they cannot be "
-                            "downloaded, so without it the run starts from random init")
-    group.add_argument("--dict_key", default=None,
-                       help="entry of the --pretrained file that holds the weights (default: "
-                            "'state_dict' when present, else the whole file)")
-    group.add_argument("--random", action="store_true",
-                       help="start from random init on purpose (the original's pretrained=False)")
-    group.add_argument("--image_size", type=int, default=224,
-                       help="training crop size; validation resizes the shorter side to size/0.875 "
-                            "and centre-crops size")
-    cli.add_optim_args(parser, batch_size=256, names=cli.EXAMPLES_NAMES)
-    parser.set_defaults(lr=1e-4, weight_decay=1e-4, epochs=10, warmup=0, decreasing_lr=[])
-    group = parser.add_argument_group("pruning")
-    group.add_argument("--states", type=int, default=19,
-                       help="IMP rounds; round k holds 0.8^k of the conv weights (at --percent 0.2); "
-                            "0 trains the dense model for --epochs without pruning")
-    group.add_argument("--percent", type=float, default=0.2,
-                       help="fraction of the remaining conv weights pruned after each round, in (0, 1)")
-    group.add_argument("--start_state", type=int, default=0,
-                       help="accepted for compatibility: a fresh run starts at round 0 and --resume "
-                            "continues at the round of its checkpoint (as the original, which took "
-                            "it from the checkpoint); other values are refused without --resume")
-    cli.add_runtime_args(parser, names=cli.EXAMPLES_NAMES, workers=4, resume_path=True)
-    parser.add_argument("-e", "--evaluate", action="store_true",
-                        help="evaluate the starting (or, with --resume, the resumed) model on DIR/val, "
-                             "print top-1/top-5 and exit; nothing is written")
-    return parser
+    return ImagenetImp.parser(description=__doc__.split("\n\n")[0])
 
 
 def check_args(args) -> None:
@@ -113,10 +80,12 @@ def train_dense(model, loaders, cfg, args, session) -> None:
 
 def main(args) -> None:
     check_args(args)
+    hparams = ImagenetImp.from_args(args)
     run, resume_file = check_save_dir(args.save_dir, args.resume, evaluate=args.evaluate)
     if args.evaluate and args.seed is None:
         args.seed = 0  # only the random init of a model without --pretrained depends on it
-    session = open_session(args, run, resume_file)
+    # -e writes nothing and may evaluate any checkpoint: no experiment to check against.
+    session = open_session(args, run, resume_file, hparams=hparams, continuing=False if args.evaluate else None)
     ctx, precision = session.ctx, session.precision
     if args.resume and args.start_state and ctx.is_main:
         print("notice: --start_state is ignored with --resume: the run continues at the round of its "
@@ -135,7 +104,7 @@ def main(args) -> None:
         distributed.teardown()
         return
     session.record(args)
-    train_cfg = TrainConfig.from_args(args)
+    train_cfg = TrainConfig.from_hparams(hparams)
     if args.states == 0:
         train_dense(model, loaders, train_cfg, args, session)
         distributed.teardown()

@@ -14,57 +14,18 @@ import sys
 from lth import pruning
 from lth import cli, distributed, imagedata
 from lth.checkpoint import atomic_save
+from lth.classification_hparams import VisdaImp
 from lth.errors import UserError
 from lth.imp import CHECKPOINT_FORMAT, ImpConfig, ImpRun, examples_checkpoint_keys
-from lth.models import ARCHS, load_pretrained
+from lth.models import load_pretrained
 from lth.session import check_save_dir, open_session
 from lth.trainer import StageFiles, TrainConfig, evaluate_and_print
 
 IMP_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="{stage}model_best.pth.tar")
-VISDA_REWIND = {"lt": "the random init (saved as random_init.pt)",
-                "pt_trans": "the --pre_weight weights (fc dropped, conv1 loaded) with the new fc"}
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", metavar="DIR",
-                        help="VisDA-2017 root: DIR/train/image_list.txt and DIR/validation/image_list.txt, "
-                             "lines 'relative/path label' (labels 0-11)")
-    parser.add_argument("--dataset", default="visda17", choices=["visda17"],
-                        help="the data set (the original's flag; VisDA-2017 is the only one)")
-    group = parser.add_argument_group("model")
-    group.add_argument("-a", "--arch", default="resnet50", choices=ARCHS,
-                       help="torchvision ResNet (ImageNet stem) with a 12-way fc")
-    group.add_argument("--pre_weight", default=None,
-                       help="pre-trained weights for --prune_type pt_trans (torchvision state_dict, "
-                            "simclr_weight.pt, moco.pt, MoCo v2 or IMP checkpoint; 'module.' prefixes "
-                            "are stripped)")
-    group.add_argument("--dict_key", default=None,
-                       help="entry of the --pre_weight file that holds the weights (default: "
-                            "'state_dict' when present, else the whole file)")
-    group.add_argument("--pretrained", action="store_true",
-                       help="accepted for compatibility and unused, as in the original: give weights "
-                            "with --pre_weight and --prune_type pt_trans")
-    group.add_argument("--image_size", type=int, default=224,
-                       help="training crop size and validation resize (size x size)")
-    cli.add_optim_args(parser, batch_size=128, names=cli.EXAMPLES_NAMES)
-    parser.set_defaults(lr=1e-3, weight_decay=5e-4, epochs=20, warmup=0, decreasing_lr=[10])
-    group = parser.add_argument_group("pruning")
-    group.add_argument("--prune_type", default="lt", choices=sorted(VISDA_REWIND),
-                       help="rewind target: " + "; ".join(f"{k}: {v}" for k, v in VISDA_REWIND.items()))
-    group.add_argument("--states", type=int, default=19,
-                       help="IMP rounds; round k trains with 0.8^k of the conv weights (at --percent 0.2)")
-    group.add_argument("--percent", type=float, default=0.2,
-                       help="fraction of the remaining conv weights pruned after each round, in (0, 1)")
-    group.add_argument("--start_state", type=int, default=0,
-                       help="accepted for compatibility: a fresh run starts at round 0 and --resume "
-                            "continues at the round of its checkpoint (as the original, which took "
-                            "it from the checkpoint); other values are refused without --resume")
-    cli.add_runtime_args(parser, names=cli.EXAMPLES_NAMES, workers=4, save_dir="results/", resume_path=True)
-    parser.add_argument("-e", "--evaluate", action="store_true",
-                        help="evaluate the starting (or, with --resume, the resumed) model on "
-                             "DIR/validation, print top-1 and mean class accuracy and exit; nothing is written")
-    return parser
+    return VisdaImp.parser(description=__doc__.split("\n\n")[0])
 
 
 def check_args(args) -> None:
@@ -83,10 +44,12 @@ def check_args(args) -> None:
 
 def main(args) -> None:
     check_args(args)
+    hparams = VisdaImp.from_args(args)
     run, resume_file = check_save_dir(args.save_dir, args.resume, evaluate=args.evaluate)
     if args.evaluate and args.seed is None:
         args.seed = 0  # only the random init depends on it
-    session = open_session(args, run, resume_file)
+    # -e writes nothing and may evaluate any checkpoint: no experiment to check against.
+    session = open_session(args, run, resume_file, hparams=hparams, continuing=False if args.evaluate else None)
     ctx, precision = session.ctx, session.precision
     if ctx.is_main:
         if args.resume and args.start_state:
@@ -111,7 +74,7 @@ def main(args) -> None:
     session.record(args)
     if args.prune_type == "lt" and not args.resume and ctx.is_main:
         atomic_save({"state_dict": pruning.dense_state_dict(model)}, run.file("random_init.pt"))
-    train_cfg = TrainConfig.from_args(args)
+    train_cfg = TrainConfig.from_hparams(hparams)
     imp_cfg = ImpConfig(rounds=args.states, rate=args.percent, prune_type=args.prune_type, random_prune=False,
                         conv1=False, seed=args.seed, files=IMP_FILES, rewind_in_checkpoint=True,
                         meta={"arch": args.arch, "dataset": args.dataset, "pre_weight": args.pre_weight,

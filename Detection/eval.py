@@ -15,6 +15,7 @@ import os
 import sys
 
 from Detection import runner
+from Detection.hparams import DetectionEval
 from Detection.imp_files import BACKBONE_IMP_KEYS, read_backbone_imp, round_state
 from Detection.task import DetectionPruning, read_backbone_masks
 from lth import cli, distributed, pruning
@@ -25,19 +26,7 @@ from lth.session import open_session
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    group = parser.add_argument_group("what to evaluate")
-    group.add_argument("--checkpoint", default=None,
-                       help="the model file; default: the model round --imp_num of the IMP run in --save_dir "
-                            "trained: its {imp_num}checkpoint.pth.tar, or (a finished round keeps no "
-                            "checkpoint) backbone_imp{imp_num+1}.pth's weights with round imp_num's masks")
-    group.add_argument("--imp_type", default="imagenet", choices=runner.PRETRAINED_TYPES,
-                       help="with no --checkpoint: the IMP run's type (names its default folder)")
-    group.add_argument("--imp_num", type=int, default=0, help="with no --checkpoint: the IMP round to evaluate")
-    group.add_argument("--result_dir", default=None,
-                       help="where the comp4 files and eval.json go (default: eval_{file name} beside the model)")
-    runner.add_common_args(parser, trains=False)
-    return parser
+    return DetectionEval.parser(description=__doc__.split("\n\n")[0])
 
 
 def model_state(path: str) -> dict:

@@ -1,5 +1,5 @@
-"""What the detection entry scripts share: their flags (the original's config values), and the data,
-model, loaders, training config, step and evaluator they hand to the shared core."""
+"""What the detection entry scripts share: the data, model, loaders, training config, step and
+evaluator they hand to the shared core (their flags: Detection/hparams.py)."""
 
 from __future__ import annotations
 
@@ -16,143 +16,28 @@ import torch.nn as nn
 from Detection import config, task
 from Detection.data import (DetectionEvalSet, DetectionTrainSet, eval_collate, train_collate)
 from Detection.evaluate import DetectionEvaluator
-from Detection.model import BACKBONE_CHANNELS, CONV_TYPES, YOLOv4
-from lth import cli, validate
+from Detection.model import YOLOv4
+from lth import validate
 from lth.checkpoint import append_jsonl, read_jsonl
 from lth.distributed import Context, per_process_batch, per_process_eval_batch
 from lth.engine import Precision, StepResult, unwrap
 from lth.errors import UserError
 from lth.loaders import DeviceLoader, Loaders
-from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
 from lth.runs import SUMMARY
 from lth.trainer import Objective, StageProgress, TrainConfig, train_stage
 
-PRETRAINED_TYPES = ("imagenet", "moco", "simclr")
 # The original's weight files (train_imp.py); its ImageNet weights came from a torchvision download
 # (never done here): the file torchvision stored them in.
 DEFAULT_WEIGHTS = {"imagenet": "weight/resnet50-19c8e357.pth", "moco": "weight/moco_v2_800ep_pretrain.pth.tar",
                    "simclr": "weight/simclr_weight.pt"}
 OBJECTIVE = Objective("ap", higher_is_better=True, lists=("class_ap50",), val_prefix="")
 CHECKPOINT_FORMAT = "lth-detection"
-# Flags that make a resumed or continued run a different experiment (beyond the trainer's own).
-IDENTITY = ("arch", "conv_type", "dataset", "img_size", "epochs", "batch_size", "accumulate", "lr_init",
-            "lr_end", "warmup_epochs", "lr_schedule", "momentum", "weight_decay", "seed", "pretrained", "rate",
-            "moco_encoder")
 
 
 def default_save_dir(seed: int, kind: str, job: str) -> str:
     """The original's output folder: ``seed{S}_{type}_{imp|transfer|random}_ckpt``."""
     return f"seed{seed}_{kind}_{job}_ckpt"
-
-
-def add_common_args(parser: argparse.ArgumentParser, mask_dir: bool = False, trains: bool = True) -> None:
-    """Data, model, training and evaluation flags with the original's defaults, the run flags, and
-    the original's flags that do nothing here (``mask_dir``: its ignored --mask_dir of train_imp/train_random)."""
-    d = config.DEFAULTS
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="voc", choices=task.DATASETS,
-                      help="voc: VOC07+12 trainval / VOC07 test read from the XML under --data_root; lists: the "
-                           "original's train_annotation.txt/test_annotation.txt; digits: the embedded set "
-                           "(scikit-learn digits on canvases, no files)")
-    data.add_argument("--data_root", default="data",
-                      help="folder holding VOCdevkit/VOC2007 and VOCdevkit/VOC2012 (the original's DATA_PATH)")
-    data.add_argument("--train_list", default=None, help="--dataset lists: the training annotation list")
-    data.add_argument("--test_list", default=None,
-                      help="--dataset lists: the test annotation list; its images are scored against the VOC "
-                           "XML beside them (../Annotations, difficult objects ignored) as the original's "
-                           "evaluator did, or against the list's boxes (said on one line) where there is none")
-    data.add_argument("--digits_canvas", type=int, default=64, help="--dataset digits: canvas side in pixels")
-    data.add_argument("--digits_counts", type=_counts, default=_counts(",".join(map(str, task.DIGITS_COUNTS.values()))),
-                      help="--dataset digits: canvases in its train,val,test splits")
-    model = parser.add_argument_group("model")
-    model.add_argument("--arch", default="resnet50", choices=sorted(BACKBONE_CHANNELS),
-                       help="backbone (the original's Resnet50-YOLOv4; resnet18 for CPU demos and tests)")
-    model.add_argument("--conv_type", default=d["conv_type"], choices=CONV_TYPES,
-                       help="neck/head convs: general (what the original's ResNet-50 model really used) or "
-                            "do_conv (what its config named; DO-Conv)")
-    model.add_argument("--pretrained", default=None,
-                       help="backbone weights (torchvision state_dict, MoCo v2 checkpoint, simclr_weight.pt, any "
-                            "file the core reads); default the original's weight/ file of the type; 'none': "
-                            "random init. Never downloaded")
-    model.add_argument("--moco_encoder", default="k", choices=MOCO_ENCODERS,
-                       help=MOCO_ENCODER_HELP + " (the original's train_imp.py MoCo loader did the same)")
-    train = parser.add_argument_group("training (the original's config/yolov4_config.py values)")
-    train.add_argument("--epochs", type=int, default=d["epochs"],
-                       help="epochs per round (the original trained 120: Mobilenet_YOLO_EPOCHS applies to "
-                            "Resnet50-YOLOv4; 50 is the config's YOLO_EPOCHS)")
-    train.add_argument("--batch_size", type=int, default=d["batch_size"],
-                       help="training batch size (the original's BATCH_SIZE); " + cli.BATCH_HELP)
-    train.add_argument("--accumulate", type=int, default=d["accumulate"],
-                       help="optimizer step when batch index %% accumulate == 0, as the original (gradients "
-                            "of the batches in between summed)")
-    train.add_argument("--img_size", type=int, default=d["img_size"], help="training and test input side (pixels)")
-    train.add_argument("--lr_init", type=float, default=d["lr_init"], help="peak learning rate of SGD")
-    train.add_argument("--lr_end", type=float, default=d["lr_end"], help="final learning rate of the cosine")
-    train.add_argument("--warmup_epochs", type=float, default=d["warmup_epochs"], help="linear warm-up epochs")
-    train.add_argument("--lr_schedule", default="as_run", choices=config.LR_SCHEDULES,
-                       help="as_run: the original's scheduler index (divided by the batch size: a saw-tooth "
-                            "warm-up, then about lr_init to the end); as_meant: warm-up then cosine to lr_end")
-    train.add_argument("--momentum", type=float, default=d["momentum"], help="SGD momentum (the original's MOMENTUM)")
-    train.add_argument("--weight_decay", type=float, default=d["weight_decay"], help="SGD weight decay")
-    evaluation = parser.add_argument_group("evaluation")
-    evaluation.add_argument("--eval_interval", type=int, default=0,
-                            help="evaluate every this many epochs; 0: once, after the last epoch of each "
-                                 "round (the original). On VOC and lists, whose only evaluation split is VOC07 "
-                                 "test, each round reports its last evaluation, never the best one")
-    evaluation.add_argument("--eval_batch_size", type=int, default=None,
-                            help="evaluation batch size (default: --batch_size)")
-    evaluation.add_argument("--conf_thresh", type=float, default=d["conf_thresh"],
-                            help="keep boxes whose confidence x class probability exceeds this")
-    evaluation.add_argument("--nms_thresh", type=float, default=d["nms_thresh"],
-                            help="per-class NMS drops boxes whose GIoU with a kept one exceeds this")
-    evaluation.add_argument("--multi_scale_val", action="store_true",
-                            help="test at 320/416/512/608 px and merge (the config's MULTI_SCALE_VAL; the "
-                                 "original's reported AP never used it)")
-    evaluation.add_argument("--flip_val", action="store_true",
-                            help="also test the flipped image (the config's FLIP_VAL; never used by the original)")
-    cli.add_runtime_args(parser, save_dir="", workers=2)
-    parser.set_defaults(seed=config.DEFAULTS["seed"])
-    parser.add_argument("--resume_all", dest="resume", action="store_true",
-                        help="the original's spelling of --resume")
-    parser.add_argument("--gpu_id", dest="gpu", help="the original's spelling of --gpu")
-    if trains:
-        parser.add_argument_group("disk").add_argument(
-            "--keep_checkpoints", action="store_true",
-            help="keep every finished round's resumable checkpoint (model and optimizer, 1.4 GB on "
-                 "ResNet-50) and best-model copy; by default a finished round keeps only what the "
-                 "original kept (backbone_imp{k+1}.pth, or backbone_random{k}.pth) and its ticket, "
-                 "and eval.py rebuilds the round's model from them")
-    add_original_flags(parser, mask_dir=mask_dir)
-
-
-def add_original_flags(parser: argparse.ArgumentParser, mask_dir: bool = False) -> None:
-    """The original's flags that have no job here: accepted so that its command lines run, each
-    said on one line when given (``original_flag_notices``)."""
-    group = parser.add_argument_group("the original's flags (accepted; see each)")
-    group.add_argument("--weight_path", default=None,
-                       help="ignored: the original's ResNet-50 model never read it (only its --resume looked for "
-                            "last.pt beside it); weights come from --pretrained")
-    group.add_argument("--log_path", default=None,
-                       help="ignored: the original's log.txt and tensorboard folder; here run.json, metrics.jsonl "
-                            "and summary.jsonl in --save_dir hold the log")
-    group.add_argument("--fp_16", type=_truth, default=None, metavar="BOOL",
-                       help="the original's mixed-precision switch (apex fp16, which crashed there): true trains "
-                            "in bf16 autocast (--precision bf16; evaluation stays fp32), false changes nothing")
-    if mask_dir:
-        parser.set_defaults(mask_dir_ignored=True)
-        group.add_argument("--mask_dir", default=None,
-                           help="ignored, as in the original's train_imp.py/train_random.py: IMP reads its own "
-                                "backbone_imp{k}.pth; a mask is transferred with train_transfer.py --mask_dir")
-
-
-def _truth(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
 
 
 def original_flag_notices(args: argparse.Namespace) -> list[str]:
@@ -173,16 +58,6 @@ IGNORED_ORIGINAL_FLAGS = {
     "log_path": "the log is run.json, metrics.jsonl and summary.jsonl in --save_dir",
     "mask_dir": "an IMP round reads backbone_imp{k}.pth from --save_dir (train_transfer.py --mask_dir transfers a mask)",
 }
-
-
-def _counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        counts = []
-    if len(counts) != 3 or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive counts train,val,test, got '{text}'")
-    return counts
 
 
 def check_args(args: argparse.Namespace) -> None:

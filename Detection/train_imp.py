@@ -15,29 +15,18 @@ import os
 import sys
 
 from Detection import runner
+from Detection.hparams import DetectionImp
 from Detection.imp_files import read_backbone_imp, save_backbone_imp, start_round_from
 from Detection.task import DetectionPruning
 from lth import cli, distributed, pruning
 from lth.errors import UserError
 from lth.imp import ImpConfig, ImpRun
 from lth.runs import RunDir
-from lth.session import check_same_experiment, open_session
+from lth.session import open_session
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    group = parser.add_argument_group("IMP (the original's flags)")
-    group.add_argument("--imp_type", default="imagenet", choices=runner.PRETRAINED_TYPES,
-                       help="which pre-trained backbone the tickets start from (and rewind to)")
-    group.add_argument("--imp_num", type=int, default=0,
-                       help="the round to train: 0 starts from the pre-trained backbone, k > 0 from "
-                            "backbone_imp{k}.pth that round k-1 wrote in --save_dir")
-    group.add_argument("--rounds", type=int, default=1,
-                       help="rounds trained by this command, from --imp_num on (19 from 0: the whole IMP)")
-    group.add_argument("--rate", type=float, default=runner.config.DEFAULTS["prune_rate"],
-                       help="fraction of the remaining backbone conv weights pruned after each round")
-    runner.add_common_args(parser, mask_dir=True)
-    return parser
+    return DetectionImp.parser(description=__doc__.split("\n\n")[0])
 
 
 def check_round_files(run: RunDir, first: int, last: int, resume: bool) -> tuple[int, str | None]:
@@ -77,18 +66,18 @@ def main(args) -> ImpRun:
     pruning.check_rate(args.rate)
     if args.imp_num < 0 or args.rounds < 1:
         raise UserError(f"--imp_num must be 0 or more and --rounds at least 1 (got {args.imp_num}, {args.rounds})")
+    hparams = DetectionImp.from_args(args)
     args.save_dir = args.save_dir or runner.default_save_dir(args.seed, args.imp_type, "imp")
     run = RunDir(args.save_dir)
     first, last = args.imp_num, args.imp_num + args.rounds - 1
     start_round, resume_file = check_round_files(run, first, last, bool(args.resume))
     continuing = bool(args.resume) or first > 0
-    session = open_session(args, run, None, default_seed=runner.config.DEFAULTS["seed"])
+    # A later round (--imp_num k, or --resume) continues the IMP run recorded in --save_dir.
+    session = open_session(args, run, None, default_seed=runner.config.DEFAULTS["seed"], hparams=hparams,
+                           continuing=continuing)
     ctx, precision = session.ctx, session.precision
     setup = runner.build(args, ctx, precision, args.imp_type, run.file(f"model{start_round}"))
-    if continuing:
-        check_same_experiment(run, args, runner.IDENTITY)
-    distributed.barrier()
-    run.start(vars(args), continuing)
+    session.record(args, resume=continuing)
 
     def on_pruned(model, next_round: int) -> None:
         # The original's backbone_imp{k+1}.pth: the trained model with the new masks, before the rewind.

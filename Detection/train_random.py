@@ -12,25 +12,18 @@ Example (the original's random/01_random_moco0102.sh, run from Detection/):
 import os
 
 from Detection import runner
+from Detection.hparams import DetectionImp, DetectionRandom
 from Detection.imp_files import save_backbone_imp
 from Detection.task import DetectionPruning
 from lth import cli, distributed, pruning, tickets
 from lth.errors import UserError
+from lth.hparams import controls_record, twin_id
 from lth.runs import ticket_name
 from lth.session import check_save_dir, open_session
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    group = parser.add_argument_group("random pruning (the original's flags)")
-    group.add_argument("--imp_type", default="imagenet", choices=runner.PRETRAINED_TYPES,
-                       help="which pre-trained backbone is pruned and trained")
-    group.add_argument("--imp_num", type=int, default=1,
-                       help="sparsity level k: (1 - --rate)^k of the backbone conv weights remain (0: dense)")
-    group.add_argument("--rate", type=float, default=runner.config.DEFAULTS["prune_rate"],
-                       help="the IMP rate whose k-th level is matched (0.2: 0.8^k remain)")
-    runner.add_common_args(parser, mask_dir=True)
-    return parser
+    return DetectionRandom.parser(description=__doc__.split("\n\n")[0])
 
 
 def main(args) -> dict:
@@ -38,13 +31,16 @@ def main(args) -> dict:
     pruning.check_rate(args.rate)
     if args.imp_num < 0:
         raise UserError(f"--imp_num must be 0 or more, got {args.imp_num}")
+    hparams = DetectionRandom.from_args(args)
     sweep = args.save_dir or runner.default_save_dir(args.seed, args.imp_type, "random")
     args.save_dir = os.path.join(sweep, f"model{args.imp_num}")
     run, resume_file = check_save_dir(args.save_dir, args.resume)
-    session = open_session(args, run, resume_file, default_seed=runner.config.DEFAULTS["seed"])
+    session = open_session(args, run, resume_file, default_seed=runner.config.DEFAULTS["seed"], hparams=hparams)
     ctx = session.ctx
     setup = runner.build(args, ctx, session.precision, args.imp_type, run.path)
-    session.record(args)
+    # The control of train_imp.py's IMP run with the same settings (its level-k ticket).
+    session.record(args, controls=controls_record("random_prune", None,
+                                                  ticket_experiment=twin_id(hparams, DetectionImp)))
     k = args.imp_num
 
     def prune_at_random() -> None:
@@ -53,9 +49,9 @@ def main(args) -> dict:
         if ctx.is_main:
             os.makedirs(sweep, exist_ok=True)
             tickets.save_ticket(os.path.join(sweep, ticket_name(k)),
-                                      DetectionPruning(args.rate).masks(setup.model), round=k, random_prune=True,
-                                      seed=args.seed, arch=args.arch, dataset=args.dataset, task="detection",
-                                      imp_type=args.imp_type)
+                                DetectionPruning(args.rate).masks(setup.model), round=k, random_prune=True,
+                                seed=args.seed, arch=args.arch, dataset=args.dataset, task="detection",
+                                imp_type=args.imp_type, experiment=run.experiment["id"])
 
     row = runner.train_single(args, session, setup, k, prune_at_random, sweep, f"random {k}",
                               {"imp_num": k, "random_prune": True})

@@ -21,21 +21,17 @@ from lth.errors import UserError
 from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD, image_folder
 from lth.loaders import DeviceLoader, Loaders
 from lth.imp import ImpConfig, ImpRun, PruneStrategy
-from lth.models import ARCHS
 from lth.plots import plot_training_curves
 from lth.runs import RunDir
-from lth.session import check_same_experiment, check_save_dir, open_session
+from lth.session import check_save_dir, open_session
 from lth.trainer import StageFiles, TrainConfig, train_stage
 from MoCo.builder import MoCo
+from MoCo.hparams import EXPORT_NAME, MocoImp
 from MoCo.weights import export_checkpoint, load_moco_weights
 
 DENSE_FORMAT = "lth-moco-dense"
 DENSE_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_best.pth.tar")
-EXPORT_NAME = "moco_pretrain.pth.tar"
 NO_WEIGHTS = ("", "none", "None")
-# Flags that define the experiment beyond the trainer's own list; a resume must keep them.
-MOCO_IDENTITY = ("retrain_epoch", "prune_percent", "moco_dim", "moco_k", "moco_m", "moco_t", "mlp",
-                 "aug_plus", "pretrained_path")
 
 
 EPILOG = """\
@@ -58,77 +54,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__, epilog=EPILOG, formatter_class=_HelpFormatter)
-    parser.add_argument("data", metavar="DIR",
-                        help="ImageFolder root: DIR/train/<class>/<images> (training) and "
-                             "DIR/val/<class>/<images> (the contrastive top-1/5 test)")
-    group = parser.add_argument_group("MoCo (the original's flags and defaults)")
-    group.add_argument("-a", "--arch", default="resnet50", choices=ARCHS,
-                       help="encoder: a torchvision ResNet with the ImageNet stem")
-    group.add_argument("--pretrained_path", default="moco_v2_800ep_pretrain.pth.tar",
-                       help="weights loaded into both encoders and rewound to after every pruning: "
-                            "moco_v2_800ep_pretrain.pth.tar (module.encoder_q.*), moco.pt (plain names) "
-                            f"or a file this script wrote ({EXPORT_NAME}); 'none' starts from random init")
-    group.add_argument("--epochs", type=int, default=180,
-                       help="training epochs in all; IMP prunes every --retrain_epoch of them")
-    group.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=256,
-                       help="batch size of all processes together (the queue size must be a multiple of it); "
-                            + cli.BATCH_HELP + " (the original's -b was per node: the same on one node)")
-    group.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=3e-4,
-                       help="SGD learning rate, fixed throughout (the original's fix_lr)")
-    group.add_argument("--schedule", type=int, nargs="*", default=None,
-                       help="accepted for compatibility and ignored: IMP keeps the learning rate fixed "
-                            "(so did the original)")
-    group.add_argument("--cos", action="store_true",
-                       help="accepted for compatibility and ignored: IMP keeps the learning rate fixed "
-                            "(so did the original)")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum factor of the query encoder's optimizer")
-    group.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=1e-4,
-                       help="SGD weight decay")
-    group.add_argument("--moco-dim", dest="moco_dim", type=int, default=128,
-                       help="feature dimension (the output of fc)")
-    group.add_argument("--moco-k", dest="moco_k", type=int, default=65536,
-                       help="queue size: number of negative keys (a multiple of the global batch)")
-    group.add_argument("--moco-m", dest="moco_m", type=float, default=0.999,
-                       help="momentum of the key encoder's update")
-    group.add_argument("--moco-t", dest="moco_t", type=float, default=0.07,
-                       help="softmax temperature (MoCo v2 uses 0.2)")
-    group.add_argument("--mlp", action="store_true",
-                       help="MoCo v2's 2-layer MLP head (fc.0, ReLU, fc.2) instead of a linear fc")
-    group.add_argument("--aug-plus", dest="aug_plus", action="store_true",
-                       help="MoCo v2's augmentation (colour jitter p 0.8, grayscale, Gaussian blur) "
-                            "instead of MoCo v1's")
-    group = parser.add_argument_group("pruning")
-    group.add_argument("--retrain_epoch", type=int, default=10,
-                       help="epochs trained between two prunings: 1 + --epochs // --retrain_epoch rounds; "
-                            "0 disables pruning and trains MoCo densely for --epochs (pre-training from "
-                            f"--pretrained_path or from scratch), writing {EXPORT_NAME}")
-    group.add_argument("--prune_percent", type=float, default=0.2,
-                       help="fraction of the remaining conv weights of encoder_q pruned each time, in (0, 1) "
-                            "(fixed at 0.2 in the original)")
-    group.add_argument("--image_size", type=int, default=224,
-                       help="side of the random crops both views are made of")
-    group = parser.add_argument_group("distributed (the original's flags)")
-    group.add_argument("--world-size", dest="world_size", type=int, default=-1,
-                       help="number of nodes with --multiprocessing-distributed (-1: one); under torchrun "
-                            "its WORLD_SIZE is used")
-    group.add_argument("--rank", type=int, default=-1,
-                       help="this node's rank with --multiprocessing-distributed (-1: 0); under torchrun "
-                            "its RANK is used")
-    group.add_argument("--dist-url", dest="dist_url", default="tcp://127.0.0.1:23456",
-                       help="tcp://HOST:PORT of the rank-0 node for --multiprocessing-distributed "
-                            "(or env:// to use MASTER_ADDR/MASTER_PORT); pass tcp://127.0.0.1:PORT on one machine")
-    group.add_argument("--dist-backend", dest="dist_backend", default="nccl",
-                       help="accepted for compatibility: NCCL is used on CUDA and gloo on the CPU")
-    group.add_argument("--multiprocessing-distributed", dest="multiprocessing_distributed", action="store_true",
-                       help="start one process per visible GPU (PyTorch DDP, shuffle-BN across them); on a "
-                            "machine without CUDA one CPU process runs")
-    group.add_argument("--sync_bn", action="store_true",
-                       help="synchronise encoder_q's batch norms across CUDA processes (encoder_k keeps "
-                            "shuffle-BN)")
-    cli.add_runtime_args(parser, names=cli.EXAMPLES_NAMES, workers=32, resume_path=True)
-    parser.set_defaults(print_freq=10)
-    return parser
+    return MocoImp.parser(description=__doc__, epilog=EPILOG, formatter_class=_HelpFormatter)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,10 +302,8 @@ def _spawned(local_rank: int, launch: Launch, host: str, port: str, args, resume
 
 def worker(args, launch: Launch, resume_file: str | None) -> None:
     weights = None if args.pretrained_path in NO_WEIGHTS else args.pretrained_path
-    seed_source = RunDir(os.path.dirname(resume_file) or ".") if resume_file else RunDir(args.save_dir)
-    if args.resume:
-        check_same_experiment(seed_source, args, MOCO_IDENTITY)
-    session = open_session(args, RunDir(args.save_dir), resume_file)
+    # Every process (spawned ones included) checks a resume against the run it continues.
+    session = open_session(args, RunDir(args.save_dir), resume_file, hparams=MocoImp.from_args(args))
     ctx, run, precision = session.ctx, session.run, session.precision
     backend = "nccl" if ctx.device.type == "cuda" else "gloo"
     if ctx.is_main and ctx.distributed and args.dist_backend not in ("nccl", backend):
@@ -389,7 +313,7 @@ def worker(args, launch: Launch, resume_file: str | None) -> None:
     # On resume the checkpoint holds the weights, the masks and the rewind point.
     model = make_model(args, ctx, precision, None if args.resume else weights)
     session.record(args)
-    cfg = TrainConfig.from_args(args, epochs=args.retrain_epoch or args.epochs, warmup=0, milestones=[])
+    cfg = TrainConfig.from_hparams(session.hparams, epochs=args.retrain_epoch or args.epochs, warmup=0, milestones=[])
     stage_kwargs = dict(step=moco_step(precision.channels_last), evaluator=moco_evaluator(ctx, precision),
                         after_step_factory=lambda _: model.momentum_update)
     if args.retrain_epoch == 0:

@@ -22,52 +22,31 @@ import torch.nn as nn
 
 from lth import cli, distributed, pruning, validate
 from lth.checkpoint import atomic_write_text, jsonl_text, load_file, locked, read_jsonl
+from lth.hparams import controls_record, ticket_kind
 from lth.errors import UserError
 from lth.imp import BackbonePruning, training_curve_labels
 from lth.loaders import DeviceLoader, Loaders
-from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS, load_pretrained
+from lth.models import load_pretrained
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
 from lth.runs import SUMMARY, RunDir, ticket_name
 from lth.session import Session, check_same_experiment, open_session
 from lth.trainer import Objective, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage
 from lth.tickets import save_ticket
 from Segmentation import data as segdata
+from Segmentation.hparams import NO_WEIGHTS, PRUNE_RATE, SEGMENTATION_HPARAMS, SOURCES, Source  # noqa: F401
 from Segmentation.imp_files import (backbone_masks, drop_resumable_checkpoint, imp_file_path, restore_parts,
                                     save_imp_file)
-from Segmentation.loss import LOSS_TYPES, build_loss
-from Segmentation.model import MODELS, build_segmentation_model
+from Segmentation.loss import build_loss
+from Segmentation.model import build_segmentation_model
 from Segmentation.task import evaluate as evaluate_segmentation
 from Segmentation.task import make_step
 from Segmentation.visual import PredictionWriter, palette_for
 
 FORMAT = "lth-segmentation"
 OBJECTIVE = Objective("miou", higher_is_better=True, lists=("class_iou",), val_prefix="")
-PRUNE_RATE = 0.2  # of the remaining backbone conv weights, per round (the original's)
-IMP_ROUNDS = 19  # the original's sweeps run rounds 0..18
-NO_WEIGHTS = "none"
 # Where torchvision's download (the original's pretrained_backbone=True) leaves each backbone's weights.
 TORCHVISION_FILES = {"resnet50": "resnet50-19c8e357.pth", "resnet101": "resnet101-5d3b4d8f.pth",
                      "resnet18": "resnet18-5c106cde.pth"}
-# Identity flags of a segmentation run beyond the trainer's (a resume must keep them).
-RUN_FLAGS = ("rate", "model", "output_stride", "separable_conv", "crop_size", "crop_val", "year", "total_itrs",
-             "val_interval", "lr_policy", "step_size", "loss_type", "imp_num", "exp", "moco_encoder",
-             "label_pad")
-
-
-@dataclass(frozen=True)
-class Source:
-    """What one pre-training's scripts hard-code: its weights and its IMP folder."""
-    name: str
-    weights: str | None  # the original's path; None: torchvision's cached file for the backbone
-    imp_dir: str  # the original's OUTDIR, formatted with the seed
-    imp_validates_second_half_only: bool
-
-
-SOURCES = {
-    "imagenet": Source("imagenet", None, "seed{seed}_imp_outbackbone", False),
-    "moco": Source("moco", "./moco_v2_800ep_pretrain.pth.tar", "seed{seed}_imp_moco_outbackbone", True),
-    "simclr": Source("simclr", "./simclr_pretrain.pth", "seed{seed}_imp_simclr_outbackbone", True),
-}
 
 
 def default_weights(source: Source, model: str) -> str:
@@ -79,147 +58,13 @@ def default_weights(source: Source, model: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", TORCHVISION_FILES[arch])
 
 
-# --------------------------------------------------------------------------------------------
-# Flags (the original's args.py, with its defaults)
-# --------------------------------------------------------------------------------------------
-
 def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
-    """``mode`` is ``imp`` or ``transfer``."""
+    """The flags of Segmentation/main_{mode}_{source}.py (``mode`` is ``imp`` or ``transfer``)."""
     what = ("Find a DeepLabV3+ segmentation ticket by IMP of the backbone" if mode == "imp" else
             "Train DeepLabV3+ with a backbone ticket (transfer)")
-    parser = cli.ArgumentParser(description=f"{what}, from {source.name} pre-trained weights "
-                                            f"(the original's Segmentation/main_{mode}_{source.name}.py).")
-    parser.add_argument("exp", help="name of the run: its folder under --save_dir (the original's "
-                                    "checkpoints/EXP); without --imp_num, round k runs in EXP_k")
-    if mode == "imp":
-        group = parser.add_argument_group("IMP")
-        group.add_argument("--imp_num", type=int, default=None,
-                           help="the round to run: 0 saves the starting state (seg_backbone_imp0.pth) and "
-                                "trains; k loads seg_backbone_imp{k}.pth's mask, rewinds to round 0, trains; "
-                                "each round prunes --rate of the remaining backbone conv weights and writes "
-                                "seg_backbone_imp{k+1}.pth. Omitted: rounds 0..--imp_rounds-1 in one command")
-        group.add_argument("--rate", type=float, default=PRUNE_RATE,
-                           help="fraction of the remaining backbone conv weights pruned after each round "
-                                "(the original's 0.2: round k keeps 0.8^k)")
-        group.add_argument("--imp_rounds", type=int, default=IMP_ROUNDS,
-                           help="rounds run without --imp_num (finished ones are skipped with --resume)")
-        group.add_argument("--keep_checkpoints", action="store_true",
-                           help="keep a finished round's resumable EXP/latest_*.pth (model and optimizer); by "
-                                "default a finished round keeps seg_backbone_imp{k+1}.pth, its ticket and "
-                                "EXP/best_*.pth (the best validation model)")
-        group.add_argument("--mask_dir", default=None,
-                           help="the original's flag, ignored as there: round k reads the mask of "
-                                "seg_backbone_imp{k}.pth in --save_dir (transfer a mask with main_transfer_*.py)")
-    else:
-        group = parser.add_argument_group("ticket")
-        group.add_argument("--mask_dir", default="",
-                           help="the backbone mask: seg_backbone_imp{n}.pth, a ticket_XX.pt of any IMP "
-                                "script, the original's mask-{i}.pt, or a pruned checkpoint; dense "
-                                "training when empty")
-        group.add_argument("--reverse_mask", action="store_true",
-                           help="train the complement of the mask (1 - mask): the reversed-mask control")
-        group.add_argument("--random_prune", action="store_true",
-                           help="prune the backbone convs (conv1 excepted) globally at random to the "
-                                "mask's sparsity instead of using the mask: the random-pruning control")
-        group.add_argument("--imp_num", type=int, default=None,
-                           help="the original's flag, ignored as there (its transfer scripts never read it); "
-                                "the mask is --mask_dir")
-    group = parser.add_argument_group("data")
-    group.add_argument("--data_root", default="./datasets/data",
-                       help="folder holding VOCdevkit/VOC2012 (voc) or leftImg8bit and gtFine (cityscapes)")
-    group.add_argument("--dataset", default="voc", choices=list(segdata.DATASETS),
-                       help="digits is the embedded set (digits pasted on 32x32 canvases, 11 classes)")
-    group.add_argument("--num_classes", type=int, default=None,
-                       help="accepted as the original's; the data set fixes it (21 voc, 19 cityscapes, "
-                            "11 digits) and another value is an error")
-    group.add_argument("--year", default="2012", choices=list(segdata.VOC_YEARS),
-                       help="VOC: 2012 (SegmentationClass) or 2012_aug (SegmentationClassAug, train_aug.txt)")
-    group.add_argument("--crop_val", action="store_true",
-                       help="validate on the shorter side resized to --crop_size then centre-cropped "
-                            "(default: full images)")
-    group.add_argument("--crop_size", type=int, default=513, help="training (and --crop_val) crop size")
-    group.add_argument("--label_pad", type=int, default=segdata.ORIGINAL_LABEL_PAD, choices=list(segdata.LABEL_PADS),
-                       help="label of the pixels padded around a training image smaller than --crop_size: 0 "
-                            "(background, the original's: 23.5 %% of VOC's training label pixels at 513) or 255 "
-                            "(ignored by the loss)")
-    group.add_argument("--download", action="store_true",
-                       help="accepted as the original's, but refused: data sets are never downloaded; "
-                            "place them under --data_root")
-    group = parser.add_argument_group("model")
-    group.add_argument("--model", default="deeplabv3plus_resnet50", choices=list(MODELS),
-                       help="head and backbone (resnet18: CPU demos and tests)")
-    group.add_argument("--separable_conv", action="store_true",
-                       help="depthwise-separable convs in ASPP and decoder (DeepLabV3+ only)")
-    group.add_argument("--output_stride", type=int, default=16, choices=[8, 16],
-                       help="16: layer4 dilated, ASPP rates 6/12/18; 8: layer3 and 4, rates 12/24/36")
-    group.add_argument("--pretrained", default=None,
-                       help=f"backbone weights to start from ({source.name}; conv1 included, fc dropped); "
-                            f"default: {_weights_note(source)}; never downloaded; "
-                            f"'{NO_WEIGHTS}' starts from random init")
-    group.add_argument("--dict_key", default=None,
-                       help="entry of the --pretrained file that holds the weights (default: "
-                            "'state_dict' when present, else the whole file)")
-    group.add_argument("--moco_encoder", default="k", choices=MOCO_ENCODERS,
-                       help=MOCO_ENCODER_HELP + " (the original's main_*_moco.py did the same)")
-    group = parser.add_argument_group("training (the original's defaults)")
-    group.add_argument("--test_only", action="store_true",
-                       help="evaluate on val (--ckpt, or the model a run would start training from), "
-                            "print the scores and exit; writes only --save_val_results")
-    group.add_argument("--save_val_results", action="store_true",
-                       help="at each evaluation write {image_id}_image.png, _target.png, _pred.png (palette, at "
-                            "the label's size) and _overlay.png (prediction over the image at alpha 0.7), as the "
-                            "original meant to, into EXP/results, replacing the previous evaluation's")
-    group.add_argument("--lr", type=float, default=0.01, help="head learning rate; the backbone trains at 0.1x")
-    group.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay (momentum 0.9)")
-    group.add_argument("--batch_size", type=int, default=16,
-                       help="training batch size (at least 2 per process: batch norm after ASPP's image pooling "
-                            "sees one value per channel per image); " + cli.BATCH_HELP)
-    group.add_argument("--val_batch_size", type=int, default=4,
-                       help="validation batch size; images of different sizes (VOC without --crop_val) are "
-                            "predicted each at its own size, so the scores do not depend on it")
-    group.add_argument("--loss_type", default="cross_entropy", choices=list(LOSS_TYPES),
-                       help="cross-entropy ignoring 255, or the original's focal loss")
-    group.add_argument("--ckpt", default=None,
-                       help="checkpoint to start from (this toolkit's, or the original's with "
-                            "'model_state'); with --continue_training its optimizer, schedule and "
-                            "iteration too")
-    group.add_argument("--continue_training", action="store_true",
-                       help="continue the --ckpt run where it stopped (needs a checkpoint of this toolkit)")
-    group.add_argument("--sync_bn", action="store_true",
-                       help="under torchrun, synchronise batch-norm statistics across processes")
-    iterations = cli.add_iteration_args(parser, total_itrs=30000, val_interval=100, lr_policies=("poly", "step"))
-    iterations.add_argument("--step_size", type=int, default=10000,
-                            help="--lr_policy step: learning rate x0.1 every this many iterations")
-    cli.add_runtime_args(parser, workers=2, save_dir="",
-                         names={"seed": ("--random_seed",), "gpu": ("--gpu_id",), "print_freq": ("--print_interval",)})
-    parser.set_defaults(seed=1, print_freq=10)
-    group = parser.add_argument_group("visdom (accepted as the original's; ignored: metrics.jsonl and plots replace it)")
-    group.add_argument("--enable_vis", action="store_true", help="the original's visdom switch; ignored with a notice")
-    group.add_argument("--vis_port", default="13570", help="the original's visdom port; ignored")
-    group.add_argument("--vis_env", default="main", help="the original's visdom environment; ignored")
-    group.add_argument("--vis_num_samples", type=int, default=8,
-                       help="the original's number of images shown in visdom; ignored")
-    outputs = (f"the original's {source.imp_dir.format(seed='S')} with S = --random_seed" if mode == "imp"
-               else "checkpoints (the original's)")
-    _set_help(parser, "save_dir", f"folder of the run(s); each run writes into SAVE_DIR/EXP (default: {outputs})")
-    _set_help(parser, "seed", "random seed (0 is valid): model init, data order, augmentation")
-    _set_help(parser, "lr_policy", "poly: lr x (1 - itr/total_itrs)^0.9; step: x0.1 every --step_size iterations")
-    _set_help(parser, "print_freq", "update the progress bar's loss every this many iterations")
-    _set_help(parser, "resume", "continue the run in SAVE_DIR/EXP from its latest checkpoint (without "
-                                "--imp_num: continue the IMP sweep, skipping finished rounds)")
-    return parser
-
-
-def _weights_note(source: Source) -> str:
-    if source.weights is None:
-        return "torchvision's resnet file in $TORCH_HOME/hub/checkpoints (e.g. resnet50-19c8e357.pth)"
-    return source.weights
-
-
-def _set_help(parser: argparse.ArgumentParser, dest: str, text: str) -> None:
-    for action in parser._actions:
-        if action.dest == dest:
-            action.help = text
+    return SEGMENTATION_HPARAMS[mode, source.name].parser(
+        description=f"{what}, from {source.name} pre-trained weights (the original's "
+                    f"Segmentation/main_{mode}_{source.name}.py).")
 
 
 def check_args(args: argparse.Namespace, mode: str) -> None:
@@ -321,7 +166,7 @@ def build_task(args: argparse.Namespace, source: Source, session: Session, eval_
     # StepLR(step_size, gamma=0.1): x0.1 at every multiple of step_size (the last one included, so the
     # scheduler state at the end matches the original's too)
     milestones = list(range(args.step_size, args.total_itrs + 1, args.step_size)) if args.lr_policy == "step" else []
-    cfg = TrainConfig.from_args(args, epochs=0, momentum=0.9, warmup=0, milestones=milestones,
+    cfg = TrainConfig.from_hparams(session.hparams, epochs=0, momentum=0.9, warmup=0, milestones=milestones,
                                 lr_policy="multistep" if args.lr_policy == "step" else args.lr_policy,
                                 lr_scales={"backbone.": 0.1}, objective=OBJECTIVE, eval_from=eval_from)
     return Task(args, source, session, data, loaders, cfg)
@@ -407,19 +252,22 @@ def resume_file_of(run: RunDir, args: argparse.Namespace, files: StageFiles) -> 
 
 
 def train_run(task: Task, model: nn.Module, run: RunDir, resume_file: str | None, strategy: BackbonePruning,
-              stage: int, extra: dict) -> StageProgress:
-    """Train one run (a round or a transfer) in ``run`` from scratch or from ``resume_file``."""
+              stage: int, extra: dict, controls: dict | None = None) -> StageProgress:
+    """Train one run (a round or a transfer) in ``run`` from scratch or from ``resume_file``; a
+    resumed run must be the experiment (and seed) its run.json records."""
     args, ctx = task.args, task.ctx
     files = stage_files(args)
     progress, optimizer_state, scheduler_state = StageProgress(), None, None
+    hparams = task.session.hparams
+    run.hparams, run.experiment = hparams, task.session.run.experiment
     if resume_file:
-        check_same_experiment(run, args, RUN_FLAGS)
+        check_same_experiment(run, hparams, args.seed)
         checkpoint, progress = restore_stage(model, run, FORMAT, vars(args), False, resume_file,
                                              apply_masks=strategy.restore)
         optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
     distributed.barrier()
     run.stamp = task.precision.describe()
-    run.start(vars(args), bool(resume_file))
+    run.start(vars(args), bool(resume_file), experiment=run.experiment, controls=controls)
 
     def checkpoint_extra() -> dict:
         return {"format": FORMAT, "args": vars(args), "model": args.model, "dataset": args.dataset,
@@ -488,9 +336,11 @@ def prediction_writer(task: Task, run: RunDir) -> PredictionWriter | None:
 
 
 def open_run(args: argparse.Namespace, source: Source, mode: str, run: RunDir,
-             resume_file: str | None) -> tuple[Session, Task]:
-    """Device, process group and seed (core set-up), then data, loaders and the training config."""
-    session = open_session(args, run, resume_file)
+             resume_file: str | None, hparams) -> tuple[Session, Task]:
+    """Device, process group and seed (core set-up), then data, loaders and the training config.
+    ``hparams`` are the script's as parsed (before ``finish_args`` fills in weights and folders)."""
+    # --test_only writes nothing: no experiment to check against.
+    session = open_session(args, run, resume_file, hparams=hparams, continuing=False if args.test_only else None)
     eval_from = 0
     if mode == "imp" and source.imp_validates_second_half_only:
         eval_from = math.ceil(args.total_itrs / 2)
@@ -510,9 +360,10 @@ def finish_args(args: argparse.Namespace, source: Source, mode: str) -> None:
 
 def imp_main(args: argparse.Namespace, source: Source) -> None:
     check_args(args, "imp")
+    hparams = SEGMENTATION_HPARAMS["imp", source.name].from_args(args)
     finish_args(args, source, "imp")
     if args.imp_num is None:
-        return imp_sweep(args, source)
+        return imp_sweep(args, source, hparams)
     run = RunDir(os.path.join(args.save_dir, args.exp))
     files = stage_files(args)
     if restarts_round_zero(run, args, files):
@@ -522,7 +373,7 @@ def imp_main(args: argparse.Namespace, source: Source) -> None:
     else:
         resume_file = None if args.test_only else resume_file_of(run, args, files)
     check_round_inputs(args.save_dir, args.imp_num, args.resume or args.test_only)
-    session, task = open_run(args, source, "imp", run, resume_file)
+    session, task = open_run(args, source, "imp", run, resume_file, hparams)
     imp_round(task, args.imp_num, run, resume_file)
     distributed.teardown()
 
@@ -591,6 +442,7 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
     if ctx.is_main:
         save_ticket(os.path.join(save_dir, ticket_name(round_index + 1)), strategy.masks(model),
                     round=round_index + 1, prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
+                    experiment=task.session.run.experiment["id"],
                     source=os.path.abspath(save_dir), arch=args.model.split("_", 1)[1], dataset=args.dataset,
                     pretraining=task.source.name, model=args.model)
         save_imp_file(imp_file_path(save_dir, round_index + 1), model)  # written last: the round is done
@@ -601,7 +453,7 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
     distributed.barrier()
 
 
-def imp_sweep(args: argparse.Namespace, source: Source) -> None:
+def imp_sweep(args: argparse.Namespace, source: Source, hparams) -> None:
     """Rounds 0..imp_rounds-1 in one command; with --resume, finished rounds are skipped and the
     interrupted one continues from its latest checkpoint."""
     RunDir(args.save_dir).check_location()
@@ -611,7 +463,7 @@ def imp_sweep(args: argparse.Namespace, source: Source) -> None:
                         f"choose another --save_dir")
     exp = args.exp
     files = stage_files(args)
-    session, task = open_run(args, source, "imp", RunDir(args.save_dir), None)
+    session, task = open_run(args, source, "imp", RunDir(args.save_dir), None, hparams)
     for round_index in range(args.imp_rounds):
         if os.path.isfile(imp_file_path(args.save_dir, round_index + 1)):
             continue  # finished
@@ -635,10 +487,11 @@ def imp_sweep(args: argparse.Namespace, source: Source) -> None:
 
 def transfer_main(args: argparse.Namespace, source: Source) -> None:
     check_args(args, "transfer")
+    hparams = SEGMENTATION_HPARAMS["transfer", source.name].from_args(args)
     finish_args(args, source, "transfer")
     run = RunDir(os.path.join(args.save_dir, args.exp))
     resume_file = None if args.test_only else resume_file_of(run, args, stage_files(args))
-    session, task = open_run(args, source, "transfer", run, resume_file)
+    session, task = open_run(args, source, "transfer", run, resume_file, hparams)
     strategy = BackbonePruning(PRUNE_RATE)
     model = build_model(task)
     mask_meta = {}
@@ -655,8 +508,10 @@ def transfer_main(args: argparse.Namespace, source: Source) -> None:
     if args.test_only:
         test_only(task, model, run, strategy)
         return distributed.teardown()
+    control = ticket_kind(args.mask_dir, args.reverse_mask, args.random_prune, pretrained=args.pretrained != NO_WEIGHTS)
     progress = train_run(task, model, run, resume_file, strategy, 0,
-                         {"mask_dir": args.mask_dir, "mask_meta": mask_meta})
+                         {"mask_dir": args.mask_dir, "mask_meta": mask_meta},
+                         controls=controls_record(control, args.mask_dir, mask_meta) if control else None)
     if session.ctx.is_main:
         row = summary_row(progress, 0, strategy.remaining(model), exp=args.exp, kind=kind, mask_dir=args.mask_dir,
                           ckpt=args.ckpt, **task.precision.describe(), ticket_round=mask_meta.get("round"))

@@ -24,86 +24,20 @@ from lth.errors import UserError
 from lth.imagedata import image_folder
 from lth.loaders import DeviceLoader, Loaders
 from lth.imp import ImpConfig, ImpRun
-from lth.models import ARCHS
-from lth.session import check_same_experiment, check_save_dir, open_session
+from lth.session import check_same_experiment, check_save_dir, open_session, resume_source
 from lth.trainer import StageFiles, TrainConfig, train_stage
 from SimCLR import simclr
+from SimCLR.hparams import DEFAULT_SIM_MODEL, LATEST, MOMENTUM, SimclrImp
 
-DEFAULT_SIM_MODEL = "./simclr_pre-train_model/resnet50-1x.pth"
-LATEST = "latest"
 DENSE_FORMAT = "lth-simclr-dense"
 DENSE_OUTPUT = "simclr_weight.pt"
 # Round r's resumable state (its last epoch: the original's model_pruned{r*prun_epoch}.pt) and its
 # best-validation model; the checkpoint name is the one RunDir looks for on --resume.
 FILES = StageFiles(checkpoint="{stage}checkpoint.pth.tar", best="{stage}model_best.pth.tar")
-MOMENTUM = 0.9  # LARS and SGD momentum, fixed as in the original
-# Flags (beyond lth.trainer.IDENTITY_FLAGS) whose change makes a resumed run another experiment.
-SIMCLR_IDENTITY = ("prun_percent", "prun_epoch", "mlpout", "phead", "temperature", "optimizer",
-                   "image_size", "loss")
 
 
 def get_args_parser():
-    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment",
-                        help="name of this run; everything is written to SAVE_DIR/EXPERIMENT")
-    group = parser.add_argument_group("data and model")
-    group.add_argument("--data", default="./data",
-                       help="ImageFolder root with train/<class>/<images> and val/<class>/<images>")
-    group.add_argument("--arch", default="resnet50", choices=ARCHS,
-                       help="torchvision ResNet (ImageNet stem) under the projection head")
-    group.add_argument("--sim_model", default=DEFAULT_SIM_MODEL,
-                       help="SimCLR pre-trained weights ({'state_dict': torchvision names}, e.g. the "
-                            "released simclr_weight.pt or this script's --prun_percent 0 output); IMP "
-                            "prunes them one-shot and rewinds to them after every round")
-    group.add_argument("--mlpout", type=int, default=128, help="output size of the projection head")
-    group.add_argument("--phead", action="store_false",
-                       help="passing it REMOVES the projection head (the original's store_false "
-                            "flag): the loss then acts on the backbone features")
-    group.add_argument("--image_size", type=int, default=224, help="side of the random resized crops")
-    group.add_argument("--temperature", type=float, default=0.5,
-                       help="NT-Xent temperature (the original hard-coded 0.5)")
-    group.add_argument("--loss", default="original", choices=list(simclr.LOSS_FORMS),
-                       help="NT-Xent form: original is -log(mean p) over the 2N views, what the original "
-                            "SimCLR IMP code (and the paper's tickets) minimised; textbook is mean(-log p), "
-                            "the SimCLR paper's cross entropy")
-    group = parser.add_argument_group("optimisation (the original's defaults)")
-    group.add_argument("--epochs", type=int, default=150,
-                       help="training epochs in all: rounds = 1 + epochs / prun_epoch, the first "
-                            "only evaluates")
-    group.add_argument("--batch_size", type=int, default=256,
-                       help="images per step over all GPUs; NT-Xent contrasts all 2x of them; "
-                            + cli.BATCH_HELP)
-    group.add_argument("--lr", type=float, default=1e-4, help="learning rate, constant")
-    group.add_argument("--optimizer", default="lars", choices=["adam", "lars", "sgd"],
-                       help=f"lars: trust ratio eta 1e-3; lars and sgd use momentum {MOMENTUM}; a "
-                            f"fresh optimizer starts every round")
-    group.add_argument("--weight_decay", type=float, default=1e-6,
-                       help="weight decay of lars and sgd (adam takes none, as in the original)")
-    group = parser.add_argument_group("pruning")
-    group.add_argument("--prun_percent", type=float, default=0.2,
-                       help="fraction of the remaining backbone conv weights pruned each time; 0 "
-                            "trains a dense SimCLR model instead (random init without --sim_model)")
-    group.add_argument("--prun_epoch", type=int, default=10,
-                       help="epochs of training between two prunings (must divide --epochs)")
-    group = parser.add_argument_group("run")
-    group.add_argument("--save_dir", default="./output", help="parent folder of the experiment's folder")
-    group.add_argument("--resume", nargs="?", const=LATEST, default="",
-                       help="continue the experiment: alone, from its latest checkpoint; with a path, "
-                            "from that checkpoint of this toolkit (give EXPERIMENT before --resume)")
-    group.add_argument("--seed", type=int, default=2, help="random seed (0 is valid): init, data order and augmentation")
-    group.add_argument("--gpu", default="0",
-                       help="CUDA devices, e.g. 0 or 0,1,2,3 (sets CUDA_VISIBLE_DEVICES); several "
-                            "devices re-launch the script under torchrun, one process each (DDP); "
-                            "ignored without CUDA")
-    group.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
-    group.add_argument("--workers", "-j", type=int, default=4, help="data-loading processes per GPU process")
-    group.add_argument("--sync_bn", action="store_true",
-                       help="synchronise batch-norm statistics across GPUs (DDP on CUDA only)")
-    group.add_argument("--print_freq", type=int, default=50,
-                       help="update the progress bar's loss/accuracy every this many steps")
-    cli.add_speed_args(group)
-    cli.add_trust_arg(group)
-    return parser
+    return SimclrImp.parser(description=__doc__.split("\n\n")[0])
 
 
 def gpu_ids(text: str) -> list[int]:
@@ -208,9 +142,11 @@ def make_model(args, ctx, precision, weights) -> tuple[nn.Module, dict | None]:
 
 def main(args) -> None:
     check_args(args)
+    hparams = SimclrImp.from_args(args)
     run, _ = check_save_dir(os.path.join(args.save_dir, args.experiment), bool(args.resume))
-    if args.resume:
-        check_same_experiment(run, args, SIMCLR_IDENTITY)
+    checkpoint_path = None if args.resume in ("", LATEST) else args.resume
+    if args.resume:  # before re-launching under torchrun
+        check_same_experiment(resume_source(run, checkpoint_path), hparams, args.seed)
     # On resume the checkpoint holds the weights, the masks and the rewind point.
     weights = None if args.resume else start_weights(args)
     devices = select_devices(args)
@@ -220,8 +156,7 @@ def main(args) -> None:
         sys.stdout.flush()
         os.execv(command[0], command)
     # Device 0 is the one --gpu named (CUDA_VISIBLE_DEVICES); under torchrun, LOCAL_RANK's.
-    checkpoint_path = None if args.resume in ("", LATEST) else args.resume
-    session = open_session(args, run, checkpoint_path, gpu=0)
+    session = open_session(args, run, checkpoint_path, gpu=0, hparams=hparams)
     ctx, precision = session.ctx, session.precision
     if args.batch_size % ctx.world_size:
         raise UserError(f"--batch_size {args.batch_size} must be divisible by the {ctx.world_size} processes")
@@ -237,9 +172,10 @@ def main(args) -> None:
     stage_kwargs = {"step": simclr.make_step(args.temperature, precision.channels_last, args.loss),
                     "evaluator": evaluator}
     # The original's Adam took no weight decay.
-    train_cfg = TrainConfig.from_args(args, epochs=args.prun_epoch if args.prun_percent else args.epochs,
-                                      momentum=MOMENTUM, optimizer=args.optimizer,
-                                      weight_decay=0.0 if args.optimizer == "adam" else args.weight_decay)
+    # A constant learning rate (no warm-up, no decay), as the original.
+    train_cfg = TrainConfig.from_hparams(hparams, epochs=args.prun_epoch if args.prun_percent else args.epochs,
+                                         momentum=MOMENTUM, optimizer=args.optimizer, warmup=0, milestones=[],
+                                         weight_decay=0.0 if args.optimizer == "adam" else args.weight_decay)
     meta = {"arch": args.arch, "dataset": os.path.basename(os.path.normpath(os.path.abspath(args.data))),
             "pretraining": "simclr"}
     if args.prun_percent:

@@ -1,4 +1,6 @@
-"""Command-line plumbing shared by the entry scripts: one-line errors and the common flag groups."""
+"""Command-line plumbing shared by the entry scripts: one-line errors, flag types and value checks.
+
+The flags themselves are generated from each task's typed hparams (lth.hparams)."""
 
 from __future__ import annotations
 
@@ -6,16 +8,11 @@ import argparse
 import errno
 import os
 import sys
-from typing import Callable, Mapping, Sequence
+from typing import Callable
 
 from lth import validate
 from lth.checkpoint import trusted_checkpoints
 from lth.errors import UserError
-
-# Extra option strings of the original ImageNet/VisDA/MoCo scripts (pytorch/examples style), by dest;
-# pass as ``names`` to the flag groups so that their command lines keep working.
-EXAMPLES_NAMES = {"batch_size": ("-b", "--batch-size"), "lr": ("--learning-rate",),
-                  "weight_decay": ("--wd", "--weight-decay"), "print_freq": ("-p", "--print-freq")}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -91,26 +88,6 @@ def optional_int(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'")
 
 
-def add_data_args(parser: argparse.ArgumentParser, datasets: list[str], default: str) -> None:
-    group = parser.add_argument_group("data")
-    group.add_argument("--data", default="../data",
-                       help="folder holding the data set in torchvision's on-disk layout "
-                            "(ignored for the built-in digits set)")
-    group.add_argument("--dataset", default=default, choices=datasets,
-                       help="which data set; 'digits' is scikit-learn's 8x8 handwritten digits, "
-                            "shipped inside the package (no files needed)")
-    group.add_argument("--download", action="store_true",
-                       help="let torchvision download the data set into --data if it is missing "
-                            "(never done otherwise)")
-
-
-DETERMINISTIC_HELP = (
-    "CUDA only: make cuDNN pick deterministic convolution algorithms (cudnn.deterministic on, "
-    "cudnn.benchmark off) and PyTorch use its deterministic kernels where it has them (others "
-    "warn), as the original set when given a seed, so that the same seed gives the same masks "
-    "on a GPU too. Cost: only deterministic algorithms may then be chosen for convolutions, "
-    "scatter/index ops and cuBLAS (a fixed workspace), which are often slower; by how much depends "
-    "on the GPU and model (not measured here). On a CPU runs are deterministic without it")
 
 
 def set_deterministic(enabled: bool) -> None:
@@ -130,151 +107,6 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def add_speed_args(group) -> None:
-    """--precision, --channels_last, --compile and --deterministic: how fast the math runs (never what
-    it computes on CPU)."""
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                       help="training math; auto: bf16 autocast on CUDA, fp32 on CPU (run.json and summary "
-                            "rows record which trained the model)")
-    group.add_argument("--eval_precision", default="fp32", choices=["fp32", "bf16"],
-                       help="evaluation math; fp32 (default, as the original scored): bf16 moves scores, e.g. "
-                            "detection box sizes by up to ~2 %% and so AP at IoU 0.90/0.95")
-    group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
-                       help="memory layout of activations; auto: on for CUDA, off on CPU")
-    group.add_argument("--compile", action="store_true",
-                       help="torch.compile the model (recompiled once per round, after re-pruning)")
-    group.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
-
-
-def add_trust_arg(group) -> None:
-    """--trust_checkpoint: the one way to load a checkpoint that holds arbitrary Python objects."""
-    group.add_argument("--trust_checkpoint", action="store_true",
-                       help="load every checkpoint, weight and mask file in full even when it holds "
-                            "Python objects besides tensors, numbers, argparse.Namespace and numpy "
-                            "scalars; unpickling such a file can run any code in it, so only pass "
-                            "this for files you trust (without it they are refused)")
-
-
-def add_ticket_args(parser: argparse.ArgumentParser, weights_note: str = "") -> argparse._ArgumentGroup:
-    """--pretrained, --dict_key, --mask_dir and --reverse_mask: what a ticket is made of.
-
-    Returns the group so that a script can add its own ticket flags to it.
-    """
-    group = parser.add_argument_group("ticket")
-    group.add_argument("--pretrained", default=None,
-                       help="weights to start from (torchvision state_dict, simclr_weight.pt, moco.pt, "
-                            f"MoCo v2 checkpoint, or an IMP checkpoint){weights_note}; random init when omitted")
-    group.add_argument("--dict_key", default=None,
-                       help="entry of the --pretrained file holding the weights; 'None' uses the whole "
-                            "file (default: 'state_dict' when present, else the whole file)")
-    group.add_argument("--mask_dir", default=None,
-                       help="the ticket's mask: a ticket_XX.pt (from any IMP script), an IMP checkpoint "
-                            "({round}model_SA_best.pth.tar, {round}model_best.pth.tar, MoCo/SimCLR "
-                            "checkpoints) or a {layer.weight_mask: tensor} file; dense training when omitted")
-    group.add_argument("--reverse_mask", action="store_true",
-                       help="train the complement of the mask (1 - mask): the reversed-mask control")
-    return group
-
-
-def add_model_args(parser: argparse.ArgumentParser, archs: tuple[str, ...], conv1_loads: bool = True) -> None:
-    """--arch, --conv1, --fc; ``conv1_loads=False`` where --conv1 only masks conv1 (the eval script)."""
-    group = parser.add_argument_group("model")
-    group.add_argument("--arch", default="resnet50", choices=archs,
-                       help="ResNet depth (torchvision definition with the CIFAR 3x3 stem, no max-pool)")
-    group.add_argument("--conv1", action="store_true",
-                       help="also prune the stem conv1 and load it from pre-trained weights "
-                            "(by default it stays dense and keeps its random init)" if conv1_loads else
-                       "also mask the stem conv1 (its weights come from --pretrained only with --load_all, "
-                       "as in the original; by default it stays dense)")
-    group.add_argument("--fc", action="store_true",
-                       help="also load the classifier fc from pre-trained weights (needs the same "
-                            "number of classes)")
-
-
-def _names(flag: str, names: Mapping[str, Sequence[str]] | None) -> list[str]:
-    """``flag`` plus the extra option strings ``names`` gives for its dest (originals' spellings);
-    short ones first, so that usage lines read like the original's (``-b``), then ``flag``."""
-    extra = list((names or {}).get(flag.lstrip("-"), ()))
-    return [*(name for name in extra if not name.startswith("--")), flag,
-            *(name for name in extra if name.startswith("--"))]
-
-
-BATCH_HELP = ("under torchrun the global batch: each of the N processes takes 1/N of it (a batch that does "
-              "not divide is refused), so the run is the experiment one process runs, as the originals' "
-              "single process with DataParallel did")
-
-
-def add_optim_args(parser: argparse.ArgumentParser, batch_size: int,
-                   names: Mapping[str, Sequence[str]] | None = None) -> None:
-    """The optimisation flags; ``names`` adds option strings by dest (e.g. ``EXAMPLES_NAMES``)."""
-    group = parser.add_argument_group("optimisation (the original's defaults)")
-    group.add_argument(*_names("--batch_size", names), dest="batch_size", type=int, default=batch_size,
-                       help="training batch size; " + BATCH_HELP)
-    group.add_argument("--eval_batch_size", type=int, default=None,
-                       help="evaluation batch size, global as --batch_size (default: 4x --batch_size; no "
-                            "gradients are kept)")
-    group.add_argument(*_names("--lr", names), dest="lr", type=float, default=0.1,
-                       help="initial learning rate of SGD")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum factor (0 for plain SGD)")
-    group.add_argument(*_names("--weight_decay", names), dest="weight_decay", type=float, default=2e-4,
-                       help="SGD weight decay")
-    group.add_argument("--epochs", type=int, default=182, help="training epochs per round")
-    group.add_argument("--warmup", type=int, default=1,
-                       help="epochs of linear per-step learning-rate warm-up at the start of each round")
-    group.add_argument("--decreasing_lr", type=milestones, default=milestones("91,136"),
-                       help="epochs at which the learning rate is multiplied by 0.1")
-
-
-def add_iteration_args(parser: argparse.ArgumentParser, total_itrs: int, val_interval: int,
-                       lr_policies: Sequence[str] = ("poly", "multistep", "cosine")) -> argparse._ArgumentGroup:
-    """--total_itrs, --val_interval and --lr_policy: training counted in iterations (DeepLab's way).
-
-    ``TrainConfig.from_args`` reads them. Returns the group so that a script can add its own flags.
-    """
-    group = parser.add_argument_group("iterations")
-    group.add_argument("--total_itrs", type=int, default=total_itrs,
-                       help="optimizer steps per round (the data loop restarts as often as needed)")
-    group.add_argument("--val_interval", type=int, default=val_interval,
-                       help="evaluate, log and checkpoint every this many iterations (and after the last)")
-    group.add_argument("--lr_policy", default=lr_policies[0], choices=list(lr_policies),
-                       help="poly: lr x (1 - itr/total_itrs)^0.9; multistep: x0.1 at each milestone "
-                            "iteration; cosine: half a cosine to 0")
-    return group
-
-
-def add_runtime_args(parser: argparse.ArgumentParser, names: Mapping[str, Sequence[str]] | None = None,
-                     workers: int | None = None, save_dir: str | None = None,
-                     resume_path: bool = False) -> None:
-    """The run flags. ``names`` adds option strings by dest; ``workers`` (image-file data sets) is
-    the default of -j, which then starts loader processes; ``save_dir`` makes --save_dir optional
-    with that default; ``resume_path`` also accepts the originals' ``--resume PATH``."""
-    group = parser.add_argument_group("run")
-    group.add_argument("--save_dir", default=save_dir, required=save_dir is None,
-                       help="folder for checkpoints, tickets, metrics.jsonl and plots; must not "
-                            "hold another run unless --resume")
-    if resume_path:
-        group.add_argument("--resume", nargs="?", const=True, default=False, metavar="PATH",
-                           help="continue the run in --save_dir from its latest checkpoint, or from "
-                                "checkpoint PATH (the original's form)")
-    else:
-        group.add_argument("--resume", action="store_true",
-                           help="continue the run in --save_dir from its latest checkpoint")
-    group.add_argument(*_names("--seed", names), dest="seed", type=optional_int, default=None,
-                       help="random seed (0 is a valid seed); without it a seed is drawn and recorded")
-    group.add_argument(*_names("--gpu", names), dest="gpu", default="0",
-                       help="CUDA device number for a single-process run (ignored on a CPU-only "
-                            "machine and under torchrun, where each process takes LOCAL_RANK)")
-    group.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is available")
-    group.add_argument(*_names("--print_freq", names), dest="print_freq", type=int, default=50,
-                       help="update the progress bar's loss/accuracy every this many steps")
-    add_speed_args(group)
-    add_trust_arg(group)
-    if workers is None:
-        group.add_argument("--workers", "-j", type=int, default=0,
-                           help="accepted for compatibility; small data sets live in memory and need no workers")
-    else:
-        group.add_argument("--workers", "-j", type=int, default=workers,
-                           help="processes that read and augment images (0: in the main process)")
 
 
 def check_common(args: argparse.Namespace) -> None:

@@ -182,7 +182,11 @@ class ImpRun:
             rewind = {"rewind_point": REWIND_FILE if self.rewind_weights is not None else None}
         return {"format": CHECKPOINT_FORMAT, **rewind, "args": self.args,
                 "seed": self.cfg.seed, "prune_type": self.cfg.prune_type, **self.cfg.meta,
-                **self.extra_state()}
+                **self._experiment(), **self.extra_state()}
+
+    def _experiment(self) -> dict:
+        """``{"experiment": id}`` of the run (see lth.hparams), for its tickets and checkpoints."""
+        return {"experiment": self.run.experiment["id"]} if self.run.experiment else {}
 
     def set_rewind_point(self, weights: dict | None) -> None:
         """The weights every later round rewinds to; written once to REWIND_FILE unless checkpoints carry them."""
@@ -300,7 +304,8 @@ class ImpRun:
         tickets.save_ticket(self.run.file(ticket_name(stage)), self.strategy.masks(self.model),
                                   round=stage, prune_type=self.cfg.prune_type,
                                   random_prune=self.cfg.random_prune, conv1=self.cfg.conv1,
-                                  seed=self.cfg.seed, source=os.path.abspath(self.run.path), **self.cfg.meta)
+                                  seed=self.cfg.seed, source=os.path.abspath(self.run.path), **self.cfg.meta,
+                                  **self._experiment())
 
     def _plot_summary(self) -> None:
         rows = self.run.summary()

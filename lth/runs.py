@@ -32,6 +32,11 @@ class RunDir:
         self.path = path
         self.is_main = is_main
         self._pending_record: dict | None = None  # a resume's run.json entry, written once it is accepted
+        # Set when the session opens (lth.session): the run's typed hparams (lth.hparams) and its
+        # run.json "experiment" record, which tickets and checkpoints of the run quote.
+        self.hparams = None
+        self.experiment: dict | None = None
+        self._record_extra: dict = {}  # "experiment" and "controls" for run.json (see start)
         self._resume_accepted = False
         self._damaged_noticed = False
         # Facts of the run written into run.json and into every summary row that lacks them
@@ -85,12 +90,16 @@ class RunDir:
             raise UserError(f"{flag} '{self.path}' cannot be written: '{target}': "
                             f"{error.strerror or error}") from None
 
-    def start(self, args: dict, resume: bool) -> None:
+    def start(self, args: dict, resume: bool, experiment: dict | None = None, controls: dict | None = None) -> None:
         """Create the folder and write (or extend, on resume) the run record.
 
         On resume the entry waits until ``accept_resume`` (the checkpoint passed its checks) or
         until training starts (``flush_record``): a refused resume leaves run.json as it was.
+        ``experiment`` (``lth.hparams.experiment_record``) and ``controls`` (``controls_record``) are
+        recorded once; a resumed run recorded before they existed gains them (its experiment was
+        checked against its args when the session opened).
         """
+        self._record_extra = {"experiment": experiment, "controls": controls}
         if not self.is_main:
             return
         if resume and not self._resume_accepted:
@@ -131,6 +140,9 @@ class RunDir:
                 os.replace(record_path, record_path + ".damaged")
                 record["note"] = ("resumed from a checkpoint; the earlier run.json was unreadable and is "
                                   "kept as run.json.damaged")
+        for key, value in self._record_extra.items():
+            if value is not None:
+                record.setdefault(key, value)
         write_json(record, record_path)
 
     def record(self) -> dict | None:

@@ -13,7 +13,6 @@ import os
 import secrets
 import sys
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch.nn as nn
 
@@ -21,6 +20,7 @@ from lth import cli, distributed
 from lth.distributed import Context
 from lth.engine import Precision
 from lth.errors import UserError
+from lth.hparams import Hparams, experiment_record, resume_mismatch
 from lth.runs import RunDir
 from lth.trainer import MaskRestorer, StageProgress, restore_stage
 
@@ -33,11 +33,15 @@ class Session:
     precision: Precision
     resume_file: str | None  # the file of ``--resume PATH``; None for a bare --resume or a fresh start
     seed: int
+    hparams: Hparams | None = None  # the run's typed hparams: its experiment, recorded in run.json
 
-    def record(self, args: argparse.Namespace) -> None:
-        """Wait for every rank, then write (or extend, on resume) ``run.json``."""
+    def record(self, args: argparse.Namespace, controls: dict | None = None, resume: bool | None = None) -> None:
+        """Wait for every rank, then write (or extend, on resume) ``run.json``: the args, the
+        experiment of the session's hparams and, for a control or transfer run, ``controls``
+        (``lth.hparams.controls_record``). ``resume`` (default: ``args.resume``) extends it."""
         distributed.barrier()
-        self.run.start(vars(args), bool(args.resume))
+        self.run.start(vars(args), bool(args.resume) if resume is None else resume,
+                       experiment=self.run.experiment, controls=controls)
 
     def restore(self, model: nn.Module, fmt: str, args: argparse.Namespace, conv1: bool = False,
                 apply_masks: MaskRestorer | None = None) -> tuple[StageProgress, dict | None, dict | None]:
@@ -58,10 +62,20 @@ def check_save_dir(save_dir: str, resume: bool | str, evaluate: bool = False) ->
 
 
 def open_session(args: argparse.Namespace, run: RunDir, resume_file: str | None = None, *,
-                 gpu: int | str | None = None, default_seed: int | None = None) -> Session:
+                 gpu: int | str | None = None, default_seed: int | None = None, hparams: Hparams | None = None,
+                 continuing: bool | None = None) -> Session:
     """Device and process group, then the seed: the one given (0 included), the one a resumed run
     recorded, ``default_seed``, or a fresh draw; under torchrun rank 0's choice is broadcast once,
-    so every rank builds the same model and data order. ``args.seed`` is set to it."""
+    so every rank builds the same model and data order. ``args.seed`` is set to it.
+
+    ``hparams`` (the task's, from the parsed args before the script changes them) is the run's
+    experiment: a resumed (or ``continuing``) run must be the recorded one, with the same seed
+    (``check_same_experiment``), before anything is built.
+    """
+    if hparams is not None:
+        if bool(args.resume) if continuing is None else continuing:
+            check_same_experiment(resume_source(run, resume_file), hparams, args.seed)
+        run.hparams, run.experiment = hparams, experiment_record(hparams)
     ctx = distributed.setup(args.gpu if gpu is None else gpu, args.cpu)
     run.is_main = ctx.is_main
     seed = args.seed
@@ -74,20 +88,24 @@ def open_session(args: argparse.Namespace, run: RunDir, resume_file: str | None 
     precision = Precision.choose(args.precision, ctx.device, args.channels_last,
                                  getattr(args, "eval_precision", "fp32"))
     run.stamp = precision.describe()
-    return Session(run=run, ctx=ctx, precision=precision, resume_file=resume_file, seed=args.seed)
+    return Session(run=run, ctx=ctx, precision=precision, resume_file=resume_file, seed=args.seed, hparams=hparams)
 
 
-def check_same_experiment(run: RunDir, args: argparse.Namespace, flags: Sequence[str]) -> None:
-    """A resumed run must keep the script's own identity ``flags`` (beyond the trainer's
-    ``IDENTITY_FLAGS``, checked against the checkpoint) as its run.json recorded them."""
+def resume_source(run: RunDir, resume_file: str | None) -> RunDir:
+    """The run being continued: the folder of ``--resume PATH``'s checkpoint, else ``run``."""
+    return RunDir(os.path.dirname(resume_file) or ".") if resume_file else run
+
+
+def check_same_experiment(run: RunDir, hparams: Hparams, seed: int | None) -> None:
+    """Refuse, in one line naming the first differing flag, to continue the run recorded in ``run``
+    as another experiment (its run.json's experiment id, or for a run recorded before ids existed
+    its args' experiment fields) or with another ``seed`` (None: the recorded one is taken)."""
     record = run.record()
     if record is None:
         return
-    saved = record.get("args", {})
-    for flag in flags:
-        if flag in saved and saved[flag] != getattr(args, flag):
-            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}; "
-                            f"a resume keeps the run's flags: to change it, start a new run in another folder")
+    reason = resume_mismatch(hparams, seed, record, f"'{run.path}'")
+    if reason:
+        raise UserError(reason)
 
 
 def resolve_seed(seed: int | None, ctx: Context) -> int:

@@ -23,6 +23,7 @@ import torch
 from lth import cli, pruning
 from lth.checkpoint import atomic_save, load_file
 from lth.errors import UserError
+from lth.hparams import Trust, add_field
 from lth.models import select_state_dict
 
 TICKET_FORMAT = "lth-ticket"
@@ -136,7 +137,7 @@ def read_masks(source, what: str = "mask", name: str | None = None) -> tuple[dic
         raise UserError(f"{name} holds no '*.weight_mask' tensor: it is not a pruned checkpoint "
                         f"or mask file")
     meta = {"source": str(name)}
-    for key in ("state", "round", "arch", "dataset", "prune_type"):
+    for key in ("state", "round", "arch", "dataset", "prune_type", "seed", "experiment"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], (int, str, float)):
             meta[key] = obj[key]
     return masks, meta
@@ -281,7 +282,7 @@ def get_args_parser():
         sub = commands.add_parser(name, formatter_class=parser.formatter_class, help=summary,
                                   description=description)
         sub.add_argument("ticket", metavar="TICKET", help=f"the ticket (or other mask source) to {name}")
-        cli.add_trust_arg(sub)
+        add_field(sub, Trust, "trust_checkpoint")
         return sub
 
     def output(sub) -> None:

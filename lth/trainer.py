@@ -8,7 +8,6 @@ dict of metrics), an ``Objective`` (the primary metric and its direction) and ``
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import itertools
@@ -25,6 +24,7 @@ from lth import pruning
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
 from lth.errors import TrainingDiverged, UserError
+from lth.hparams import resume_mismatch
 from lth.engine import (LR_POLICIES, Precision, classification_step, evaluate, make_optimizer, make_scheduler,
                         param_groups, train_one_epoch)
 from lth.loaders import Loaders  # noqa: F401  (scripts and tasks used to import it from here)
@@ -63,6 +63,9 @@ class Objective:
 
 
 ACCURACY = Objective()
+# TrainConfig field -> hparams field (the flag's dest).
+_HPARAM_NAMES = {"epochs": "epochs", "lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
+                 "warmup": "warmup", "milestones": "decreasing_lr", "print_freq": "print_freq", "compile": "compile"}
 
 
 @dataclass
@@ -107,17 +110,25 @@ class TrainConfig:
             raise UserError(f"the evaluation interval must be at least 1 epoch, got {self.eval_every}")
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, **overrides) -> "TrainConfig":
-        """The config of the shared optimisation and run flags (``lth.cli``); ``overrides`` win."""
-        values = dict(epochs=getattr(args, "epochs", 0), lr=args.lr, momentum=getattr(args, "momentum", 0.9),
-                      weight_decay=args.weight_decay, warmup=getattr(args, "warmup", 0),
-                      milestones=list(getattr(args, "decreasing_lr", None) or []),
-                      print_freq=getattr(args, "print_freq", 50), compile=getattr(args, "compile", False))
-        for name in ("total_itrs", "val_interval", "lr_policy"):  # lth.cli.add_iteration_args
-            if getattr(args, name, None) is not None:
-                values[name] = getattr(args, name)
+    def from_hparams(cls, hparams, **overrides) -> "TrainConfig":
+        """The config of a task's hparams (``lth.hparams``; anything with the attributes does): its
+        optimisation fields, and ``overrides`` for what the task fixes otherwise (SimCLR's momentum,
+        segmentation's epochs). A field neither has is a programming error, not a default."""
+        values = {}
+        for key, name in _HPARAM_NAMES.items():
+            if key in overrides:
+                continue
+            if not hasattr(hparams, name):
+                raise TypeError(f"{type(hparams).__name__} has no '{name}': pass {key}= to TrainConfig.from_hparams")
+            values[key] = getattr(hparams, name)
+        values["milestones"] = list(values.get("milestones") or [])
+        for name in ("total_itrs", "val_interval", "lr_policy"):  # tasks counted in iterations (lth.hparams.Iterations)
+            if name not in overrides and hasattr(hparams, name):
+                values[name] = getattr(hparams, name)
         values.update(overrides)
         return cls(**values)
+
+    from_args = from_hparams  # the name scripts used while they passed argparse Namespaces
 
     @property
     def by_iterations(self) -> bool:
@@ -597,25 +608,18 @@ def _rng_restore(state: Mapping, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
-# Flags whose change would make a resumed run a different experiment.
-IDENTITY_FLAGS = ("dataset", "arch", "prune_type", "rate", "random_prune", "conv1", "fc", "seed",
-                  "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
-                  "decreasing_lr", "rewind_epoch", "pretrained", "mask_dir", "reverse_mask", "load_all",
-                  "percent", "pre_weight", "image_size", "random")
-
-
 def restore_stage(model: nn.Module, run: RunDir, fmt: str, args: dict, conv1: bool,
                   path: str | None = None, apply_masks: MaskRestorer | None = None
                   ) -> tuple[dict, StageProgress]:
     """Load the latest (or the given) checkpoint of ``run`` into ``model``, masks included.
 
-    Checks that the checkpoint was written by the same kind of run with the same identity flags,
-    and drops log lines newer than it. Returns the raw checkpoint and the stage progress.
+    Checks that the checkpoint was written by the same kind of run of the same experiment (the
+    run's hparams, see ``check_resumable``), and drops log lines newer than it. Returns the raw checkpoint and the stage progress.
     ``apply_masks`` is passed on to ``load_checkpoint_into``.
     """
     checkpoints = run.checkpoints()
     path = path or checkpoints[max(checkpoints)]
-    checkpoint = load_checkpoint_into(model, path, fmt, args, conv1, apply_masks)
+    checkpoint = load_checkpoint_into(model, path, fmt, args, conv1, apply_masks, hparams=run.hparams)
     run.accept_resume()
     progress = StageProgress.from_checkpoint(checkpoint)
     if progress.next_itr is None:
@@ -642,7 +646,7 @@ def apply_checkpoint_masks(model: nn.Module, state_dict: Mapping, conv1: bool = 
 
 
 def load_checkpoint_into(model: nn.Module, path: str, fmt: str, args: dict, conv1: bool,
-                         apply_masks: MaskRestorer | None = None) -> dict:
+                         apply_masks: MaskRestorer | None = None, hparams=None) -> dict:
     """Put the weights and masks of checkpoint ``path`` (of kind ``fmt``) into ``model``; returns it.
 
     Nothing else is touched, so ``-e`` can evaluate a checkpoint without changing its run.
@@ -650,7 +654,7 @@ def load_checkpoint_into(model: nn.Module, path: str, fmt: str, args: dict, conv
     (MoCo's two encoders); by default ``apply_checkpoint_masks``.
     """
     checkpoint = load_file(path, "checkpoint")
-    check_resumable(checkpoint, path, fmt, args)
+    check_resumable(checkpoint, path, fmt, args, hparams)
     if apply_masks is None:
         apply_checkpoint_masks(model, checkpoint["state_dict"], conv1)
     else:
@@ -663,12 +667,14 @@ def load_checkpoint_into(model: nn.Module, path: str, fmt: str, args: dict, conv
     return checkpoint
 
 
-def check_resumable(checkpoint: Mapping, path: str, fmt: str, args: dict) -> None:
-    """The checkpoint must be of kind ``fmt`` and belong to the same experiment as the flags given."""
+def check_resumable(checkpoint: Mapping, path: str, fmt: str, args: dict, hparams=None) -> None:
+    """The checkpoint must be of kind ``fmt`` and, given the run's ``hparams`` (``lth.hparams``), of the
+    same experiment and seed: its recorded args are compared on the experiment fields (run.json's
+    experiment id was compared when the session opened; this also covers a checkpoint moved away
+    from its run.json)."""
     if not isinstance(checkpoint, Mapping) or checkpoint.get("format") != fmt:
         raise UserError(f"'{path}' is not a '{fmt}' checkpoint written by this toolkit; cannot resume it")
-    saved = checkpoint.get("args", {})
-    for flag in IDENTITY_FLAGS:
-        if flag in saved and flag in args and saved[flag] != args[flag]:
-            raise UserError(f"--{flag} is {args[flag]!r} but the run being resumed used {saved[flag]!r}; "
-                            f"a resume keeps the run's flags: to change it, start a new run in another folder")
+    if hparams is not None:
+        reason = resume_mismatch(hparams, args.get("seed"), {"args": checkpoint.get("args") or {}}, f"'{path}'")
+        if reason:
+            raise UserError(reason)
