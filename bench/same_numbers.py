@@ -65,7 +65,7 @@ def read_rows(path: str):
 
 def describe(folder: str, base: str = "") -> dict:
     """Hashes of everything under ``folder`` that a refactor must keep."""
-    import pruning_utils
+    from lth.tickets import read_masks
 
     out: dict = {"files": [], "masks": {}, "metrics": {}, "state_dicts": {}}
     for where, _, names in os.walk(folder):
@@ -74,7 +74,7 @@ def describe(folder: str, base: str = "") -> dict:
             relative = os.path.relpath(path, folder)
             out["files"].append(relative)
             if name.startswith("ticket_") and name.endswith(".pt"):
-                masks, _ = pruning_utils.read_masks(path)
+                masks, _ = read_masks(path)
                 out["masks"][relative] = tensor_digest(masks)
             elif name in ("metrics.jsonl", "summary.jsonl"):
                 out["metrics"][relative] = rows_digest(read_rows(path), base)

@@ -23,6 +23,7 @@ import torch
 from Detection.data import digit_detection_records, digit_pool
 from lth.checkpoint import code_version, library_versions
 from lth.distributed import Context
+from lth.classification import step as classification_step
 from lth.engine import Precision, train_one_epoch
 from lth.models import build_model
 from lth.plots import plot_accuracy_vs_remaining
@@ -79,7 +80,7 @@ def pretrain_backbone(path: str, epochs: int, seed: int) -> float:
         batches = [(torch.from_numpy(canvases[order[i:i + 64]]), torch.from_numpy(labels[order[i:i + 64]]))
                    for i in range(0, len(order), 64)]
         accuracy = train_one_epoch(model, batches, optimizer, None, ctx, Precision.choose("fp32", ctx.device),
-                                   desc="pre-train", print_freq=0)["acc"]
+                                   desc="pre-train", print_freq=0, step=classification_step)["acc"]
     torch.save(model.state_dict(), path)
     return accuracy
 
