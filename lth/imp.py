@@ -302,6 +302,7 @@ class ImpRun:
         self._train_from(int(checkpoint["state"]), progress)
 
     def _train_from(self, first_round: int, progress: StageProgress) -> None:
+        self.run.flush_record()  # every check has passed: a resumed run's run.json entry is written now
         for stage in range(first_round, self.cfg.rounds):
             self.progress = progress
             self.task.begin_round(stage)

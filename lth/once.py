@@ -18,6 +18,7 @@ def train_once(task, hparams, session: Session, *, stage: int = 0) -> StageProgr
     model, strategy = task.model, task.strategy
     progress = session.restore(model, task.checkpoint_format, hparams, strategy.conv1, apply_masks=strategy.restore)
     remaining = strategy.remaining(model)
+    session.run.flush_record()  # every check has passed: a resumed run's run.json entry is written now
     task.begin_round(stage)
     hooks = stage_hooks(session.run, remaining, task.files, save_best=task.save_best,
                         checkpoint_extra=lambda: once_extra(task, hparams, progress))

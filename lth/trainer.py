@@ -734,6 +734,7 @@ def restore_stage(model: nn.Module, run: RunDir, fmt: str, args: dict, conv1: bo
     checkpoints = run.checkpoints()
     path = path or checkpoints[max(checkpoints)]
     checkpoint = load_checkpoint_into(model, path, fmt, args, conv1, apply_masks)
+    run.accept_resume()
     progress = StageProgress.from_checkpoint(checkpoint)
     if progress.next_itr is None:
         run.rewind_logs(int(checkpoint["state"]), progress.next_epoch)
