@@ -9,20 +9,12 @@ reversed. Example:
 """
 
 from lth import cli, distributed
-from lth.checkpoint import write_json
-from lth.classification import load_task, make_model
+from lth.classification import SmallImageTicketTask
 from lth.classification_hparams import DownstreamEval
 from lth.errors import UserError
 from lth.hparams import controls_record, ticket_kind
-from lth.models import load_pretrained
-from lth.plots import plot_training_curves
-from lth.runs import ONE_OFF_SUMMARY
+from lth.once import train_once
 from lth.session import check_save_dir, open_session
-from lth.tickets import apply_ticket_args
-from lth.trainer import StageFiles, TrainConfig, train_stage
-
-CHECKPOINT_FORMAT = "lth-eval"
-EVAL_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_SA_best.pth.tar")
 
 
 def get_args_parser():
@@ -35,32 +27,11 @@ def main(args) -> None:
         raise UserError("--reverse_mask needs a mask to reverse: give --mask_dir")
     hparams = DownstreamEval.from_args(args)
     session = open_session(args, *check_save_dir(args.save_dir, args.resume), hparams=hparams)
-    run, ctx, precision = session.run, session.ctx, session.precision
-    task = load_task(args, ctx, precision, args.seed)
-    model = make_model(args, task.spec, ctx, precision, args.seed)
-    if args.pretrained:
-        # As the original: --conv1 only decides whether conv1 is masked; --load_all loads it.
-        load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc or args.load_all,
-                        conv1=args.load_all, quiet=not ctx.is_main)
-    mask_meta, remaining = apply_ticket_args(model, args, ctx.is_main)
+    task = SmallImageTicketTask(args)
+    task.build(session)
     kind = ticket_kind(args.mask_dir, args.reverse_mask, pretrained=bool(args.pretrained))
-    session.record(args, controls=controls_record(kind, args.mask_dir, mask_meta) if kind else None)
-    cfg = TrainConfig.from_hparams(hparams)
-    progress, optimizer_state, scheduler_state = session.restore(model, CHECKPOINT_FORMAT, args, args.conv1)
-    extra = {"format": CHECKPOINT_FORMAT, "args": vars(args), "mask_meta": mask_meta}
-    progress = train_stage(model, task.loaders, cfg, precision, ctx, run, stage=0, files=EVAL_FILES,
-                           progress=progress, optimizer_state=optimizer_state, scheduler_state=scheduler_state,
-                           checkpoint_extra=lambda: extra, save_best=args.save_model, conv1=args.conv1)
-    if ctx.is_main:
-        summary = {"remaining": remaining, "reverse_mask": args.reverse_mask, "mask": args.mask_dir,
-                   "pretrained": args.pretrained, "best_epoch": progress.best_epoch,
-                   "best_val_acc": progress.best_val, "test_acc_at_best_val": progress.test_at_best,
-                   "final_test_acc": progress.history["test_ta"][-1]}
-        write_json(summary, run.file(ONE_OFF_SUMMARY))
-        plot_training_curves(progress.history, run.file("net_train.png"),
-                             title=f"{remaining:.2f}% of conv weights remain")
-        print(f"done: test accuracy {progress.test_at_best:.2f}% at the best validation epoch "
-              f"({progress.best_epoch}); results in {args.save_dir}")
+    session.record(args, controls=controls_record(kind, args.mask_dir, task.mask_meta) if kind else None)
+    train_once(task, args, session)
     distributed.teardown()
 
 

@@ -9,22 +9,13 @@ metric, the mean of the per-class accuracies. Example:
         --save_dir eval_visda --pretrained imagenet_weight.pt --mask_dir imagenet_imp/ticket_05.pt
 """
 
-import math
-
-from lth import cli, distributed, imagedata
-from lth.checkpoint import write_json
+from lth import cli, distributed
+from lth.classification import VisdaTicketTask
 from lth.classification_hparams import VisdaEval
 from lth.errors import UserError
 from lth.hparams import controls_record, ticket_kind
-from lth.models import load_pretrained
-from lth.plots import plot_training_curves
-from lth.runs import ONE_OFF_SUMMARY
+from lth.once import train_once
 from lth.session import check_save_dir, open_session
-from lth.tickets import apply_ticket_args
-from lth.trainer import StageFiles, TrainConfig, train_stage
-
-CHECKPOINT_FORMAT = "lth-eval-visda"
-EVAL_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_best.pth.tar")
 
 
 def get_args_parser():
@@ -39,40 +30,11 @@ def main(args) -> None:
         raise UserError(f"--image_size must be positive, got {args.image_size}")
     hparams = VisdaEval.from_args(args)
     session = open_session(args, *check_save_dir(args.save_dir, args.resume), hparams=hparams)
-    run, ctx, precision = session.run, session.ctx, session.precision
-    train_set, val_set = imagedata.visda_splits(args.data, args.image_size)
-    loaders = imagedata.image_loaders(train_set, val_set, imagedata.VISDA_CLASSES, batch_size=args.batch_size,
-                                      eval_batch_size=args.eval_batch_size, workers=args.workers,
-                                      seed=args.seed, ctx=ctx, precision=precision)
-    model = imagedata.image_model(args.arch, imagedata.VISDA_CLASSES, args.seed, ctx, precision)
-    if args.pretrained:
-        load_pretrained(model, args.pretrained, args.dict_key, fc=False, conv1=True, quiet=not ctx.is_main)
-    mask_meta, remaining = apply_ticket_args(model, args, ctx.is_main)
+    task = VisdaTicketTask(args)
+    task.build(session)
     kind = ticket_kind(args.mask_dir, args.reverse_mask, pretrained=bool(args.pretrained))
-    session.record(args, controls=controls_record(kind, args.mask_dir, mask_meta) if kind else None)
-    cfg = TrainConfig.from_hparams(hparams)
-    progress, optimizer_state, scheduler_state = session.restore(model, CHECKPOINT_FORMAT, args, args.conv1)
-    extra = {"format": CHECKPOINT_FORMAT, "args": vars(args), "arch": args.arch, "mask_meta": mask_meta}
-    progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, files=EVAL_FILES,
-                           progress=progress, optimizer_state=optimizer_state, scheduler_state=scheduler_state,
-                           checkpoint_extra=lambda: {**extra, "best_acc1": max(progress.best_val, 0.0)},
-                           conv1=args.conv1)
-    if ctx.is_main:
-        final = run.metrics()[-1] if run.metrics() else {}
-        at_best = progress.at_best
-        summary = {"remaining": remaining, "reverse_mask": args.reverse_mask, "mask": args.mask_dir,
-                   "pretrained": args.pretrained, "best_epoch": progress.best_epoch,
-                   "best_val_acc": progress.best_val,
-                   "mean_class_acc_at_best_val": at_best.get("val_mean_class_acc", math.nan),
-                   "per_class_acc_at_best_val": at_best.get("val_per_class", []),
-                   "final_val_acc": final.get("val_acc", math.nan),
-                   "final_mean_class_acc": final.get("val_mean_class_acc", math.nan)}
-        write_json(summary, run.file(ONE_OFF_SUMMARY))
-        plot_training_curves(progress.history, run.file("net_train.png"),
-                             title=f"{remaining:.2f}% of conv weights remain")
-        print(f"done: validation top-1 {progress.best_val:.2f}% and mean class accuracy "
-              f"{summary['mean_class_acc_at_best_val']:.2f}% at the best epoch ({progress.best_epoch}); "
-              f"results in {args.save_dir}")
+    session.record(args, controls=controls_record(kind, args.mask_dir, task.mask_meta) if kind else None)
+    train_once(task, args, session)
     distributed.teardown()
 
 

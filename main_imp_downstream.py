@@ -7,17 +7,13 @@ rewinds to the --prune_type's target and repeats, --pruning_times rounds in all.
         --pruning_times 19 --prune_type lt --save_dir imp_downstream
 """
 
-import sys
-
 from lth import cli, distributed, pruning
-from lth.classification import load_task, make_model
+from lth.classification import SmallImageTask
 from lth.classification_hparams import DownstreamImp
 from lth.errors import UserError
 from lth.hparams import controls_record, twin_id
-from lth.imp import ImpConfig, ImpRun
-from lth.models import load_pretrained
+from lth.imp import ImpRun
 from lth.session import check_save_dir, open_session
-from lth.trainer import TrainConfig
 
 
 def get_args_parser():
@@ -42,31 +38,17 @@ def main(args) -> ImpRun:
     check_args(args)
     hparams = DownstreamImp.from_args(args)
     session = open_session(args, *check_save_dir(args.save_dir, args.resume), hparams=hparams)
-    run, ctx, precision = session.run, session.ctx, session.precision
-    task = load_task(args, ctx, precision, args.seed)
-    model = make_model(args, task.spec, ctx, precision, args.seed)
-    if args.pretrained and args.prune_type != "pt_trans":
-        if ctx.is_main:
-            print(f"notice: --pretrained is ignored with --prune_type {args.prune_type} (as in the original): "
-                  f"round 0 starts from a random init; use --prune_type pt_trans to start from and "
-                  f"rewind to it", file=sys.stderr)
-    elif args.pretrained:
-        load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc, conv1=args.conv1,
-                        quiet=not ctx.is_main)
+    task = SmallImageTask(args)
+    task.build(session)
     # Random pruning controls the magnitude-pruning experiment of the same hparams.
     session.record(args, controls=controls_record("random_prune", None, ticket_experiment=twin_id(
         hparams, random_prune=False)) if args.random_prune else None)
-    train_cfg = TrainConfig.from_hparams(hparams)
-    imp_cfg = ImpConfig(rounds=args.pruning_times, rate=args.rate, prune_type=args.prune_type,
-                        random_prune=args.random_prune, conv1=args.conv1, rewind_epoch=args.rewind_epoch,
-                        seed=args.seed, meta={"arch": args.arch, "dataset": args.dataset},
-                        rewind_in_checkpoint=True)
-    imp = ImpRun(model, task.loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args))
+    imp = ImpRun(task, args, session)
     if args.resume:
         imp.resume(args.checkpoint)
     else:
         imp.start()
-    if ctx.is_main:
+    if session.ctx.is_main:
         print(f"done: tickets, checkpoints, metrics.jsonl, summary.jsonl and "
               f"accuracy_vs_remaining.png are in {args.save_dir}")
     distributed.teardown()

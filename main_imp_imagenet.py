@@ -11,20 +11,13 @@ dense model instead (to make a pre-trained start point). Example:
 
 import sys
 
-from lth import pruning
-from lth import cli, distributed, imagedata
-from lth.checkpoint import load_file
+from lth import cli, distributed, pruning
+from lth.classification import ImageNetTask, evaluate_and_print
 from lth.classification_hparams import ImagenetImp
 from lth.errors import UserError
-from lth.imp import CHECKPOINT_FORMAT, ImpConfig, ImpRun, examples_checkpoint_keys
-from lth.models import load_pretrained, select_state_dict
-from lth.plots import plot_training_curves
+from lth.imp import ImpRun
+from lth.once import train_once
 from lth.session import check_save_dir, open_session
-from lth.trainer import StageFiles, TrainConfig, evaluate_and_print, train_stage
-
-IMP_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="{stage}model_best.pth.tar")
-DENSE_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_best.pth.tar")
-DENSE_FORMAT = "lth-dense"
 
 
 def get_args_parser():
@@ -45,39 +38,6 @@ def check_args(args) -> None:
                         "current round, use --resume")
 
 
-def load_start_weights(model, args, ctx) -> None:
-    """The pre-trained weights, fc included when it fits the number of classes; else random init."""
-    if not args.pretrained:
-        if not args.random and ctx.is_main:
-            print("notice: no --pretrained weights given (they cannot be downloaded here): starting "
-                  "from random init; pass --random to say that is intended", file=sys.stderr)
-        return
-    state = select_state_dict(load_file(args.pretrained, "pre-trained weight"), args.pretrained, args.dict_key)
-    fc = pruning.transferable_weights(state, fc=True).get("fc.weight")
-    load_fc = fc is not None and tuple(fc.shape) == tuple(model.fc.weight.shape)
-    if fc is not None and not load_fc and ctx.is_main:
-        print(f"notice: the fc of {args.pretrained} has {fc.shape[0]} outputs but {args.data}/train has "
-              f"{model.fc.out_features} classes: fc is not loaded and keeps its random init", file=sys.stderr)
-    load_pretrained(model, args.pretrained, args.dict_key, fc=load_fc, conv1=True, quiet=not ctx.is_main)
-
-
-def train_dense(model, loaders, cfg, args, session) -> None:
-    """--states 0: one dense training run, resumable, with the IMP scripts' files and logs."""
-    ctx, precision, run = session.ctx, session.precision, session.run
-    progress, optimizer_state, scheduler_state = session.restore(model, DENSE_FORMAT, args)
-    extra = {"format": DENSE_FORMAT, "args": vars(args), "arch": args.arch, "dataset": "imagenet",
-             "seed": args.seed, "if_pruned": False, "mask": None}
-    progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, files=DENSE_FILES,
-                           progress=progress, optimizer_state=optimizer_state,
-                           scheduler_state=scheduler_state,
-                           checkpoint_extra=lambda: {**extra, "best_acc1": max(progress.best_val, 0.0)})
-    if ctx.is_main:
-        run.log_round(progress.summary_row(0, 100.0))
-        plot_training_curves(progress.history, run.file("net_train.png"), title="dense training")
-        print(f"done: best validation top-1 {progress.best_val:.2f}% (epoch {progress.best_epoch}); "
-              f"{DENSE_FILES.best} in {args.save_dir} can be given as --pretrained")
-
-
 def main(args) -> None:
     check_args(args)
     hparams = ImagenetImp.from_args(args)
@@ -86,44 +46,26 @@ def main(args) -> None:
         args.seed = 0  # only the random init of a model without --pretrained depends on it
     # -e writes nothing and may evaluate any checkpoint: no experiment to check against.
     session = open_session(args, run, resume_file, hparams=hparams, continuing=False if args.evaluate else None)
-    ctx, precision = session.ctx, session.precision
-    if args.resume and args.start_state and ctx.is_main:
+    if args.resume and args.start_state and session.ctx.is_main:
         print("notice: --start_state is ignored with --resume: the run continues at the round of its "
               "checkpoint", file=sys.stderr)
-    train_set, val_set = imagedata.image_folder_splits(args.data, args.image_size)
-    loaders = imagedata.image_loaders(train_set, val_set, len(train_set.classes), batch_size=args.batch_size,
-                                      eval_batch_size=args.eval_batch_size, workers=args.workers,
-                                      seed=args.seed, ctx=ctx, precision=precision)
-    model = imagedata.image_model(args.arch, loaders.num_classes, args.seed, ctx, precision)
-    if not args.resume:
-        load_start_weights(model, args, ctx)
+    task = ImageNetTask(args)
+    task.build(session)
     if args.evaluate:
-        evaluate_and_print(model, loaders, precision, ctx, run=run if args.resume else None,
+        evaluate_and_print(task.model, task.loaders, session.precision, session.ctx,
+                           run=run if args.resume else None,
                            checkpoint=args.resume if isinstance(args.resume, str) else None,
-                           fmt=DENSE_FORMAT if args.states == 0 else CHECKPOINT_FORMAT)
-        distributed.teardown()
-        return
-    session.record(args)
-    train_cfg = TrainConfig.from_hparams(hparams)
-    if args.states == 0:
-        train_dense(model, loaders, train_cfg, args, session)
-        distributed.teardown()
-        return
-    # Both rewind to the weights the run starts from: pre-trained (pt_trans) or random init (lt).
-    prune_type = "pt_trans" if args.pretrained else "lt"
-    imp_cfg = ImpConfig(rounds=args.states, rate=args.percent, prune_type=prune_type, random_prune=False,
-                        conv1=False, seed=args.seed, train_round0=False, files=IMP_FILES, rewind_in_checkpoint=True,
-                        meta={"arch": args.arch, "dataset": "imagenet", "pretrained": args.pretrained,
-                              "image_size": args.image_size, "num_classes": loaders.num_classes})
-    imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),
-                 extra_state=lambda: examples_checkpoint_keys(imp))
-    if args.resume:
-        imp.resume(resume_file)
+                           fmt=task.checkpoint_format)
     else:
-        imp.start()
-    if ctx.is_main:
-        print(f"done: tickets, checkpoints, metrics.jsonl, summary.jsonl and "
-              f"accuracy_vs_remaining.png are in {args.save_dir}")
+        session.record(args)
+        if args.states == 0:  # dense training, e.g. to make a pre-trained start point
+            train_once(task, args, session)
+        else:
+            imp = ImpRun(task, args, session)
+            imp.resume(resume_file) if args.resume else imp.start()
+            if session.ctx.is_main:
+                print(f"done: tickets, checkpoints, metrics.jsonl, summary.jsonl and "
+                      f"accuracy_vs_remaining.png are in {args.save_dir}")
     distributed.teardown()
 
 

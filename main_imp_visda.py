@@ -11,17 +11,12 @@ Validation reports top-1 and the VisDA metric, the mean of the per-class accurac
 
 import sys
 
-from lth import pruning
-from lth import cli, distributed, imagedata
-from lth.checkpoint import atomic_save
+from lth import cli, distributed, pruning
+from lth.classification import VisdaTask, evaluate_and_print
 from lth.classification_hparams import VisdaImp
 from lth.errors import UserError
-from lth.imp import CHECKPOINT_FORMAT, ImpConfig, ImpRun, examples_checkpoint_keys
-from lth.models import load_pretrained
+from lth.imp import ImpRun
 from lth.session import check_save_dir, open_session
-from lth.trainer import StageFiles, TrainConfig, evaluate_and_print
-
-IMP_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="{stage}model_best.pth.tar")
 
 
 def get_args_parser():
@@ -50,7 +45,7 @@ def main(args) -> None:
         args.seed = 0  # only the random init depends on it
     # -e writes nothing and may evaluate any checkpoint: no experiment to check against.
     session = open_session(args, run, resume_file, hparams=hparams, continuing=False if args.evaluate else None)
-    ctx, precision = session.ctx, session.precision
+    ctx = session.ctx
     if ctx.is_main:
         if args.resume and args.start_state:
             print("notice: --start_state is ignored with --resume: the run continues at the round of "
@@ -58,33 +53,18 @@ def main(args) -> None:
         if args.pre_weight and args.prune_type == "lt":
             print("notice: --pre_weight is ignored with --prune_type lt (as in the original), which "
                   "starts from and rewinds to random init", file=sys.stderr)
-    train_set, val_set = imagedata.visda_splits(args.data, args.image_size)
-    loaders = imagedata.image_loaders(train_set, val_set, imagedata.VISDA_CLASSES, batch_size=args.batch_size,
-                                      eval_batch_size=args.eval_batch_size, workers=args.workers,
-                                      seed=args.seed, ctx=ctx, precision=precision)
-    model = imagedata.image_model(args.arch, imagedata.VISDA_CLASSES, args.seed, ctx, precision)
-    if args.prune_type == "pt_trans" and not args.resume:
-        load_pretrained(model, args.pre_weight, args.dict_key, fc=False, conv1=True, quiet=not ctx.is_main)
+    task = VisdaTask(args)
+    task.build(session)
     if args.evaluate:
-        evaluate_and_print(model, loaders, precision, ctx, run=run if args.resume else None,
+        evaluate_and_print(task.model, task.loaders, session.precision, ctx, run=run if args.resume else None,
                            checkpoint=args.resume if isinstance(args.resume, str) else None,
-                           fmt=CHECKPOINT_FORMAT)
+                           fmt=task.checkpoint_format)
         distributed.teardown()
         return
     session.record(args)
-    if args.prune_type == "lt" and not args.resume and ctx.is_main:
-        atomic_save({"state_dict": pruning.dense_state_dict(model)}, run.file("random_init.pt"))
-    train_cfg = TrainConfig.from_hparams(hparams)
-    imp_cfg = ImpConfig(rounds=args.states, rate=args.percent, prune_type=args.prune_type, random_prune=False,
-                        conv1=False, seed=args.seed, files=IMP_FILES, rewind_in_checkpoint=True,
-                        meta={"arch": args.arch, "dataset": args.dataset, "pre_weight": args.pre_weight,
-                              "image_size": args.image_size})
-    imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),
-                 extra_state=lambda: examples_checkpoint_keys(imp))
-    if args.resume:
-        imp.resume(resume_file)
-    else:
-        imp.start()
+    task.save_random_init()
+    imp = ImpRun(task, args, session)
+    imp.resume(resume_file) if args.resume else imp.start()
     if ctx.is_main:
         rows = run.summary()
         if rows:

@@ -16,22 +16,28 @@ import torch.nn as nn
 from Detection import config, task
 from Detection.data import (DetectionEvalSet, DetectionTrainSet, eval_collate, train_collate)
 from Detection.evaluate import DetectionEvaluator
+from Detection.imp_files import read_backbone_imp, save_backbone_imp, start_round_from
 from Detection.model import YOLOv4
+from Detection.task import DetectionPruning
 from lth import validate
 from lth.checkpoint import append_jsonl, read_jsonl
 from lth.distributed import Context, per_process_batch, per_process_eval_batch
 from lth.engine import Precision, StepResult, unwrap
 from lth.errors import UserError
+from lth.imp import CHECKPOINT_FORMAT as IMP_FORMAT
+from lth.imp import ImpConfig
 from lth.loaders import DeviceLoader, Loaders
-from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
+from lth.plots import plot_accuracy_vs_remaining
 from lth.runs import SUMMARY
-from lth.trainer import Objective, StageProgress, TrainConfig, train_stage
+from lth.session import Session
+from lth.task import Task
+from lth.trainer import Objective, StageFiles, StageProgress, TrainConfig
 
 # The original's weight files (train_imp.py); its ImageNet weights came from a torchvision download
 # (never done here): the file torchvision stored them in.
 DEFAULT_WEIGHTS = {"imagenet": "weight/resnet50-19c8e357.pth", "moco": "weight/moco_v2_800ep_pretrain.pth.tar",
                    "simclr": "weight/simclr_weight.pt"}
-OBJECTIVE = Objective("ap", higher_is_better=True, lists=("class_ap50",), val_prefix="")
+OBJECTIVE = Objective("ap", higher_is_better=True, lists=("class_ap50",), val_prefix="", label="AP (%)")
 CHECKPOINT_FORMAT = "lth-detection"
 
 
@@ -209,10 +215,6 @@ def _steps_after(index: int, accumulate: int) -> bool:
     return config.accumulation_steps_here(index, accumulate)
 
 
-def stage_kwargs(setup: Setup) -> dict:
-    return {"step": detection_step, "evaluator": setup.evaluation}
-
-
 def record_sweep_point(sweep_dir: str, row: dict, label: str, title: str, is_main: bool = True) -> None:
     """Add one finished run (a mask or sparsity level) to the sweep folder's summary.jsonl and
     redraw its ap_vs_remaining.png from every run recorded there (the latest row per round)."""
@@ -227,33 +229,88 @@ def record_sweep_point(sweep_dir: str, row: dict, label: str, title: str, is_mai
                                ylabel="AP (%, IoU 0.50:0.95)")
 
 
-def train_single(args: argparse.Namespace, session, setup: Setup, stage: int, prepare, sweep_dir: str,
-                 label: str, row_extra: dict) -> dict:
-    """One training of a fixed mask (transfer, random pruning): ``prepare()`` puts the mask on the
-    fresh model (skipped on --resume, where the checkpoint brings it), then the core trains and
-    evaluates; the run's summary row goes to its own summary.jsonl and to the sweep folder's."""
-    strategy = task.DetectionPruning(config.DEFAULTS["prune_rate"])
-    run, ctx = session.run, session.ctx
-    if args.resume:
-        progress, optimizer_state, scheduler_state = session.restore(setup.model, CHECKPOINT_FORMAT, args,
-                                                                     apply_masks=strategy.restore)
-    else:
-        prepare()
-        progress, optimizer_state, scheduler_state = StageProgress(), None, None
-    remaining = strategy.remaining(setup.model)
-    if ctx.is_main:
-        print(f"{label}: {remaining:.2f}% of the backbone's conv weights remain", file=sys.stderr)
-    progress = train_stage(setup.model, setup.loaders, setup.train_cfg, session.precision, ctx, run, stage=stage,
-                           progress=progress, optimizer_state=optimizer_state, scheduler_state=scheduler_state,
-                           checkpoint_extra=lambda: {"format": CHECKPOINT_FORMAT, "args": vars(args),
-                                                     "arch": args.arch, "dataset": args.dataset},
-                           remaining=remaining, **stage_kwargs(setup))
-    row = {**progress.summary_row(stage, remaining, setup.train_cfg.objective), **row_extra,
-           **session.precision.describe()}
-    if ctx.is_main:
-        run.log_round(row)
-        plot_training_curves(progress.history, run.file("net_train.png"), title=f"{label}: {remaining:.2f}% remain",
-                             ylabel="AP (%)", xlabel="evaluation")
-        record_sweep_point(sweep_dir, row, label.split(" ")[0], f"YOLOv4-{args.arch} on {args.dataset}")
-        print(f"done: {label}: AP {row['reported']:.2f} at {remaining:.2f}% remaining; outputs in {run.path}")
-    return row
+class DetectionTask(Task):
+    """YOLOv4 on a ResNet backbone judged by AP (IoU 0.50:0.95), from the ``kind`` of pre-trained backbone.
+
+    ``imp`` (train_imp.py): rounds in --save_dir, each evaluated into ``model{k}``, the original's
+    ``backbone_imp{k}.pth`` after each prune and read by a later command (``--imp_num k``).
+    Otherwise one training of a fixed mask (transfer, random pruning) whose summary row also goes
+    to the sweep folder; ``label`` names it ("transfer 3", "random 2").
+    """
+    files = StageFiles(curves="net_train.png")
+
+    def __init__(self, hparams: argparse.Namespace, kind: str, result_base: str, imp: bool = False,
+                 sweep_dir: str | None = None, label: str = "", row_extra: dict | None = None):
+        super().__init__(hparams)
+        self.kind, self.result_base, self.imp = kind, result_base, imp
+        self.sweep_dir, self.label, self.row_extra = sweep_dir, label, row_extra or {}
+        self.checkpoint_format = IMP_FORMAT if imp else CHECKPOINT_FORMAT
+        if imp:
+            self.files = StageFiles()
+
+    def build(self, session: Session) -> None:
+        self.session = session
+        self.setup = build(self.hparams, session.ctx, session.precision, self.kind, self.result_base)
+        self.loaders, self.model, self.cfg = self.setup.loaders, self.setup.model, self.setup.train_cfg
+        rate = self.hparams.rate if self.imp else config.DEFAULTS["prune_rate"]
+        self.strategy = DetectionPruning(rate, pretrained=self.setup.pretrained_backbone)
+
+    def step(self, model: nn.Module, batch) -> StepResult:
+        return detection_step(model, batch)
+
+    def evaluate(self, model: nn.Module, loader, desc: str) -> dict:
+        return self.setup.evaluation(model, loader, desc)
+
+    def checkpoint_extra(self, progress: StageProgress) -> dict:
+        return {} if self.imp else {"arch": self.hparams.arch, "dataset": self.hparams.dataset}
+
+    # -- one training of a fixed mask -------------------------------------------------------------
+    def summary_row(self, progress: StageProgress, stage: int, remaining: float) -> dict:
+        if self.imp:
+            return super().summary_row(progress, stage, remaining)
+        return {**progress.summary_row(stage, remaining, self.objective), **self.row_extra,
+                **self.session.precision.describe()}
+
+    def record_summary(self, row: dict, progress: StageProgress) -> None:
+        super().record_summary(row, progress)
+        if not self.imp:
+            record_sweep_point(self.sweep_dir, row, self.label.split(" ")[0],
+                               f"YOLOv4-{self.hparams.arch} on {self.hparams.dataset}")
+
+    def curves_title(self, stage: int, remaining: float) -> str:
+        return f"{self.label}: {remaining:.2f}% remain" if not self.imp else super().curves_title(stage, remaining)
+
+    def finished(self, progress: StageProgress, row: dict) -> None:
+        print(f"done: {self.label}: AP {row['reported']:.2f} at {row['remaining']:.2f}% remaining; "
+              f"outputs in {self.run.path}")
+
+    # -- IMP -----------------------------------------------------------------------------------------
+    def imp_config(self) -> ImpConfig:
+        args = self.hparams
+        return ImpConfig(rounds=args.imp_num + args.rounds, seed=args.seed,
+                         meta={"arch": args.arch, "dataset": args.dataset, "task": "detection",
+                               "imp_type": args.imp_type}, keep_finished=args.keep_checkpoints)
+
+    def begin_round(self, stage: int) -> None:
+        if self.imp:  # each round's comp4 files in model{k}, as the original's
+            self.setup.evaluation.result_base = self.run.file(f"model{stage}")
+        elif self.session.ctx.is_main:
+            print(f"{self.label}: {self.strategy.remaining(self.model):.2f}% of the backbone's conv weights remain",
+                  file=sys.stderr)
+
+    def save_round(self, model: nn.Module, next_round: int) -> None:
+        """The original's backbone_imp{k+1}.pth: the trained model with the new masks, before the rewind."""
+        if self.session.ctx.is_main:
+            save_backbone_imp(self.run.file(f"backbone_imp{next_round}.pth"), model, next_round - 1)
+
+    def load_round(self, model: nn.Module, round_index: int) -> bool:
+        """Round k of its own command: backbone_imp{k}.pth's trained tensors and masks (the original's
+        overlap load, which leaves the pruned convs at their pre-trained weights)."""
+        if round_index == 0:
+            return False
+        report = start_round_from(model, read_backbone_imp(self.run.file(f"backbone_imp{round_index}.pth")))
+        if self.session.ctx.is_main:
+            print(f"round {round_index}: {report['loaded']} tensors continue from round {round_index - 1}; "
+                  f"{len(report['rewound'])} pruned backbone convs rewound to the pre-trained weights",
+                  file=sys.stderr)
+        return True

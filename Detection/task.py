@@ -101,8 +101,16 @@ class DetectionPruning(BackbonePruning):
     heads never); between rounds only the pruned backbone convs go back to their pre-trained
     weights, everything else keeps its trained value (its train_imp.py's overlap load).
 
-    The rewind point is the pre-trained backbone's state_dict (torchvision names).
+    The rewind point is ``pretrained``, the pre-trained backbone's state_dict (torchvision names)
+    taken before any training.
     """
+
+    def __init__(self, rate: float, random: bool = False, pretrained: dict | None = None):
+        super().__init__(rate, random=random, prune_type="pt_trans")
+        self.pretrained = pretrained
+
+    def rewind_point(self, imp, moment) -> dict | None:
+        return self.pretrained if moment.kind == "start" else None
 
     def rewind(self, model: nn.Module, weights: dict) -> None:
         rewind_pruned_convs(unwrap(model), weights)

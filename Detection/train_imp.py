@@ -12,15 +12,12 @@ or all rounds in one resumable command: --imp_num 0 --rounds 19.
 """
 
 import os
-import sys
 
 from Detection import runner
 from Detection.hparams import DetectionImp
-from Detection.imp_files import read_backbone_imp, save_backbone_imp, start_round_from
-from Detection.task import DetectionPruning
 from lth import cli, distributed, pruning
 from lth.errors import UserError
-from lth.imp import ImpConfig, ImpRun
+from lth.imp import ImpRun
 from lth.runs import RunDir
 from lth.session import open_session
 
@@ -75,35 +72,12 @@ def main(args) -> ImpRun:
     # A later round (--imp_num k, or --resume) continues the IMP run recorded in --save_dir.
     session = open_session(args, run, None, default_seed=runner.config.DEFAULTS["seed"], hparams=hparams,
                            continuing=continuing)
-    ctx, precision = session.ctx, session.precision
-    setup = runner.build(args, ctx, precision, args.imp_type, run.file(f"model{start_round}"))
-    session.record(args, resume=continuing)
-
-    def on_pruned(model, next_round: int) -> None:
-        # The original's backbone_imp{k+1}.pth: the trained model with the new masks, before the rewind.
-        if ctx.is_main:
-            save_backbone_imp(run.file(f"backbone_imp{next_round}.pth"), model, next_round - 1)
-        setup.evaluation.result_base = run.file(f"model{next_round}")
-
-    imp_cfg = ImpConfig(rounds=last + 1, rate=args.rate, prune_type="pt_trans", random_prune=False, conv1=False,
-                        seed=args.seed, meta={"arch": args.arch, "dataset": args.dataset, "task": "detection",
-                                              "imp_type": args.imp_type},
-                        keep_finished=args.keep_checkpoints)
-    imp = ImpRun(setup.model, setup.loaders, setup.train_cfg, imp_cfg, precision, ctx, run, vars(args),
-                 strategy=DetectionPruning(args.rate), stage_kwargs=runner.stage_kwargs(setup),
-                 on_pruned=on_pruned)
-    if resume_file:
-        imp.resume(resume_file)
-    else:
-        if first > 0:
-            report = start_round_from(setup.model, read_backbone_imp(run.file(f"backbone_imp{first}.pth")))
-            if ctx.is_main:
-                print(f"round {first}: {report['loaded']} tensors continue from round {first - 1}; "
-                      f"{len(report['rewound'])} pruned backbone convs rewound to the pre-trained weights",
-                      file=sys.stderr)
-        imp.rewind_weights = setup.pretrained_backbone
-        imp.start(first_round=first)
-    if ctx.is_main:
+    task = runner.DetectionTask(args, args.imp_type, run.file(f"model{start_round}"), imp=True)
+    task.build(session)
+    session.record(args, resumed=continuing)
+    imp = ImpRun(task, args, session)
+    imp.resume(resume_file) if resume_file else imp.start(first_round=first)
+    if session.ctx.is_main:
         print(f"done: backbone_imp*.pth, tickets, metrics.jsonl, summary.jsonl and ap_vs_remaining.png are in "
               f"{args.save_dir}")
     distributed.teardown()

@@ -18,6 +18,7 @@ from Detection.task import DetectionPruning
 from lth import cli, distributed, pruning, tickets
 from lth.errors import UserError
 from lth.hparams import controls_record, twin_id
+from lth.once import train_once
 from lth.runs import ticket_name
 from lth.session import check_save_dir, open_session
 
@@ -36,36 +37,41 @@ def main(args) -> dict:
     args.save_dir = os.path.join(sweep, f"model{args.imp_num}")
     run, resume_file = check_save_dir(args.save_dir, args.resume)
     session = open_session(args, run, resume_file, default_seed=runner.config.DEFAULTS["seed"], hparams=hparams)
-    ctx = session.ctx
-    setup = runner.build(args, ctx, session.precision, args.imp_type, run.path)
+    k = args.imp_num
+    task = runner.DetectionTask(args, args.imp_type, run.path, sweep_dir=sweep, label=f"random {k}",
+                                row_extra={"imp_num": k, "random_prune": True})
+    task.build(session)
     # The control of train_imp.py's IMP run with the same settings (its level-k ticket).
     session.record(args, controls=controls_record("random_prune", None,
                                                   ticket_experiment=twin_id(hparams, DetectionImp)))
-    k = args.imp_num
-
-    def prune_at_random() -> None:
-        if k > 0:
-            DetectionPruning(1 - (1 - args.rate) ** k, random=True).prune(setup.model, seed=args.seed * 7919 + k)
-        if ctx.is_main:
-            os.makedirs(sweep, exist_ok=True)
-            tickets.save_ticket(os.path.join(sweep, ticket_name(k)),
-                                DetectionPruning(args.rate).masks(setup.model), round=k, random_prune=True,
-                                seed=args.seed, arch=args.arch, dataset=args.dataset, task="detection",
-                                imp_type=args.imp_type, experiment=run.experiment["id"])
-
-    row = runner.train_single(args, session, setup, k, prune_at_random, sweep, f"random {k}",
-                              {"imp_num": k, "random_prune": True})
-    if ctx.is_main:
+    if not args.resume:  # on --resume the checkpoint brings the mask
+        prune_at_random(task, sweep, k)
+    progress = train_once(task, args, session, stage=k)
+    if session.ctx.is_main:
         # The trained model, written after training as the original's train_random.py did (its file,
         # named backbone_random{k+1}.pth, also carried an IMP-style 20 % L1 prune copied from
         # train_imp.py: here the file holds the trained model with the random mask of level k).
-        save_backbone_imp(os.path.join(sweep, f"backbone_random{k}.pth"), setup.model, k)
+        save_backbone_imp(os.path.join(sweep, f"backbone_random{k}.pth"), task.model, k)
         if not args.keep_checkpoints:
-            checkpoint = run.file(f"{k}checkpoint.pth.tar")
+            checkpoint = run.file(task.files.checkpoint_of(k))
             if os.path.isfile(checkpoint):
                 os.remove(checkpoint)
     distributed.teardown()
-    return row
+    return task.summary_row(progress, k, task.strategy.remaining(task.model))
+
+
+def prune_at_random(task: runner.DetectionTask, sweep: str, k: int) -> None:
+    """(1 - rate)^k of the backbone's conv weights kept at random; the mask written as ticket_{k:02d}.pt
+    in the sweep folder."""
+    args, model = task.hparams, task.model
+    if k > 0:
+        DetectionPruning(1 - (1 - args.rate) ** k, random=True).prune(model, seed=args.seed * 7919 + k)
+    if task.session.ctx.is_main:
+        os.makedirs(sweep, exist_ok=True)
+        tickets.save_ticket(os.path.join(sweep, ticket_name(k)), task.strategy.masks(model), round=k,
+                            random_prune=True, seed=args.seed, arch=args.arch, dataset=args.dataset,
+                            task="detection", imp_type=args.imp_type,
+                            experiment=task.session.run.experiment["id"])
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ import os
 
 from Detection import runner
 from Detection.hparams import DetectionTransfer
-from Detection.task import DetectionPruning, read_backbone_masks
+from Detection.task import read_backbone_masks
 from lth import cli, distributed, pruning
 from lth.errors import UserError
 from lth.hparams import controls_record, ticket_kind
+from lth.once import train_once
 from lth.session import check_save_dir, open_session
 
 MASK_NAMES = ("mask-{i}.pt", "ticket_{i:02d}.pt", "backbone_imp{i}.pth")
@@ -51,18 +52,19 @@ def main(args) -> dict:
     args.save_dir = os.path.join(sweep, f"model{args.mask_num}")
     run, resume_file = check_save_dir(args.save_dir, args.resume)
     session = open_session(args, run, resume_file, default_seed=runner.config.DEFAULTS["seed"], hparams=hparams)
-    setup = runner.build(args, session.ctx, session.precision, args.transfer_type, run.path)
-    strategy = DetectionPruning(runner.config.DEFAULTS["prune_rate"])
+    label = f"transfer {args.mask_num}" + (" (reversed)" if args.reverse_mask else "")
+    task = runner.DetectionTask(args, args.transfer_type, run.path, sweep_dir=sweep, label=label, row_extra={
+        "mask_num": args.mask_num, "mask": path, "reverse_mask": args.reverse_mask,
+        "mask_meta": {k: v for k, v in meta.items() if isinstance(v, (int, float, str))}})
+    task.build(session)
     if not args.resume:
-        strategy.apply_ticket(setup.model, masks)  # checked against the model before anything is written
+        task.strategy.apply_ticket(task.model, masks)  # checked against the model before anything is written
     kind = ticket_kind(path, args.reverse_mask, pretrained=args.pretrained != "none")
     session.record(args, controls=controls_record(kind, args.mask_dir, meta))
-    label = f"transfer {args.mask_num}" + (" (reversed)" if args.reverse_mask else "")
-    row = runner.train_single(args, session, setup, max(args.mask_num, 0), lambda: None, sweep, label,
-                              {"mask_num": args.mask_num, "mask": path, "reverse_mask": args.reverse_mask,
-                               "mask_meta": {k: v for k, v in meta.items() if isinstance(v, (int, float, str))}})
+    stage = max(args.mask_num, 0)
+    progress = train_once(task, args, session, stage=stage)
     distributed.teardown()
-    return row
+    return task.summary_row(progress, stage, task.strategy.remaining(task.model))
 
 
 if __name__ == "__main__":

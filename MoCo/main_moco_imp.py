@@ -8,29 +8,17 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-import torchvision.transforms as T
-from PIL import ImageFilter
 
 from lth import cli, distributed, pruning, validate
-from lth.checkpoint import atomic_save, trusted_checkpoints
-from lth.contrastive import TwoViews, contrastive_evaluate
-from lth.engine import StepResult
+from lth.checkpoint import trusted_checkpoints
 from lth.errors import UserError
-from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD, image_folder
-from lth.loaders import DeviceLoader, Loaders
-from lth.imp import ImpConfig, ImpRun, PruneStrategy
-from lth.plots import plot_training_curves
+from lth.imp import ImpRun
+from lth.once import train_once
 from lth.runs import RunDir
 from lth.session import check_save_dir, open_session
-from lth.trainer import StageFiles, TrainConfig, train_stage
-from MoCo.builder import MoCo
-from MoCo.hparams import EXPORT_NAME, MocoImp
-from MoCo.weights import export_checkpoint, load_moco_weights
+from MoCo.hparams import EXPORT_NAME, MocoImp  # noqa: F401  (EXPORT_NAME: what --retrain_epoch 0 writes)
+from MoCo.task import MocoTask
 
-DENSE_FORMAT = "lth-moco-dense"
-DENSE_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_best.pth.tar")
 NO_WEIGHTS = ("", "none", "None")
 
 
@@ -123,131 +111,6 @@ def check_args(args, launch: Launch) -> None:
                         f"is refilled one global batch at a time")
 
 
-# --------------------------------------------------------------------------------------------
-# Data, model, step
-# --------------------------------------------------------------------------------------------
-
-class GaussianBlur:
-    """MoCo v2's blur: PIL's ``ImageFilter.GaussianBlur`` with a radius drawn uniformly from ``sigma``.
-
-    The original drew the radius with Python's ``random``; torch's generator is used here, which
-    the data loader seeds per (seed, epoch), so runs stay reproducible.
-    """
-
-    def __init__(self, sigma: tuple[float, float] = (0.1, 2.0)):
-        self.sigma = sigma
-
-    def __call__(self, image):
-        radius = float(torch.empty(()).uniform_(self.sigma[0], self.sigma[1]))
-        return image.filter(ImageFilter.GaussianBlur(radius=radius))
-
-    def __repr__(self) -> str:
-        return f"GaussianBlur(sigma={self.sigma})"
-
-
-def moco_augmentation(size: int, plus: bool) -> T.Compose:
-    """MoCo v2's augmentation (``plus``) or MoCo v1's, ending in ImageNet normalisation."""
-    crop = T.RandomResizedCrop(size, scale=(0.2, 1.0))
-    finish = [T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if plus:
-        return T.Compose([crop, T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-                          T.RandomGrayscale(p=0.2), T.RandomApply([GaussianBlur((0.1, 2.0))], p=0.5), *finish])
-    return T.Compose([crop, T.RandomGrayscale(p=0.2), T.ColorJitter(0.4, 0.4, 0.4, 0.4), *finish])
-
-
-def make_loaders(args, ctx, launch: Launch) -> Loaders:
-    transform = TwoViews(moco_augmentation(args.image_size, args.aug_plus))
-    train_set = image_folder(args.data, "train", transform)
-    val_set = image_folder(args.data, "val", transform)  # the original tests with the training views
-    per_process = args.batch_size // launch.world  # check_args made sure it divides
-    workers = -(-args.workers // launch.local)
-    common = dict(seed=args.seed, ctx=ctx, workers=workers)
-    loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, **common),
-                      # The last partial batch is dropped in both, as the original's loaders did.
-                      val=DeviceLoader(val_set, per_process, train=False, drop_last=True, **common),
-                      test=None, num_classes=len(train_set.classes))
-    for split, loader, dataset in (("train", loaders.train, train_set), ("val", loaders.val, val_set)):
-        if len(loader) == 0:
-            raise UserError(f"{os.path.join(args.data, split)} has {len(dataset)} images, fewer than one "
-                            f"batch of {per_process} per process: lower --batch-size")
-    return loaders
-
-
-def make_model(args, ctx, precision, weights: str | None) -> MoCo:
-    torch.manual_seed(args.seed)  # encoders and queue start alike on every rank
-    model = MoCo(args.arch, args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.mlp)
-    if weights:
-        load_moco_weights(model, weights, quiet=not ctx.is_main)
-    model = model.to(ctx.device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if args.sync_bn:
-        if ctx.distributed and ctx.device.type == "cuda":
-            model.encoder_q = nn.SyncBatchNorm.convert_sync_batchnorm(model.encoder_q)
-        elif ctx.is_main:
-            print("notice: --sync_bn needs several CUDA processes; ignored", file=sys.stderr)
-    return model
-
-
-def _views(batch, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    images = batch[0]  # (B, 2, C, H, W) from TwoViews; the class labels are not used
-    views = images[:, 0], images[:, 1]
-    if channels_last:
-        views = tuple(view.contiguous(memory_format=torch.channels_last) for view in views)
-    return views
-
-
-def moco_step(channels_last: bool):
-    def step(model: nn.Module, batch) -> StepResult:
-        im_q, im_k = _views(batch, channels_last)
-        logits, targets = model(im_q, im_k)
-        hits = (logits.detach().argmax(1) == targets).sum()
-        return StepResult(F.cross_entropy(logits.float(), targets), hits, targets.size(0))
-    return step
-
-
-def moco_evaluator(ctx, precision):
-    """Contrastive top-1/5 on DIR/val: each query against its key and the current queue."""
-    def logits_fn(model: nn.Module, batch):
-        return model.contrastive_logits(*_views(batch, precision.channels_last))
-
-    def run(model: nn.Module, loader, desc: str) -> dict:
-        return contrastive_evaluate(model, loader, ctx, precision, logits_fn, ks=(1, 5), desc=desc)
-    return run
-
-
-# --------------------------------------------------------------------------------------------
-# Pruning both encoders
-# --------------------------------------------------------------------------------------------
-
-class MocoPruning(PruneStrategy):
-    """encoder_q is pruned and makes the ticket; encoder_k takes its mask; both rewind to encoder_q's start."""
-
-    def target(self, model: MoCo) -> nn.Module:
-        return model.encoder_q
-
-    def prune(self, model: MoCo, seed: int) -> None:
-        super().prune(model, seed)
-        pruning.apply_mask(model.encoder_k, pruning.extract_mask(model.encoder_q), conv1=self.conv1)
-        model.freeze_key_encoder()
-
-    def rewind(self, model: MoCo, weights: dict) -> None:
-        # The rewind point holds the whole model; its encoder_q is the pre-trained query encoder.
-        start = {key[len("encoder_q."):]: value for key, value in weights.items() if key.startswith("encoder_q.")}
-        for encoder in (model.encoder_q, model.encoder_k):
-            pruning.rewind(encoder, start, conv1=self.conv1)
-        model.freeze_key_encoder()
-
-    def restore(self, model: MoCo, state_dict: dict) -> None:
-        for name in ("encoder_q", "encoder_k"):
-            prefix = f"{name}."
-            masks = {key[len(prefix):]: value for key, value in state_dict.items()
-                     if key.startswith(prefix) and key.endswith(pruning.MASK_SUFFIX)}
-            if masks:
-                pruning.apply_mask(getattr(model, name), masks, conv1=self.conv1)
-        model.freeze_key_encoder()
-
-
 def mask_digest(masks: dict) -> str:
     """A short fingerprint of a mask dict (equal masks, equal digest), to compare ranks and files."""
     digest = hashlib.sha256()
@@ -304,64 +167,33 @@ def worker(args, launch: Launch, resume_file: str | None) -> None:
     weights = None if args.pretrained_path in NO_WEIGHTS else args.pretrained_path
     # Every process (spawned ones included) checks a resume against the run it continues.
     session = open_session(args, RunDir(args.save_dir), resume_file, hparams=MocoImp.from_args(args))
-    ctx, run, precision = session.ctx, session.run, session.precision
+    ctx = session.ctx
     backend = "nccl" if ctx.device.type == "cuda" else "gloo"
     if ctx.is_main and ctx.distributed and args.dist_backend not in ("nccl", backend):
         # The default (nccl) is silently gloo on the CPU; only an explicit other choice is worth a word.
         print(f"notice: --dist-backend {args.dist_backend} ignored: using {backend}", file=sys.stderr)
-    loaders = make_loaders(args, ctx, launch)
-    # On resume the checkpoint holds the weights, the masks and the rewind point.
-    model = make_model(args, ctx, precision, None if args.resume else weights)
+    task = MocoTask(args, launch, weights)
+    task.build(session)
     session.record(args)
-    cfg = TrainConfig.from_hparams(session.hparams, epochs=args.retrain_epoch or args.epochs, warmup=0, milestones=[])
-    stage_kwargs = dict(step=moco_step(precision.channels_last), evaluator=moco_evaluator(ctx, precision),
-                        after_step_factory=lambda _: model.momentum_update)
     if args.retrain_epoch == 0:
-        train_dense(model, loaders, cfg, args, session, stage_kwargs)
+        train_once(task, args, session)
     else:
-        imp_cfg = ImpConfig(rounds=1 + args.epochs // args.retrain_epoch, rate=args.prune_percent,
-                            prune_type="pt_trans" if weights else "lt", random_prune=False, conv1=False,
-                            seed=args.seed, train_round0=False,
-                            meta={"arch": args.arch, "dataset": os.path.basename(os.path.normpath(args.data)),
-                                  "pretraining": "moco"}, rewind_in_checkpoint=True)
+        imp = ImpRun(task, args, session)
         if args.epochs % args.retrain_epoch and ctx.is_main:
             print(f"notice: --epochs {args.epochs} is not a multiple of --retrain_epoch {args.retrain_epoch}: "
-                  f"{imp_cfg.rounds - 1} rounds train {(imp_cfg.rounds - 1) * args.retrain_epoch} epochs",
+                  f"{imp.cfg.rounds - 1} rounds train {(imp.cfg.rounds - 1) * args.retrain_epoch} epochs",
                   file=sys.stderr)
-        strategy = MocoPruning(args.prune_percent, random=False, conv1=False)
-        imp = ImpRun(model, loaders, cfg, imp_cfg, precision, ctx, run, vars(args), strategy=strategy,
-                     stage_kwargs=stage_kwargs)
-        if args.resume:
-            imp.resume(resume_file)
-        else:
-            imp.start()
+        imp.resume(resume_file) if args.resume else imp.start()
         if ctx.distributed:
             # Every rank must end with the ticket rank 0 wrote; print each rank's fingerprint to compare.
-            same = all(torch.equal(a, b) for a, b in zip(strategy.masks(model).values(),
-                                                          pruning.current_masks(model.encoder_k).values()))
-            print(f"rank {ctx.rank}: mask digest {mask_digest(strategy.masks(model))}; encoder_k's mask "
+            masks = task.strategy.masks(task.model)
+            same = all(torch.equal(a, b) for a, b in zip(masks.values(),
+                                                          pruning.current_masks(task.model.encoder_k).values()))
+            print(f"rank {ctx.rank}: mask digest {mask_digest(masks)}; encoder_k's mask "
                   f"{'equals' if same else 'DIFFERS from'} encoder_q's", flush=True)
         if ctx.is_main:
             print(f"done: tickets (ticket_XX.pt), checkpoints, metrics.jsonl and summary.jsonl are in {args.save_dir}")
     distributed.teardown()
-
-
-def train_dense(model, loaders, cfg, args, session, stage_kwargs) -> None:
-    """--retrain_epoch 0: dense MoCo training, resumable; the result is written in the released layout."""
-    ctx, precision, run = session.ctx, session.precision, session.run
-    progress, optimizer_state, scheduler_state = session.restore(model, DENSE_FORMAT, args)
-    if args.resume:
-        model.freeze_key_encoder()
-    extra = {"format": DENSE_FORMAT, "args": vars(args), "arch": args.arch, "seed": args.seed}
-    progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, files=DENSE_FILES,
-                           progress=progress, optimizer_state=optimizer_state, scheduler_state=scheduler_state,
-                           checkpoint_extra=lambda: extra, remaining=100.0, **stage_kwargs)
-    if ctx.is_main:
-        run.log_round(progress.summary_row(0, 100.0))
-        plot_training_curves(progress.history, run.file("net_train.png"), title="dense MoCo training")
-        atomic_save(export_checkpoint(model, epoch=progress.next_epoch), run.file(EXPORT_NAME))
-        print(f"done: {run.file(EXPORT_NAME)} holds the trained MoCo model; pass it as --pretrained_path "
-              f"here or as --pretrained to main_eval_downstream.py")
 
 
 if __name__ == "__main__":

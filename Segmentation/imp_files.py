@@ -95,6 +95,25 @@ def drop_resumable_checkpoint(path: str) -> None:
         os.remove(path)
 
 
+def start_weights(source, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights in an IMP file, as one state_dict: what every round rewinds to
+    when ``source`` is round 0's file (the original's rewinding, as ``restore_parts`` with all
+    three pieces: ``first_conv`` wins over the backbone's conv1). A piece that does not fit
+    ``model`` is a one-line error naming the first key that does not."""
+    obj = read_imp_file(source)
+    name = source if isinstance(source, (str, os.PathLike)) else "the given object"
+    model = unwrap(model)
+    backbone = pruning.dense_state_dict(obj["backbone"])
+    _check_fits(pruning.dense_state_dict(model.backbone), backbone, f"{name} 'backbone'")
+    conv1 = pruning.dense_state_dict(obj["first_conv"])
+    _check_fits(pruning.dense_state_dict(model.backbone.conv1), conv1, f"{name} 'first_conv'")
+    _check_fits(model.classifier.state_dict(), obj["classifier"], f"{name} 'classifier'")
+    state = {f"backbone.{key}": value for key, value in backbone.items()}
+    state["backbone.conv1.weight"] = conv1["weight"]
+    state.update({f"classifier.{key}": value for key, value in obj["classifier"].items()})
+    return state
+
+
 def restore_parts(model: nn.Module, source, first_conv: bool = True, classifier: bool = True,
                   backbone: bool = False) -> None:
     """Load pieces of an IMP file into ``model`` (the original's rewinding to round 0).

@@ -11,6 +11,7 @@ original's names), ``metrics.jsonl``, ``run.json``, ``net_train.png`` and ``resu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -22,20 +23,22 @@ import torch.nn as nn
 
 from lth import cli, distributed, pruning, validate
 from lth.checkpoint import atomic_write_text, jsonl_text, load_file, locked, read_jsonl
-from lth.hparams import controls_record, ticket_kind
+from lth.engine import StepResult
 from lth.errors import UserError
-from lth.imp import BackbonePruning, training_curve_labels
+from lth.hparams import controls_record, ticket_kind
+from lth.imp import BackbonePruning, ImpConfig, ImpRun, Moment
 from lth.loaders import DeviceLoader, Loaders
 from lth.models import load_pretrained
-from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
-from lth.runs import SUMMARY, RunDir, ticket_name
-from lth.session import Session, check_same_experiment, open_session
-from lth.trainer import Objective, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage
-from lth.tickets import save_ticket
+from lth.once import train_once
+from lth.plots import plot_accuracy_vs_remaining
+from lth.runs import SUMMARY, RunDir
+from lth.session import check_same_experiment, open_session
+from lth.task import Task
+from lth.trainer import Objective, StageFiles, StageProgress, TrainConfig
 from Segmentation import data as segdata
 from Segmentation.hparams import NO_WEIGHTS, PRUNE_RATE, SEGMENTATION_HPARAMS, SOURCES, Source  # noqa: F401
-from Segmentation.imp_files import (backbone_masks, drop_resumable_checkpoint, imp_file_path, restore_parts,
-                                    save_imp_file)
+from Segmentation.imp_files import (backbone_masks, drop_resumable_checkpoint, imp_file_path, save_imp_file,
+                                    start_weights)
 from Segmentation.loss import build_loss
 from Segmentation.model import build_segmentation_model
 from Segmentation.task import evaluate as evaluate_segmentation
@@ -43,7 +46,7 @@ from Segmentation.task import make_step
 from Segmentation.visual import PredictionWriter, palette_for
 
 FORMAT = "lth-segmentation"
-OBJECTIVE = Objective("miou", higher_is_better=True, lists=("class_iou",), val_prefix="")
+OBJECTIVE = Objective("miou", higher_is_better=True, lists=("class_iou",), val_prefix="", label="mIoU (%)")
 # Where torchvision's download (the original's pretrained_backbone=True) leaves each backbone's weights.
 TORCHVISION_FILES = {"resnet50": "resnet50-19c8e357.pth", "resnet101": "resnet101-5d3b4d8f.pth",
                      "resnet18": "resnet18-5c106cde.pth"}
@@ -122,29 +125,215 @@ def ignored_original_flags(args: argparse.Namespace, mode: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# What every run is made of
+# The task
 # --------------------------------------------------------------------------------------------
 
-@dataclass
-class Task:
-    """The data, loaders and training configuration shared by every run of one command."""
-    args: argparse.Namespace
-    source: Source
-    session: Session
-    data: segdata.SegmentationData
-    loaders: Loaders
-    cfg: TrainConfig
+class SegmentationPruning(BackbonePruning):
+    """The original's segmentation IMP: global L1 pruning of the backbone's convs (conv1 never), and
+    every round starting from ``seg_backbone_imp0.pth`` (the pre-trained backbone with the head at
+    its init) under the round's mask: that file is the rewind point, read whenever a run starts
+    or resumes (it is never copied into the round folders)."""
+
+    def __init__(self, rate: float, start_file: str):
+        super().__init__(rate, prune_type="pt_trans")
+        self.start_file = start_file
+
+    def rewind_point(self, imp, moment: Moment) -> dict | None:
+        if moment.kind in ("start", "resume"):
+            return self.start_state(imp.model)
+        return None
+
+    def start_state(self, model: nn.Module) -> dict:
+        distributed.barrier()  # rank 0 may have just written it
+        return start_weights(self.start_file, model)
+
+
+class SegmentationTask(Task):
+    """DeepLabV3(+) on a segmentation data set, judged by mIoU; ``mode`` is ``imp`` or ``transfer``.
+
+    IMP keeps the original's layout: the run of round k in its own folder (``session.run``: the
+    checkpoints, metrics.jsonl, run.json, net_train.png), the IMP files, tickets, summary.jsonl and
+    miou_vs_remaining.png in --save_dir (``outputs``). A transfer run's summary row also goes to
+    --save_dir's summary.jsonl, one line per EXP.
+    """
+    checkpoint_format = FORMAT
+
+    def __init__(self, hparams: argparse.Namespace, source: Source, mode: str, resume_file: str | None = None):
+        super().__init__(hparams)
+        self.source, self.mode, self.resume_file = source, mode, resume_file
+        self.files = stage_files(hparams)
+        self.round_index = hparams.imp_num if mode == "imp" else 0
+        self.mask_meta: dict = {}
+        self._writers: dict[str, PredictionWriter | None] = {}
 
     @property
-    def ctx(self):
-        return self.session.ctx
+    def start_file(self) -> str:
+        return imp_file_path(self.hparams.save_dir, 0)
 
     @property
-    def precision(self):
-        return self.session.precision
+    def outputs(self) -> RunDir:
+        return RunDir(self.hparams.save_dir, is_main=self.session.ctx.is_main)
+
+    # -- data, model, training ---------------------------------------------------------------
+    def make_loaders(self) -> Loaders:
+        self.data, loaders = segmentation_loaders(self.hparams, self.session)
+        return loaders
+
+    def make_model(self) -> nn.Module:
+        """The network, its random init drawn from the seed (the head's init is part of the run),
+        with the weights it starts from: --ckpt's (evaluation), the pre-trained backbone (round 0,
+        then saved as seg_backbone_imp0.pth), or a transfer's pre-trained backbone under its mask."""
+        args, ctx = self.hparams, self.session.ctx
+        torch.manual_seed(args.seed)
+        model = build_segmentation_model(args.model, self.data.num_classes, args.output_stride, args.separable_conv)
+        if args.sync_bn and ctx.distributed:
+            if ctx.device.type != "cuda":
+                raise UserError("--sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(ctx.device)
+        if self.session.precision.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        strategy = BackbonePruning(PRUNE_RATE)
+        if args.ckpt and not args.continue_training:
+            load_ckpt_weights(model, args.ckpt, strategy)
+        elif self.mode == "imp" and not os.path.isfile(self.start_file):
+            self.load_start_weights(model)
+            if not args.test_only:
+                if ctx.is_main:  # pre-trained backbone, head at init: every round's rewind point
+                    os.makedirs(args.save_dir, exist_ok=True)
+                    save_imp_file(self.start_file, model)
+                distributed.barrier()
+        elif self.mode == "transfer" and not self.resume_file:
+            self.load_start_weights(model)
+            self.mask_meta = apply_transfer_mask(model, args, strategy)
+        elif self.mode == "transfer" and args.mask_dir:  # resumed: the checkpoint holds weights and masks
+            self.mask_meta = plain_meta(backbone_masks(args.mask_dir)[1])
+        return model
+
+    def load_start_weights(self, model: nn.Module) -> None:
+        """The pre-trained backbone (conv1 included, fc dropped), or random init with ``--pretrained none``."""
+        args = self.hparams
+        if args.pretrained == NO_WEIGHTS:
+            return
+        if not os.path.isfile(args.pretrained):
+            raise UserError(f"pre-trained weights '{args.pretrained}' not found (they are never downloaded): "
+                            f"pass --pretrained PATH, or --pretrained {NO_WEIGHTS} to start from random init")
+        load_pretrained(model.backbone, args.pretrained, args.dict_key, conv1=True, quiet=not self.session.ctx.is_main,
+                        moco_encoder=args.moco_encoder)
+
+    def train_config(self) -> TrainConfig:
+        args = self.hparams
+        eval_from = 0
+        if self.mode == "imp" and self.source.imp_validates_second_half_only:
+            eval_from = math.ceil(args.total_itrs / 2)
+        # StepLR(step_size, gamma=0.1): x0.1 at every multiple of step_size (the last one included, so the
+        # scheduler state at the end matches the original's too)
+        milestones = (list(range(args.step_size, args.total_itrs + 1, args.step_size))
+                      if args.lr_policy == "step" else [])
+        return TrainConfig.from_args(args, epochs=0, momentum=0.9, warmup=0, milestones=milestones,
+                                     lr_policy="multistep" if args.lr_policy == "step" else args.lr_policy,
+                                     lr_scales={"backbone.": 0.1}, objective=OBJECTIVE, eval_from=eval_from)
+
+    def make_strategy(self) -> BackbonePruning:
+        if self.mode == "imp":
+            return SegmentationPruning(self.hparams.rate, self.start_file)
+        return BackbonePruning(PRUNE_RATE)
+
+    def step(self, model: nn.Module, batch) -> StepResult:
+        if not hasattr(self, "_step"):
+            self._step = make_step(build_loss(self.hparams.loss_type))
+        return self._step(model, batch)
+
+    def evaluate(self, model: nn.Module, loader, desc: str) -> dict:
+        """mIoU and the other scores; with --save_val_results also the predictions of val."""
+        writer = self.prediction_writer() if desc == "val" else None
+        return evaluate_segmentation(model, loader, self.session.ctx, self.session.precision, self.data.num_classes,
+                                     writer=writer, desc=desc)
+
+    def prediction_writer(self) -> PredictionWriter | None:
+        """--save_val_results: EXP/results/{image_id}_pred.png, rewritten at every evaluation (under
+        torchrun each rank writes the images of its shard)."""
+        if not self.hparams.save_val_results:
+            return None
+        if self.run.path not in self._writers:
+            self._writers[self.run.path] = PredictionWriter(self.run.file("results"), self.data.val.ids,
+                                                            palette_for(self.hparams.dataset))
+        return self._writers[self.run.path]
+
+    # -- what its runs write ---------------------------------------------------------------------
+    def checkpoint_extra(self, progress: StageProgress) -> dict:
+        args = self.hparams
+        extra = ({"imp_num": self.round_index} if self.mode == "imp" else
+                 {"mask_dir": args.mask_dir, "mask_meta": self.mask_meta})
+        return {"model": args.model, "dataset": args.dataset, "output_stride": args.output_stride, **extra,
+                "cur_itrs": progress.next_itr, "best_score": max(progress.best_val, 0.0) / 100.0}
+
+    def summary_row(self, progress: StageProgress, stage: int, remaining: float) -> dict:
+        """The core's row plus the original's two printed figures (best and last validation mIoU)."""
+        args, precision = self.hparams, self.session.precision.describe()
+        row = progress.summary_row(stage, remaining, OBJECTIVE)
+        row.update(best_miou=progress.best_val, last_miou=progress.history["ta"][-1], exp=args.exp)
+        if self.mode == "imp":
+            row.update(kind="imp", **precision)
+        else:
+            row.update(kind=self.kind, mask_dir=args.mask_dir, ckpt=args.ckpt, **precision,
+                       ticket_round=self.mask_meta.get("round"))
+        return row
+
+    @property
+    def kind(self) -> str:
+        """A transfer run's kind (one curve each in miou_vs_remaining.png)."""
+        return transfer_kind(self.hparams, pruned=self.strategy.remaining(self.model) < 100.0)
+
+    def record_summary(self, row: dict, progress: StageProgress) -> None:
+        history = progress.history
+        print(f"Last mIoU: {history['ta'][-1]:.4f}\nBest mIoU: {progress.best_val:.4f} (itr {progress.best_epoch})",
+              flush=True)
+        args = self.hparams
+        if self.mode == "imp":
+            with locked(self.outputs.file(SUMMARY)):  # --save_dir's summary may be shared with other jobs
+                super().record_summary(row, progress)
+        else:
+            record_summary(args.save_dir, row, "exp", lambda item: item.get("kind", "ticket"),
+                           f"{args.model} on {args.dataset}: {self.source.name} weights")
+
+    def curves_title(self, stage: int, remaining: float) -> str:
+        return f"{self.hparams.exp}: {remaining:.2f}% of backbone conv weights remain"
+
+    # -- IMP: one round per run folder ------------------------------------------------------------
+    def imp_config(self) -> ImpConfig:
+        args = self.hparams
+        return ImpConfig(rounds=self.round_index + 1, seed=args.seed, rewind_store="task", start_ticket=False,
+                         title=f"{args.model} on {args.dataset}: IMP ({self.source.name})",
+                         meta={"arch": args.model.split("_", 1)[1], "dataset": args.dataset,
+                               "pretraining": self.source.name, "model": args.model})
+
+    def begin_round(self, stage: int) -> None:
+        if self.mode == "imp" and self.session.ctx.is_main:
+            print(f"IMP round {stage}: {self.strategy.remaining(self.model):.2f}% of backbone conv weights remain",
+                  file=sys.stderr)
+
+    def load_round(self, model: nn.Module, round_index: int) -> bool:
+        """Round k's mask from seg_backbone_imp{k}.pth (round 0: none); ImpRun then rewinds to round 0's file."""
+        if round_index > 0:
+            masks, _ = backbone_masks(imp_file_path(self.hparams.save_dir, round_index))
+            self.strategy.apply_ticket(model, masks)
+        return True
+
+    def save_round(self, model: nn.Module, next_round: int) -> None:
+        """seg_backbone_imp{k+1}.pth, written last: the round is done."""
+        if self.session.ctx.is_main:
+            path = imp_file_path(self.hparams.save_dir, next_round)
+            save_imp_file(path, model)
+            if not self.hparams.keep_checkpoints:
+                drop_resumable_checkpoint(self.run.file(self.files.checkpoint_of(0)))
+            print(f"round {next_round - 1} done: {path} holds {self.strategy.remaining(model):.2f}% of the "
+                  f"backbone conv weights", flush=True)
+        distributed.barrier()
 
 
-def build_task(args: argparse.Namespace, source: Source, session: Session, eval_from: int = 0) -> Task:
+def segmentation_loaders(args: argparse.Namespace, session) -> tuple[segdata.SegmentationData, Loaders]:
+    """The data set and its loaders (``--batch_size`` the global batch); sets ``args.num_classes``."""
     ctx, precision = session.ctx, session.precision
     data = segdata.load_segmentation(args.dataset, args.data_root, year=args.year, crop_size=args.crop_size,
                                      crop_val=args.crop_val, seed=args.seed, label_pad=args.label_pad)
@@ -159,44 +348,16 @@ def build_task(args: argparse.Namespace, source: Source, session: Session, eval_
                             channels_last=precision.channels_last, collate_fn=segdata.pad_collate)
 
     train_batch, val_batch = segdata.process_batches(args.batch_size, args.val_batch_size, ctx)
-    loaders = Loaders(train=loader(data.train, train_batch, True),
-                      val=loader(data.val, val_batch, False),
-                      test=loader(data.test, val_batch, False) if data.test is not None else None,
-                      num_classes=data.num_classes)
-    # StepLR(step_size, gamma=0.1): x0.1 at every multiple of step_size (the last one included, so the
-    # scheduler state at the end matches the original's too)
-    milestones = list(range(args.step_size, args.total_itrs + 1, args.step_size)) if args.lr_policy == "step" else []
-    cfg = TrainConfig.from_hparams(session.hparams, epochs=0, momentum=0.9, warmup=0, milestones=milestones,
-                                lr_policy="multistep" if args.lr_policy == "step" else args.lr_policy,
-                                lr_scales={"backbone.": 0.1}, objective=OBJECTIVE, eval_from=eval_from)
-    return Task(args, source, session, data, loaders, cfg)
+    return data, Loaders(train=loader(data.train, train_batch, True),
+                         val=loader(data.val, val_batch, False),
+                         test=loader(data.test, val_batch, False) if data.test is not None else None,
+                         num_classes=data.num_classes)
 
 
-def build_model(task: Task) -> nn.Module:
-    """The network with its random init drawn from the seed (the head's init is part of the run)."""
-    args = task.args
-    torch.manual_seed(args.seed)
-    model = build_segmentation_model(args.model, task.data.num_classes, args.output_stride, args.separable_conv)
-    if args.sync_bn and task.ctx.distributed:
-        if task.ctx.device.type != "cuda":
-            raise UserError("--sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(task.ctx.device)
-    if task.precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def load_start_weights(model: nn.Module, task: Task) -> None:
-    """The pre-trained backbone (conv1 included, fc dropped), or random init with ``--pretrained none``."""
-    args = task.args
-    if args.pretrained == NO_WEIGHTS:
-        return
-    if not os.path.isfile(args.pretrained):
-        raise UserError(f"pre-trained weights '{args.pretrained}' not found (they are never downloaded): "
-                        f"pass --pretrained PATH, or --pretrained {NO_WEIGHTS} to start from random init")
-    load_pretrained(model.backbone, args.pretrained, args.dict_key, conv1=True, quiet=not task.ctx.is_main,
-                    moco_encoder=args.moco_encoder)
+def stage_files(args: argparse.Namespace) -> StageFiles:
+    """The original's checkpoint names: ``latest_`` (resumable) and ``best_{model}_{dataset}_os{16}.pth``."""
+    tail = f"{args.model}_{args.dataset}_os{args.output_stride}.pth"
+    return StageFiles(checkpoint="latest_" + tail, best="best_" + tail, curves="net_train.png")
 
 
 def load_ckpt_weights(model: nn.Module, path: str, strategy: BackbonePruning) -> None:
@@ -218,22 +379,6 @@ def load_ckpt_weights(model: nn.Module, path: str, strategy: BackbonePruning) ->
                         f"--separable_conv?): {str(error).splitlines()[0]}") from None
 
 
-def stage_files(args: argparse.Namespace) -> StageFiles:
-    """The original's checkpoint names: ``latest_`` (resumable) and ``best_{model}_{dataset}_os{16}.pth``."""
-    tail = f"{args.model}_{args.dataset}_os{args.output_stride}.pth"
-    return StageFiles(checkpoint="latest_" + tail, best="best_" + tail)
-
-
-def evaluator_for(task: Task, run: RunDir) -> Callable:
-    """mIoU and the other scores; with --save_val_results also the predictions of val."""
-    writer = prediction_writer(task, run)
-
-    def evaluator(model, loader, desc):
-        return evaluate_segmentation(model, loader, task.ctx, task.precision, task.data.num_classes,
-                                     writer=writer if desc == "val" else None, desc=desc)
-    return evaluator
-
-
 def resume_file_of(run: RunDir, args: argparse.Namespace, files: StageFiles) -> str | None:
     """The checkpoint a run continues from (--continue_training --ckpt, or --resume), or None for a
     fresh start, which must not overwrite another run."""
@@ -249,52 +394,6 @@ def resume_file_of(run: RunDir, args: argparse.Namespace, files: StageFiles) -> 
     if os.path.isfile(latest) or run.metrics():
         raise UserError(f"'{run.path}' already holds a run; pass --resume to continue it or choose another EXP")
     return None
-
-
-def train_run(task: Task, model: nn.Module, run: RunDir, resume_file: str | None, strategy: BackbonePruning,
-              stage: int, extra: dict, controls: dict | None = None) -> StageProgress:
-    """Train one run (a round or a transfer) in ``run`` from scratch or from ``resume_file``; a
-    resumed run must be the experiment (and seed) its run.json records."""
-    args, ctx = task.args, task.ctx
-    files = stage_files(args)
-    progress, optimizer_state, scheduler_state = StageProgress(), None, None
-    hparams = task.session.hparams
-    run.hparams, run.experiment = hparams, task.session.run.experiment
-    if resume_file:
-        check_same_experiment(run, hparams, args.seed)
-        checkpoint, progress = restore_stage(model, run, FORMAT, vars(args), False, resume_file,
-                                             apply_masks=strategy.restore)
-        optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
-    distributed.barrier()
-    run.stamp = task.precision.describe()
-    run.start(vars(args), bool(resume_file), experiment=run.experiment, controls=controls)
-
-    def checkpoint_extra() -> dict:
-        return {"format": FORMAT, "args": vars(args), "model": args.model, "dataset": args.dataset,
-                "output_stride": args.output_stride, **extra,
-                "cur_itrs": progress.next_itr, "best_score": max(progress.best_val, 0.0) / 100.0}
-
-    if not progress.finished(task.cfg):
-        progress = train_stage(model, task.loaders, task.cfg, task.precision, ctx, run, stage=stage,
-                               progress=progress, files=files, optimizer_state=optimizer_state,
-                               scheduler_state=scheduler_state, checkpoint_extra=checkpoint_extra,
-                               step=make_step(build_loss(args.loss_type)), evaluator=evaluator_for(task, run),
-                               remaining=strategy.remaining(model))
-    if ctx.is_main:
-        history = progress.history
-        print(f"Last mIoU: {history['ta'][-1]:.4f}\nBest mIoU: {progress.best_val:.4f} (itr {progress.best_epoch})",
-              flush=True)
-        plot_training_curves(history, run.file("net_train.png"), title=f"{args.exp}: "
-                             f"{strategy.remaining(model):.2f}% of backbone conv weights remain",
-                             **training_curve_labels(task.cfg))
-    return progress
-
-
-def summary_row(progress: StageProgress, stage: int, remaining: float, **extra) -> dict:
-    """The core's summary row plus the original's two printed figures: best and last validation mIoU."""
-    row = progress.summary_row(stage, remaining, OBJECTIVE)
-    row.update(best_miou=progress.best_val, last_miou=progress.history["ta"][-1], **extra)
-    return row
 
 
 def record_summary(save_dir: str, row: dict, key: str, curve: Callable[[dict], str], title: str) -> None:
@@ -319,32 +418,22 @@ def print_scores(result: dict, what: str) -> None:
           f"{result['mean_acc']:.2f} FreqW acc {result['fwiou']:.2f}\nclass IoU: {classes}", flush=True)
 
 
-def test_only(task: Task, model: nn.Module, run: RunDir, strategy: BackbonePruning) -> None:
+def test_only(task: SegmentationTask) -> None:
     """--test_only: evaluate val once, print, write nothing but --save_val_results."""
-    result = evaluate_segmentation(model, task.loaders.val, task.ctx, task.precision, task.data.num_classes,
-                                   writer=prediction_writer(task, run))
-    if task.ctx.is_main:
-        print_scores(result, f"val ({strategy.remaining(model):.2f}% of backbone conv weights remain)")
+    result = task.evaluate(task.model, task.loaders.val, "val")
+    if task.session.ctx.is_main:
+        print_scores(result, f"val ({task.strategy.remaining(task.model):.2f}% of backbone conv weights remain)")
 
 
-def prediction_writer(task: Task, run: RunDir) -> PredictionWriter | None:
-    """--save_val_results: EXP/results/{image_id}_pred.png, rewritten at every evaluation (under
-    torchrun each rank writes the images of its shard)."""
-    if not task.args.save_val_results:
-        return None
-    return PredictionWriter(run.file("results"), task.data.val.ids, palette_for(task.args.dataset))
-
-
-def open_run(args: argparse.Namespace, source: Source, mode: str, run: RunDir,
-             resume_file: str | None, hparams) -> tuple[Session, Task]:
-    """Device, process group and seed (core set-up), then data, loaders and the training config.
+def open_task(args: argparse.Namespace, source: Source, mode: str, run: RunDir,
+              resume_file: str | None, hparams) -> SegmentationTask:
+    """Device, process group and seed (core set-up), then data, model and training config.
     ``hparams`` are the script's as parsed (before ``finish_args`` fills in weights and folders)."""
     # --test_only writes nothing: no experiment to check against.
     session = open_session(args, run, resume_file, hparams=hparams, continuing=False if args.test_only else None)
-    eval_from = 0
-    if mode == "imp" and source.imp_validates_second_half_only:
-        eval_from = math.ceil(args.total_itrs / 2)
-    return session, build_task(args, source, session, eval_from)
+    task = SegmentationTask(args, source, mode, resume_file)
+    task.build(session)
+    return task
 
 
 def finish_args(args: argparse.Namespace, source: Source, mode: str) -> None:
@@ -373,8 +462,14 @@ def imp_main(args: argparse.Namespace, source: Source) -> None:
     else:
         resume_file = None if args.test_only else resume_file_of(run, args, files)
     check_round_inputs(args.save_dir, args.imp_num, args.resume or args.test_only)
-    session, task = open_run(args, source, "imp", run, resume_file, hparams)
-    imp_round(task, args.imp_num, run, resume_file)
+    task = open_task(args, source, "imp", run, resume_file, hparams)
+    if args.test_only:
+        if not args.ckpt and os.path.isfile(task.start_file):  # the model round imp_num starts training from
+            task.load_round(task.model, args.imp_num)
+            task.strategy.rewind(task.model, task.strategy.start_state(task.model))
+        test_only(task)
+    else:
+        imp_round(task, args.imp_num, resume_file)
     distributed.teardown()
 
 
@@ -408,54 +503,23 @@ def check_round_inputs(save_dir: str, round_index: int, continuing: bool) -> Non
                         f"stopped before the first), or choose another --save_dir")
 
 
-def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None) -> None:
-    """One IMP round: start (or rewind), train, prune the last model, write the next round's files."""
-    args, ctx = task.args, task.ctx
-    save_dir = args.save_dir
-    strategy = BackbonePruning(args.rate)
-    model = build_model(task)
-    start_file = imp_file_path(save_dir, 0)
-    if args.ckpt and not args.continue_training:  # --test_only of a checkpoint
-        load_ckpt_weights(model, args.ckpt, strategy)
-    elif round_index == 0 and not os.path.isfile(start_file):
-        load_start_weights(model, task)
-        if ctx.is_main and not args.test_only:
-            os.makedirs(save_dir, exist_ok=True)
-            save_imp_file(start_file, model)  # pre-trained backbone, head at init: every round's rewind point
+def imp_round(task: SegmentationTask, round_index: int, resume_file: str | None) -> None:
+    """One IMP round in the task's run folder: ImpRun from round ``round_index`` (or the checkpoint)."""
+    args = task.hparams
+    task.round_index = round_index
+    if resume_file:
+        check_same_experiment(task.run, task.session.hparams, args.seed)
+    task.session.record(args, resumed=bool(resume_file))
+    imp = ImpRun(task, args, task.session)
+    if resume_file:
+        imp.resume(resume_file)
     else:
-        if round_index > 0:
-            masks, _ = backbone_masks(imp_file_path(save_dir, round_index))
-            strategy.apply_ticket(model, masks)
-        restore_parts(model, start_file, first_conv=True, classifier=True, backbone=True)  # rewind
-    if args.test_only:
-        return test_only(task, model, run, strategy)
-    if ctx.is_main:
-        print(f"IMP round {round_index}: {strategy.remaining(model):.2f}% of backbone conv weights remain",
-              file=sys.stderr)
-    progress = train_run(task, model, run, resume_file, strategy, round_index, {"imp_num": round_index})
-    remaining = strategy.remaining(model)
-    if ctx.is_main:
-        record_summary(save_dir, summary_row(progress, round_index, remaining, exp=args.exp, kind="imp",
-                                             **task.precision.describe()),
-                       "round", lambda row: "IMP", f"{args.model} on {args.dataset}: IMP ({task.source.name})")
-    strategy.prune(model, seed=args.seed * 7919 + round_index)
-    if ctx.is_main:
-        save_ticket(os.path.join(save_dir, ticket_name(round_index + 1)), strategy.masks(model),
-                    round=round_index + 1, prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
-                    experiment=task.session.run.experiment["id"],
-                    source=os.path.abspath(save_dir), arch=args.model.split("_", 1)[1], dataset=args.dataset,
-                    pretraining=task.source.name, model=args.model)
-        save_imp_file(imp_file_path(save_dir, round_index + 1), model)  # written last: the round is done
-        if not args.keep_checkpoints:
-            drop_resumable_checkpoint(run.file(stage_files(args).checkpoint_of(0)))
-        print(f"round {round_index} done: {imp_file_path(save_dir, round_index + 1)} holds "
-              f"{strategy.remaining(model):.2f}% of the backbone conv weights", flush=True)
-    distributed.barrier()
+        imp.start(first_round=round_index)
 
 
 def imp_sweep(args: argparse.Namespace, source: Source, hparams) -> None:
-    """Rounds 0..imp_rounds-1 in one command; with --resume, finished rounds are skipped and the
-    interrupted one continues from its latest checkpoint."""
+    """Rounds 0..imp_rounds-1 in one command, each in EXP_k; with --resume, finished rounds are
+    skipped and the interrupted one continues from its latest checkpoint."""
     RunDir(args.save_dir).check_location()
     started = os.path.isfile(imp_file_path(args.save_dir, 0))
     if started and not args.resume:
@@ -463,18 +527,27 @@ def imp_sweep(args: argparse.Namespace, source: Source, hparams) -> None:
                         f"choose another --save_dir")
     exp = args.exp
     files = stage_files(args)
-    session, task = open_run(args, source, "imp", RunDir(args.save_dir), None, hparams)
+    session = open_session(args, RunDir(args.save_dir), None, hparams=hparams)
+    task = SegmentationTask(args, source, "imp")
+    task.session = session
+    task.loaders = task.make_loaders()
+    task.cfg = task.train_config()
     for round_index in range(args.imp_rounds):
         if os.path.isfile(imp_file_path(args.save_dir, round_index + 1)):
             continue  # finished
         args.exp = f"{exp}_{round_index}"
         run = RunDir(os.path.join(args.save_dir, args.exp), is_main=session.ctx.is_main)
+        run.stamp = session.precision.describe()
+        run.hparams, run.experiment = session.run.hparams, session.run.experiment  # every round: one experiment
         latest = run.file(files.checkpoint_of(0))
         resume_file = latest if os.path.isfile(latest) else None
         if resume_file is None and (run.metrics() if session.ctx.is_main else False):
             raise UserError(f"'{run.path}' holds logs but no checkpoint; move it away to rerun round {round_index}")
         check_round_inputs(args.save_dir, round_index, True)
-        imp_round(task, round_index, run, resume_file)
+        task.session = dataclasses.replace(session, run=run, resume_file=resume_file)
+        task.model = task.make_model()
+        task.strategy = task.make_strategy()
+        imp_round(task, round_index, resume_file)
     args.exp = exp
     if session.ctx.is_main:
         print(f"done: {args.imp_rounds} rounds; summary.jsonl and miou_vs_remaining.png are in {args.save_dir}")
@@ -491,32 +564,19 @@ def transfer_main(args: argparse.Namespace, source: Source) -> None:
     finish_args(args, source, "transfer")
     run = RunDir(os.path.join(args.save_dir, args.exp))
     resume_file = None if args.test_only else resume_file_of(run, args, stage_files(args))
-    session, task = open_run(args, source, "transfer", run, resume_file, hparams)
-    strategy = BackbonePruning(PRUNE_RATE)
-    model = build_model(task)
-    mask_meta = {}
-    if args.ckpt and not args.continue_training:
-        load_ckpt_weights(model, args.ckpt, strategy)
-    elif not resume_file:
-        load_start_weights(model, task)
-        mask_meta = apply_transfer_mask(model, args, strategy)
-    elif args.mask_dir:  # resumed: the checkpoint holds the weights and masks
-        mask_meta = plain_meta(backbone_masks(args.mask_dir)[1])
-    kind = transfer_kind(args, pruned=strategy.remaining(model) < 100.0)
-    if session.ctx.is_main:
-        print(f"{kind}: {strategy.remaining(model):.2f}% of backbone conv weights remain", file=sys.stderr)
+    task = open_task(args, source, "transfer", run, resume_file, hparams)
+    if task.session.ctx.is_main:
+        print(f"{task.kind}: {task.strategy.remaining(task.model):.2f}% of backbone conv weights remain",
+              file=sys.stderr)
     if args.test_only:
-        test_only(task, model, run, strategy)
+        test_only(task)
         return distributed.teardown()
+    if resume_file:
+        check_same_experiment(run, task.session.hparams, args.seed)
     control = ticket_kind(args.mask_dir, args.reverse_mask, args.random_prune, pretrained=args.pretrained != NO_WEIGHTS)
-    progress = train_run(task, model, run, resume_file, strategy, 0,
-                         {"mask_dir": args.mask_dir, "mask_meta": mask_meta},
-                         controls=controls_record(control, args.mask_dir, mask_meta) if control else None)
-    if session.ctx.is_main:
-        row = summary_row(progress, 0, strategy.remaining(model), exp=args.exp, kind=kind, mask_dir=args.mask_dir,
-                          ckpt=args.ckpt, **task.precision.describe(), ticket_round=mask_meta.get("round"))
-        record_summary(args.save_dir, row, "exp", lambda item: item.get("kind", "ticket"),
-                       f"{args.model} on {args.dataset}: {source.name} weights")
+    task.session.record(args, resumed=bool(resume_file),
+                        controls=controls_record(control, args.mask_dir, task.mask_meta) if control else None)
+    train_once(task, args, task.session)
     distributed.teardown()
 
 

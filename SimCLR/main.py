@@ -15,25 +15,16 @@ import shlex
 import sys
 
 import torch
-import torch.nn as nn
 
 from lth import cli, distributed, pruning, validate
-from lth.checkpoint import atomic_save
-from lth.contrastive import contrastive_evaluate
 from lth.errors import UserError
-from lth.imagedata import image_folder
-from lth.loaders import DeviceLoader, Loaders
-from lth.imp import ImpConfig, ImpRun
+from lth.imp import ImpRun
+from lth.once import train_once
 from lth.session import check_same_experiment, check_save_dir, open_session, resume_source
-from lth.trainer import StageFiles, TrainConfig, train_stage
 from SimCLR import simclr
-from SimCLR.hparams import DEFAULT_SIM_MODEL, LATEST, MOMENTUM, SimclrImp
+from SimCLR.hparams import DEFAULT_SIM_MODEL, LATEST, SimclrImp
+from SimCLR.task import DENSE_OUTPUT, SimCLRTask
 
-DENSE_FORMAT = "lth-simclr-dense"
-DENSE_OUTPUT = "simclr_weight.pt"
-# Round r's resumable state (its last epoch: the original's model_pruned{r*prun_epoch}.pt) and its
-# best-validation model; the checkpoint name is the one RunDir looks for on --resume.
-FILES = StageFiles(checkpoint="{stage}checkpoint.pth.tar", best="{stage}model_best.pth.tar")
 
 
 def get_args_parser():
@@ -106,40 +97,6 @@ def start_weights(args) -> dict | None:
     return simclr.read_sim_weights(path)
 
 
-def make_loaders(args, ctx) -> Loaders:
-    transform = simclr.simclr_transform(args.image_size)
-    train_set = image_folder(args.data, "train", transform)
-    val_set = image_folder(args.data, "val", transform)
-    per_process = distributed.per_process_batch(args.batch_size, ctx)
-    common = dict(seed=args.seed, ctx=ctx, workers=args.workers)
-    # The last partial batch is kept, as the original's loader kept it (under DDP every rank's
-    # last batch has the same size: the sampler pads), so NT-Xent's gather stays aligned.
-    loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, drop_last=False, **common),
-                      val=DeviceLoader(val_set, per_process, train=False, **common),
-                      test=None, num_classes=len(train_set.classes))
-    if len(loaders.train) == 0:
-        raise UserError(f"{args.data}/train has {len(train_set)} images, fewer than one batch of "
-                        f"{per_process} per process: lower --batch_size")
-    return loaders
-
-
-def make_model(args, ctx, precision, weights) -> tuple[nn.Module, dict | None]:
-    torch.manual_seed(args.seed)  # the head (and everything, from scratch) starts alike on every rank
-    model = simclr.build_simclr_model(args.arch, args.mlpout, head=args.phead)
-    loaded = None
-    if weights is not None:
-        loaded = simclr.load_sim_weights(model, weights, args.sim_model, quiet=not ctx.is_main)
-    model = model.to(ctx.device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if args.sync_bn:
-        if ctx.distributed and ctx.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif ctx.is_main:
-            print("notice: --sync_bn needs several CUDA processes; ignored", file=sys.stderr)
-    return model, loaded
-
-
 def main(args) -> None:
     check_args(args)
     hparams = SimclrImp.from_args(args)
@@ -157,59 +114,23 @@ def main(args) -> None:
         os.execv(command[0], command)
     # Device 0 is the one --gpu named (CUDA_VISIBLE_DEVICES); under torchrun, LOCAL_RANK's.
     session = open_session(args, run, checkpoint_path, gpu=0, hparams=hparams)
-    ctx, precision = session.ctx, session.precision
+    ctx = session.ctx
     if args.batch_size % ctx.world_size:
         raise UserError(f"--batch_size {args.batch_size} must be divisible by the {ctx.world_size} processes")
-    loaders = make_loaders(args, ctx)
-    model, loaded = make_model(args, ctx, precision, weights)
-    weights = None  # ``loaded`` keeps the part that is rewound to; free the rest of the file
+    task = SimCLRTask(args, weights)
+    weights = None  # the task keeps the part that is rewound to
+    task.build(session)
     session.record(args)
-    logits_fn = simclr.make_eval_logits(precision.channels_last)
-
-    def evaluator(eval_model, loader, desc):
-        return contrastive_evaluate(eval_model, loader, ctx, precision, logits_fn, desc=desc)
-
-    stage_kwargs = {"step": simclr.make_step(args.temperature, precision.channels_last, args.loss),
-                    "evaluator": evaluator}
-    # The original's Adam took no weight decay.
-    # A constant learning rate (no warm-up, no decay), as the original.
-    train_cfg = TrainConfig.from_hparams(hparams, epochs=args.prun_epoch if args.prun_percent else args.epochs,
-                                         momentum=MOMENTUM, optimizer=args.optimizer, warmup=0, milestones=[],
-                                         weight_decay=0.0 if args.optimizer == "adam" else args.weight_decay)
-    meta = {"arch": args.arch, "dataset": os.path.basename(os.path.normpath(os.path.abspath(args.data))),
-            "pretraining": "simclr"}
     if args.prun_percent:
-        imp_cfg = ImpConfig(rounds=1 + args.epochs // args.prun_epoch, rate=args.prun_percent,
-                            prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
-                            meta=meta, train_round0=False, files=FILES, rewind_in_checkpoint=True)
-        imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),
-                     strategy=simclr.CheckpointRewind(args.prun_percent), stage_kwargs=stage_kwargs)
-        if args.resume:
-            imp.resume(checkpoint_path)
-        else:
-            imp.rewind_weights = loaded  # only what --sim_model provided is ever rewound
-            imp.start()
+        imp = ImpRun(task, args, session)
+        imp.resume(checkpoint_path) if args.resume else imp.start()
         done = "tickets (ticket_XX.pt), checkpoints, metrics.jsonl and summary.jsonl"
     else:
-        train_dense(model, loaders, train_cfg, session, args, meta, stage_kwargs)
+        train_once(task, args, session)
         done = f"{DENSE_OUTPUT} (usable as --sim_model), checkpoints and metrics.jsonl"
     if ctx.is_main:
         print(f"done: {done} are in {run.path}")
     distributed.teardown()
-
-
-def train_dense(model, loaders, cfg, session, args, meta, stage_kwargs) -> None:
-    """--prun_percent 0: plain SimCLR training; the final model is written as --sim_model reads it."""
-    ctx, precision, run = session.ctx, session.precision, session.run
-    progress, optimizer_state, scheduler_state = session.restore(model, DENSE_FORMAT, args)
-    extra = {"format": DENSE_FORMAT, "args": vars(args), "seed": args.seed, **meta}
-    progress = train_stage(model, loaders, cfg, precision, ctx, run, stage=0, progress=progress, files=FILES,
-                           optimizer_state=optimizer_state, scheduler_state=scheduler_state,
-                           checkpoint_extra=lambda: extra, remaining=100.0, **stage_kwargs)
-    if ctx.is_main:
-        atomic_save({"state_dict": pruning.dense_state_dict(model), "epochs": args.epochs,
-                     "mlpout": args.mlpout, **meta}, run.file(DENSE_OUTPUT))
-        run.log_round(progress.summary_row(0, 100.0))
 
 
 if __name__ == "__main__":

@@ -299,8 +299,13 @@ class CheckpointRewind(PruneStrategy):
     the released checkpoint, keeps its trained values across rounds.
     """
 
-    def __init__(self, rate: float):
-        super().__init__(rate, random=False, conv1=False)
+    def __init__(self, rate: float, provided: dict | None = None):
+        super().__init__(rate, random=False, conv1=False, prune_type="pt_trans")
+        self.provided = provided
+
+    def rewind_point(self, imp, moment) -> dict | None:
+        """Only what --sim_model provided, taken at the start (a resumed run has it in its checkpoint)."""
+        return self.provided if moment.kind == "start" else None
 
     def rewind(self, model: nn.Module, weights: dict) -> None:
         own = model.state_dict()

@@ -37,8 +37,10 @@ from torch.utils.data import DataLoader, Dataset
 from lth import pruning, tickets
 from lth import data as lth_data
 from lth.checkpoint import write_json
+from lth.classification import evaluate
+from lth.classification import step as classification_step
 from lth.distributed import Context
-from lth.engine import Precision, classification_step, evaluate, make_optimizer, train_one_epoch
+from lth.engine import Precision, make_optimizer, train_one_epoch
 from lth.models import build_model
 
 MEAN, STD = lth_data.DATASETS["cifar10"].mean, lth_data.DATASETS["cifar10"].std

@@ -1,5 +1,5 @@
-"""The one train/eval loop every task uses: optimizer and parameter groups, LR schedules, precision,
-the training pass over batches of any structure, and the classification evaluator."""
+"""The one training loop every task uses: optimizer and parameter groups, LR schedules, precision,
+and the training pass over batches of any structure (the task's ``step`` computes the loss)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from lth.distributed import Context, all_reduce_sum
@@ -166,14 +165,6 @@ class StepResult(NamedTuple):
     images: int | None = None
 
 
-def classification_step(model: nn.Module, batch) -> StepResult:
-    """Cross-entropy on ``(inputs, labels)``; the default step of every classification script."""
-    inputs, labels = batch
-    logits = model(inputs)
-    return StepResult(F.cross_entropy(logits, labels), (logits.detach().argmax(1) == labels).sum(),
-                      labels.size(0))
-
-
 @contextlib.contextmanager
 def _batch_norm_refusal():
     """BatchNorm's refusal of a batch with one value per channel (one image reaching a 1x1 feature
@@ -191,20 +182,22 @@ def _batch_norm_refusal():
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler, ctx: Context, precision: Precision, desc: str = "train",
                     print_freq: int = 50, after_step: Callable[[], None] | None = None,
-                    step: Callable[[nn.Module, object], StepResult] = classification_step,
+                    step: Callable[[nn.Module, object], StepResult] | None = None,
                     total: int | None = None, step_after: Callable[[int], bool] | None = None) -> dict:
     """One pass over ``loader`` (an epoch, or ``total`` batches of a run counted in iterations);
     returns mean loss, accuracy (%, NaN where the step reports none), images/s and the means of
     the step's loss parts.
 
-    ``step`` computes the loss of a batch (classification by default; SimCLR and MoCo pass their
-    contrastive steps, other tasks theirs). ``after_step`` runs after each optimizer step (MoCo's
+    ``step`` computes the loss of a batch (the task's: ``lth.classification.step``, SimCLR's and
+    MoCo's contrastive steps, ...). ``after_step`` runs after each optimizer step (MoCo's
     momentum update, the masks). ``step_after(i)`` says whether the optimizer steps after batch
     ``i`` of this pass (gradient accumulation: the gradients of the batches in between are summed);
     None steps after every batch. The scheduler steps after every batch either way, so a schedule
     counts batches (what ``total_steps`` counts). Loss and accuracy are accumulated on the device and read once at
     the end (and every ``print_freq`` steps for the progress bar), so the step never waits on the host.
     """
+    if step is None:
+        raise TypeError("train_one_epoch needs the task's step (e.g. lth.classification.step)")
     model.train()
     device = ctx.device
     loss_sum = torch.zeros((), device=device)
@@ -258,44 +251,3 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     accuracy = 100.0 * correct_total / max(count, 1) if counts_correct else math.nan
     return {"loss": loss_total / max(count, 1), "acc": accuracy, "images_per_s": image_total / max(elapsed, 1e-9),
             **{name: value / max(count, 1) for name, value in zip(names, part_totals)}}
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader: Iterable, ctx: Context, precision: Precision,
-             num_classes: int, desc: str = "eval") -> dict:
-    """Top-1, top-5 (when there are more than 5 classes), mean loss and per-class accuracy (%).
-
-    Every rank evaluates its shard; counts are summed over ranks, so the result is exact.
-    Per-class accuracy and its mean are the VisDA metric.
-    """
-    model = unwrap(model)
-    was_training = model.training
-    model.eval()
-    device = ctx.device
-    loss_sum = torch.zeros((), device=device)
-    top5 = torch.zeros((), device=device)
-    class_correct = torch.zeros(num_classes, device=device)
-    class_total = torch.zeros(num_classes, device=device)
-    for inputs, labels in tqdm(loader, desc=desc, leave=False, disable=None if ctx.is_main else True, dynamic_ncols=True):
-        with precision.eval_autocast(device):
-            logits = model(inputs)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        hit = logits.argmax(1) == labels
-        class_total += torch.bincount(labels, minlength=num_classes)[:num_classes].float()
-        class_correct += torch.bincount(labels[hit], minlength=num_classes)[:num_classes].float()
-        if num_classes > 5:
-            top5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
-    totals = all_reduce_sum(torch.cat([class_correct, class_total, loss_sum[None], top5[None]]))
-    class_correct, class_total = totals[:num_classes], totals[num_classes:2 * num_classes]
-    count = class_total.sum().item()
-    per_class = torch.where(class_total > 0, 100.0 * class_correct / class_total.clamp(min=1),
-                            torch.full_like(class_total, float("nan")))
-    model.train(was_training)
-    result = {"acc": 100.0 * class_correct.sum().item() / max(count, 1),
-              "loss": totals[-2].item() / max(count, 1),
-              "per_class": [round(value, 4) for value in per_class.tolist()],
-              "mean_class_acc": float(per_class[class_total > 0].mean().item()) if count else float("nan")}
-    if num_classes > 5:
-        result["top5"] = 100.0 * totals[-1].item() / max(count, 1)
-    return result

@@ -1,30 +1,26 @@
 """Iterative magnitude pruning: train, prune 20 % of what remains, rewind, repeat; resumable.
 
-Any task runs through ``ImpRun``: its model, ``Loaders``, a ``TrainConfig`` (with the task's
-``Objective``), the ``step``/``evaluator`` in ``stage_kwargs`` and a ``PruneStrategy`` saying what is
-pruned (``BackbonePruning`` for a task whose network holds a ResNet under ``model.backbone``).
+``ImpRun(task, hparams, session)`` runs the rounds of any ``lth.task.Task``. What is pruned and
+the one rewind rule of the task are its ``PruneStrategy`` (``prune``/``rewind`` and
+``rewind_point``; ``BackbonePruning`` for a network that holds a ResNet under ``model.backbone``).
 See docs/CORE.md.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch.nn as nn
 
 from lth import pruning, tickets
 from lth import distributed
 from lth.checkpoint import atomic_save, load_file
-from lth.distributed import Context
-from lth.engine import Precision
 from lth.errors import UserError
-from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
-from lth.runs import RunDir, ticket_name
-from lth.loaders import Loaders
-from lth.trainer import (StageFiles, StageProgress, TrainConfig, apply_checkpoint_masks, restore_stage,
-                         train_stage)
+from lth.plots import plot_accuracy_vs_remaining
+from lth.runs import ticket_name
+from lth.session import Session, hparams_dict
+from lth.trainer import StageProgress, TrainConfig, apply_checkpoint_masks, restore_stage, stage_hooks, train_stage
 
 PRUNE_TYPES = ("lt", "pt", "rewind_lt", "pt_trans")
 REWIND_TARGETS = {
@@ -34,41 +30,67 @@ REWIND_TARGETS = {
     "pt_trans": "the pre-trained weights (--pretrained)",
 }
 CHECKPOINT_FORMAT = "lth-imp"
-REWIND_FILE = "rewind_point.pth.tar"  # the rewind weights, written once (see ImpConfig.rewind_in_checkpoint)
+REWIND_FILE = "rewind_point.pth.tar"  # the rewind weights, written once (ImpConfig.rewind_store "file")
 REWIND_FORMAT = "lth-rewind-point"
+
+
+REWIND_STORES = ("checkpoint", "file", "task")
 
 
 @dataclass
 class ImpConfig:
+    """How a task's IMP runs: rounds, seed, ticket metadata, and where the rewind point is kept."""
     rounds: int
-    rate: float
-    prune_type: str
-    random_prune: bool
-    conv1: bool
     seed: int
-    meta: dict  # copied into every ticket: arch, dataset, ...
-    rewind_epoch: int = 9
+    meta: dict  # copied into every ticket and checkpoint: arch, dataset, ...
     train_round0: bool = True  # False: round 0 only evaluates, then prunes one-shot (ImageNet, SimCLR, MoCo)
-    files: StageFiles = field(default_factory=StageFiles)
-    # True: every checkpoint carries the rewind weights as ``init_weight`` (the original's layout,
-    # kept by the classification scripts, whose files are read with --dict_key init_weight).
-    # False: they are written once to REWIND_FILE (under the same key) when they are set, and
-    # checkpoints name that file as ``rewind_point``: large models write no unchanged copy per epoch.
-    rewind_in_checkpoint: bool = False
+    # "checkpoint": every checkpoint carries the rewind weights as ``init_weight`` (the original's
+    # layout, kept by the classification scripts, whose files are read with --dict_key init_weight).
+    # "file": they are written once to REWIND_FILE (same key) when they are set, and checkpoints
+    # name that file as ``rewind_point``: large models write no unchanged copy per epoch.
+    # "task": nothing is written; on resume the strategy's rule gives them again (segmentation's
+    # seg_backbone_imp0.pth).
+    rewind_store: str = "file"
+    title: str | None = None  # of the metric-vs-remaining plot (default: "{arch} on {dataset}")
+    # False: no ticket for the round a fresh run starts from (the dense ticket_00.pt; a later
+    # round's was written by the round before). Segmentation's original layout has none.
+    start_ticket: bool = True
     # False: once a round is finished (its pruned successor's files written), its resumable
     # checkpoint and best-model copy are deleted; a round's lasting record is then its ticket and
     # the task's own files (detection's backbone_imp{k+1}.pth). True keeps every file.
     keep_finished: bool = True
 
+    def __post_init__(self) -> None:
+        if self.rewind_store not in REWIND_STORES:
+            raise ValueError(f"rewind_store must be one of {REWIND_STORES}, got {self.rewind_store!r}")
+
+
+@dataclass(frozen=True)
+class Moment:
+    """When ``ImpRun`` asks a strategy's rewind rule for the rewind point.
+
+    ``kind``: ``start`` (a fresh start, before round ``round`` trains, the model as built),
+    ``resume`` (a run resumed in round ``round``), ``evaluated`` (after an evaluation of round
+    ``round``, ``trained`` epochs into it) or ``trained`` (the round's training is over, before its
+    prune).
+    """
+    kind: str
+    round: int
+    trained: int = 0
+
 
 class PruneStrategy:
-    """How a model is pruned, rewound and described by a mask; the default acts on the whole model.
+    """How a task prunes, rewinds and describes a model by its masks; by default the whole model.
 
-    Scripts whose model wraps the pruned network (MoCo's two encoders) subclass it.
+    ``rewind_point`` is the task's one rewind rule (which weights later rounds go back to) and
+    ``rewind`` applies it; scripts whose model wraps the pruned network (MoCo's two encoders) or
+    that rewind only part of it (detection, SimCLR) subclass it.
     """
 
-    def __init__(self, rate: float, random: bool, conv1: bool):
+    def __init__(self, rate: float, random: bool = False, conv1: bool = False, prune_type: str = "lt",
+                 rewind_epoch: int | None = None):
         self.rate, self.random, self.conv1 = rate, random, conv1
+        self.prune_type, self.rewind_epoch = prune_type, rewind_epoch
 
     def target(self, model: nn.Module) -> nn.Module:
         """The network whose convs are pruned and whose masks make the ticket."""
@@ -80,7 +102,33 @@ class PruneStrategy:
                                    generator_seed=seed)
         pruning.sync_masks(target)
 
+    def rewind_point(self, imp: "ImpRun", moment: Moment) -> dict | None:
+        """THE rewind rule: the weights every later round rewinds to, if ``moment`` is when they
+        are taken; None otherwise (the run keeps the point it has; on resume, the one its
+        checkpoint recorded).
+
+        This default is the classification scripts' rule, by ``prune_type``: ``lt`` and
+        ``pt_trans`` the weights the run starts from (random init, pre-trained weights); ``rewind_lt``
+        the weights after ``rewind_epoch`` epochs of round 0 (also saved as the original's
+        ``epoch_{k}_rewind_weight.pt``); ``pt`` the best-validation model of round 0.
+        """
+        kind = self.prune_type
+        if moment.kind == "start" and kind in ("lt", "pt_trans"):
+            return pruning.dense_state_dict(imp.model)
+        if (moment.kind == "evaluated" and kind == "rewind_lt" and moment.round == 0
+                and moment.trained == self.rewind_epoch):
+            weights = pruning.dense_state_dict(imp.model)
+            if imp.ctx.is_main:
+                atomic_save(weights, imp.run.file(f"epoch_{moment.trained}_rewind_weight.pt"))
+            return weights
+        if moment.kind == "trained" and kind == "pt" and moment.round == 0:
+            distributed.barrier()
+            best = load_file(imp.run.file(imp.files.best_of(0)), "best round-0 model")
+            return pruning.dense_state_dict(best["state_dict"])
+        return None
+
     def rewind(self, model: nn.Module, weights: dict) -> None:
+        """Put the rewind point's weights back, keeping the masks."""
         pruning.rewind(model, weights, conv1=self.conv1)
 
     def masks(self, model: nn.Module) -> dict:
@@ -109,8 +157,9 @@ class BackbonePruning(PruneStrategy):
     masks back; a task that rewinds less (only the backbone convs) overrides ``rewind``.
     """
 
-    def __init__(self, rate: float, random: bool = False, conv1: bool = False, attribute: str = "backbone"):
-        super().__init__(rate, random, conv1)
+    def __init__(self, rate: float, random: bool = False, conv1: bool = False, attribute: str = "backbone",
+                 prune_type: str = "lt"):
+        super().__init__(rate, random, conv1, prune_type=prune_type)
         self.attribute = attribute
 
     def target(self, model: nn.Module) -> nn.Module:
@@ -131,68 +180,64 @@ class BackbonePruning(PruneStrategy):
             self.apply_ticket(model, masks)
 
 
-def examples_checkpoint_keys(imp: ImpRun) -> dict:
+def examples_checkpoint_keys(strategy: PruneStrategy, model: nn.Module, progress: StageProgress) -> dict:
     """Keys the original ImageNet/VisDA scripts (pytorch/examples style) keep in every checkpoint.
 
-    Pass ``lambda: examples_checkpoint_keys(imp)`` as ``extra_state``; ``arch`` and ``init_weight``
-    are already there. ``mask`` is None before the first prune, as in the original.
+    ``arch`` and ``init_weight`` are already there. ``mask`` is None before the first prune, as in
+    the original.
     """
-    pruned = any(pruning.is_pruned(module) for module in imp.strategy.target(imp.model).modules())
-    return {"best_acc1": max(imp.progress.best_val, 0.0), "if_pruned": pruned,
-            "mask": pruning.extract_mask(imp.strategy.target(imp.model)) if pruned else None}
+    pruned = any(pruning.is_pruned(module) for module in strategy.target(model).modules())
+    return {"best_acc1": max(progress.best_val, 0.0), "if_pruned": pruned,
+            "mask": pruning.extract_mask(strategy.target(model)) if pruned else None}
 
 
 class ImpRun:
-    """One IMP experiment in one ``--save_dir``.
+    """One IMP experiment of ``task`` in the session's run folder.
 
     Round r trains with the mask of ``ticket_{r:02d}.pt``; after training, ``rate`` of the
-    remaining conv weights are pruned globally, every weight is rewound to the target of the
-    prune type, and the next round's ticket and checkpoint are written. The ticket made after
-    the last round is written too (never trained, as in the original).
+    remaining conv weights are pruned globally, every weight is rewound as the task's strategy
+    says, and the next round's ticket and checkpoint are written. The ticket made after the last
+    round is written too (never trained, as in the original). Tickets, summary.jsonl and the
+    metric-vs-remaining plot go to ``task.outputs`` (the run folder unless the task keeps each
+    round in a folder of its own, as segmentation does).
 
     ``start(first_round=k)`` continues rounds an earlier process ran (the originals' one process
-    per round): the model must already hold round k's masks and weights.
-
-    ``stage_kwargs`` go to every ``train_stage`` call (a contrastive ``step`` and ``evaluator``,
-    ``after_step_factory``); ``extra_state`` adds entries to every checkpoint.
+    per round): the task's ``load_round`` puts round k's masks on the model, which is then rewound.
     """
 
-    def __init__(self, model: nn.Module, loaders: Loaders, train_cfg: TrainConfig, imp_cfg: ImpConfig,
-                 precision: Precision, ctx: Context, run: RunDir, args: dict,
-                 strategy: PruneStrategy | None = None, stage_kwargs: dict | None = None,
-                 extra_state: Callable[[], dict] = dict,
-                 on_pruned: Callable[[nn.Module, int], None] | None = None):
-        self.model, self.loaders, self.train_cfg, self.cfg = model, loaders, train_cfg, imp_cfg
-        self.precision, self.ctx, self.run, self.args = precision, ctx, run, args
-        self.strategy = strategy or PruneStrategy(imp_cfg.rate, imp_cfg.random_prune, imp_cfg.conv1)
-        self.stage_kwargs = stage_kwargs or {}
-        self.extra_state = extra_state
-        # Runs on every rank after each round's prune, before the rewind, with the next round's
-        # index (files of the pruned, trained model: detection's backbone_imp{k+1}.pth).
-        self.on_pruned = on_pruned
+    def __init__(self, task, hparams, session: Session):
+        self.task, self.hparams, self.session = task, hparams, session
+        self.model, self.loaders, self.train_cfg = task.model, task.loaders, task.cfg
+        self.strategy: PruneStrategy = task.strategy
+        self.cfg: ImpConfig = task.imp_config()
+        self.files = task.files
+        self.precision, self.ctx, self.run = session.precision, session.ctx, session.run
+        self.outputs = task.outputs
+        self.args = hparams_dict(hparams)
         self.rewind_weights: dict | None = None
-        # The progress of the round the model is in (read by extra_state, e.g. for best_acc1).
+        # The progress of the round the model is in (what checkpoint_extra reads, e.g. for best_acc1).
         self.progress = StageProgress()
 
-    # -- checkpoint payload ------------------------------------------------------------------
-    def _extra(self) -> dict:
-        if self.cfg.rewind_in_checkpoint:
-            rewind = {"init_weight": self.rewind_weights}
-        else:
-            rewind = {"rewind_point": REWIND_FILE if self.rewind_weights is not None else None}
-        return {"format": CHECKPOINT_FORMAT, **rewind, "args": self.args,
-                "seed": self.cfg.seed, "prune_type": self.cfg.prune_type, **self.cfg.meta,
-                **self._experiment(), **self.extra_state()}
-
-    def _experiment(self) -> dict:
-        """``{"experiment": id}`` of the run (see lth.hparams), for its tickets and checkpoints."""
-        return {"experiment": self.run.experiment["id"]} if self.run.experiment else {}
+    # -- the rewind point --------------------------------------------------------------------
+    def _take_rewind_point(self, moment: Moment) -> None:
+        weights = self.strategy.rewind_point(self, moment)
+        if weights is not None:
+            self.set_rewind_point(weights)
 
     def set_rewind_point(self, weights: dict | None) -> None:
-        """The weights every later round rewinds to; written once to REWIND_FILE unless checkpoints carry them."""
+        """The weights every later round rewinds to; written once to REWIND_FILE (``rewind_store="file"``)."""
         self.rewind_weights = weights
-        if weights is not None and not self.cfg.rewind_in_checkpoint and self.ctx.is_main:
+        if weights is not None and self.cfg.rewind_store == "file" and self.ctx.is_main:
             atomic_save({"format": REWIND_FORMAT, "init_weight": weights}, self.run.file(REWIND_FILE))
+
+    def _require_rewind_point(self) -> None:
+        if self.rewind_weights is None:
+            raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must lie "
+                            "in [1, --epochs])")
+
+    def _rewind(self) -> None:
+        self._require_rewind_point()
+        self.strategy.rewind(self.model, self.rewind_weights)
 
     def _read_rewind_point(self, checkpoint: dict, checkpoint_path: str) -> dict | None:
         if "init_weight" in checkpoint:
@@ -209,15 +254,27 @@ class ImpRun:
             raise UserError(f"'{path}' is not a rewind point written by this toolkit")
         return saved["init_weight"]
 
-    def _on_epoch_end(self, stage: int):
-        def capture(epoch: int) -> None:
-            # As the original: after k = rewind_epoch epochs (0-based epoch k - 1), file epoch_{k}_...
-            trained = epoch + 1
-            if self.cfg.prune_type == "rewind_lt" and stage == 0 and trained == self.cfg.rewind_epoch:
-                self.set_rewind_point(pruning.dense_state_dict(self.model))
-                if self.ctx.is_main:
-                    atomic_save(self.rewind_weights, self.run.file(f"epoch_{trained}_rewind_weight.pt"))
-        return capture
+    # -- checkpoint payload ------------------------------------------------------------------
+    def _extra(self) -> dict:
+        store = self.cfg.rewind_store
+        if store == "checkpoint":
+            rewind = {"init_weight": self.rewind_weights}
+        elif store == "file":
+            rewind = {"rewind_point": REWIND_FILE if self.rewind_weights is not None else None}
+        else:
+            rewind = {}
+        return {"format": self.task.checkpoint_format, **rewind, "args": self.args,
+                "seed": self.cfg.seed, "prune_type": self.strategy.prune_type, **self.cfg.meta,
+                **self._experiment(), **self.task.checkpoint_extra(self.progress)}
+
+    def _experiment(self) -> dict:
+        """``{"experiment": id}`` of the run (see lth.hparams), for its tickets and checkpoints."""
+        return {"experiment": self.run.experiment["id"]} if self.run.experiment else {}
+
+    def _on_evaluated(self, stage: int):
+        def after_evaluation(position: int) -> None:
+            self._take_rewind_point(Moment("evaluated", stage, position + 1))
+        return after_evaluation
 
     def _stage_config(self, stage: int) -> TrainConfig:
         if stage == 0 and not self.cfg.train_round0:
@@ -226,100 +283,82 @@ class ImpRun:
 
     # -- driving -----------------------------------------------------------------------------
     def start(self, first_round: int = 0) -> None:
-        """Fresh run: the starting weights are the rewind point for lt and pt_trans.
-
-        A rewind point the caller set before ``start`` is kept (SimCLR rewinds only the tensors
-        its pre-trained checkpoint provided).
-        """
-        if self.rewind_weights is None and self.cfg.prune_type in ("lt", "pt_trans"):
-            self.rewind_weights = pruning.dense_state_dict(self.model)
-        self.set_rewind_point(self.rewind_weights)
+        """A fresh run from round ``first_round``: the rule's ``start`` point is taken; a later
+        round first gets what the previous one left (``task.load_round``) and is rewound."""
+        self._take_rewind_point(Moment("start", first_round))
+        if self.task.load_round(self.model, first_round):
+            self._rewind()
         if first_round:  # lines a killed earlier attempt at this round left before its first checkpoint
             self.run.rewind_logs(first_round, 0)
             self.run.rewind_logs(first_round, 1, key="itr")
-        self._write_ticket(first_round)
-        self._train_from(first_round, StageProgress(), None, None)
+        if self.cfg.start_ticket:
+            self._write_ticket(first_round)
+        self._train_from(first_round, StageProgress())
 
     def resume(self, checkpoint_path: str | None = None) -> None:
         if checkpoint_path is None:
             checkpoints = self.run.checkpoints()
             checkpoint_path = checkpoints[max(checkpoints)]
-        checkpoint, progress = restore_stage(self.model, self.run, CHECKPOINT_FORMAT, self.args,
-                                             self.cfg.conv1, checkpoint_path, apply_masks=self.strategy.restore)
+        checkpoint, progress = restore_stage(self.model, self.run, self.task.checkpoint_format, self.args,
+                                             self.strategy.conv1, checkpoint_path, apply_masks=self.strategy.restore)
         self.rewind_weights = self._read_rewind_point(checkpoint, checkpoint_path)
-        self._train_from(int(checkpoint["state"]), progress, checkpoint.get("optimizer"),
-                         checkpoint.get("scheduler"))
+        self._take_rewind_point(Moment("resume", int(checkpoint["state"])))
+        self._train_from(int(checkpoint["state"]), progress)
 
-    def _train_from(self, first_round: int, progress: StageProgress, optimizer_state, scheduler_state) -> None:
+    def _train_from(self, first_round: int, progress: StageProgress) -> None:
+        self.run.flush_record()  # every check has passed: a resumed run's run.json entry is written now
         for stage in range(first_round, self.cfg.rounds):
             self.progress = progress
+            self.task.begin_round(stage)
             cfg = self._stage_config(stage)
             if not cfg.trains or not progress.finished(cfg):
-                progress = train_stage(
-                    self.model, self.loaders, cfg, self.precision, self.ctx, self.run, stage=stage,
-                    progress=progress, files=self.cfg.files, optimizer_state=optimizer_state,
-                    scheduler_state=scheduler_state, checkpoint_extra=self._extra,
-                    on_epoch_end=self._on_epoch_end(stage), conv1=self.cfg.conv1,
-                    remaining=self.strategy.remaining(self.model), **self.stage_kwargs)
+                hooks = stage_hooks(self.run, self.strategy.remaining(self.model), self.files,
+                                    checkpoint_extra=self._extra, save_best=self.task.save_best,
+                                    after_evaluation=self._on_evaluated(stage))
+                progress = train_stage(self.model, self.task.work(), cfg, self.ctx, self.precision, stage=stage,
+                                       progress=progress, hooks=hooks)
             self._finish_round(stage, progress)
-            progress, optimizer_state, scheduler_state = StageProgress(), None, None
+            progress = StageProgress()
 
     def _finish_round(self, stage: int, progress: StageProgress) -> None:
-        """Summarise the round, prune, rewind, and write the next round's ticket and checkpoint."""
+        """Summarise the round, prune, write the next round's ticket, rewind, write its checkpoint."""
         remaining = self.strategy.remaining(self.model)
         if self.ctx.is_main:
-            history = progress.history
-            self.run.log_round(progress.summary_row(stage, remaining, self.train_cfg.objective))
-            if history["train"]:
-                plot_training_curves(history, self.run.file(f"{stage}net_train.png"),
-                                     title=f"round {stage}: {remaining:.2f}% of conv weights remain",
-                                     **training_curve_labels(self.train_cfg))
+            self.task.record_summary(self.task.summary_row(progress, stage, remaining), progress)
+            self.task.plot_curves(progress, stage, f"round {stage}: {self.task.curves_title(stage, remaining)}")
             self._plot_summary()
-        if stage == 0 and self.cfg.prune_type == "pt":
-            distributed.barrier()
-            best = load_file(self.run.file(self.cfg.files.best_of(0)), "best round-0 model")
-            self.set_rewind_point(pruning.dense_state_dict(best["state_dict"]))
-        if self.rewind_weights is None:
-            raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must lie "
-                            "in [1, --epochs])")
+        self._take_rewind_point(Moment("trained", stage))
+        self._require_rewind_point()
         self.strategy.prune(self.model, seed=self.cfg.seed * 7919 + stage)
-        if self.on_pruned is not None:
-            self.on_pruned(self.model, stage + 1)
-        self.strategy.rewind(self.model, self.rewind_weights)
         self._write_ticket(stage + 1)
+        self.task.save_round(self.model, stage + 1)
+        self._rewind()
         self.progress = StageProgress()
         if stage + 1 < self.cfg.rounds and self.ctx.is_main:
             atomic_save({"state": stage + 1, "state_dict": self.model.state_dict(),
                          **self.progress.to_checkpoint(), **self._extra()},
-                        self.run.file(self.cfg.files.checkpoint_of(stage + 1)))
+                        self.run.file(self.files.checkpoint_of(stage + 1)))
         if not self.cfg.keep_finished and self.ctx.is_main:
             # Only now: a kill before the next round's checkpoint still resumes from this one.
-            for name in (self.cfg.files.checkpoint_of(stage), self.cfg.files.best_of(stage)):
+            for name in (self.files.checkpoint_of(stage), self.files.best_of(stage)):
                 if os.path.isfile(self.run.file(name)):
                     os.remove(self.run.file(name))
 
     def _write_ticket(self, stage: int) -> None:
         if not self.ctx.is_main:
             return
-        tickets.save_ticket(self.run.file(ticket_name(stage)), self.strategy.masks(self.model),
-                                  round=stage, prune_type=self.cfg.prune_type,
-                                  random_prune=self.cfg.random_prune, conv1=self.cfg.conv1,
-                                  seed=self.cfg.seed, source=os.path.abspath(self.run.path), **self.cfg.meta,
-                                  **self._experiment())
+        strategy = self.strategy
+        tickets.save_ticket(self.outputs.file(ticket_name(stage)), strategy.masks(self.model),
+                            round=stage, prune_type=strategy.prune_type, random_prune=strategy.random,
+                            conv1=strategy.conv1, seed=self.cfg.seed, source=os.path.abspath(self.outputs.path),
+                            **self.cfg.meta, **self._experiment())
 
     def _plot_summary(self) -> None:
-        rows = self.run.summary()
+        rows = self.outputs.summary()
         objective = self.train_cfg.objective
-        label = ("random pruning" if self.cfg.random_prune else "IMP") + f" ({self.cfg.prune_type})"
-        name = "accuracy" if objective.is_accuracy else objective.name
-        plot_accuracy_vs_remaining({label: [(row["remaining"], row.get("reported", row.get("reported_acc"))) for row in rows]},
-                                   self.run.file(f"{name}_vs_remaining.png"),
-                                   title=f"{self.cfg.meta.get('arch')} on {self.cfg.meta.get('dataset')}",
-                                   ylabel="accuracy (%)" if objective.is_accuracy else name)
-
-
-def training_curve_labels(cfg: TrainConfig) -> dict:
-    """Axis labels of a round's training curves: the objective's name, and epochs or iterations."""
-    objective = cfg.objective
-    return {"ylabel": "accuracy (%)" if objective.is_accuracy else objective.name,
-            "xlabel": f"evaluation (every {cfg.val_interval} iterations)" if cfg.by_iterations else "epoch"}
+        label = ("random pruning" if self.strategy.random else "IMP") + f" ({self.strategy.prune_type})"
+        title = self.cfg.title or f"{self.cfg.meta.get('arch')} on {self.cfg.meta.get('dataset')}"
+        plot_accuracy_vs_remaining({label: [(row["remaining"], row.get("reported", row.get("reported_acc")))
+                                            for row in rows]},
+                                   self.outputs.file(f"{objective.file_stem}_vs_remaining.png"),
+                                   title=title, ylabel=objective.axis_label)

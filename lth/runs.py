@@ -183,10 +183,18 @@ class RunDir:
         if self.is_main:
             append_jsonl(row, self.file(METRICS))
 
-    def log_round(self, row: dict) -> None:
-        if self.is_main:
-            append_jsonl({**row, **{key: value for key, value in self.stamp.items() if key not in row}},
-                         self.file(SUMMARY))
+    def log_round(self, row: dict, replace: str | None = None) -> None:
+        """Add ``row`` to summary.jsonl; with ``replace`` (e.g. ``"round"``) it takes the place of
+        the row with the same value there (a round done again), rows kept in that order."""
+        if not self.is_main:
+            return
+        row = {**row, **{key: value for key, value in self.stamp.items() if key not in row}}
+        if replace is None:
+            append_jsonl(row, self.file(SUMMARY))
+            return
+        rows = [old for old in self.summary() if old.get(replace) != row.get(replace)] + [row]
+        rows.sort(key=lambda item: item.get(replace, 0))
+        _rewrite_jsonl(rows, self.file(SUMMARY))
 
     def metrics(self) -> list[dict]:
         return read_jsonl(self.file(METRICS))
@@ -216,7 +224,8 @@ def ticket_name(round_index: int) -> str:
 
 
 def _rewrite_jsonl(rows: list[dict], path: str) -> None:
-    atomic_write_text(jsonl_text(rows), path)
+    if rows or os.path.exists(path):  # no empty file where there was none
+        atomic_write_text(jsonl_text(rows), path)
 
 
 def _now() -> str:

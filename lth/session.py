@@ -9,6 +9,7 @@ under torchrun, precision), builds its data and model, then ``Session.record`` (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import secrets
 import sys
@@ -35,23 +36,31 @@ class Session:
     seed: int
     hparams: Hparams | None = None  # the run's typed hparams: its experiment, recorded in run.json
 
-    def record(self, args: argparse.Namespace, controls: dict | None = None, resume: bool | None = None) -> None:
+    def record(self, args: argparse.Namespace, controls: dict | None = None, resumed: bool | None = None) -> None:
         """Wait for every rank, then write (or extend, on resume) ``run.json``: the args, the
         experiment of the session's hparams and, for a control or transfer run, ``controls``
-        (``lth.hparams.controls_record``). ``resume`` (default: ``args.resume``) extends it."""
+        (``lth.hparams.controls_record``). ``resumed`` (default: ``args.resume``) extends it."""
         distributed.barrier()
-        self.run.start(vars(args), bool(args.resume) if resume is None else resume,
+        self.run.start(hparams_dict(args), bool(args.resume) if resumed is None else resumed,
                        experiment=self.run.experiment, controls=controls)
 
     def restore(self, model: nn.Module, fmt: str, args: argparse.Namespace, conv1: bool = False,
-                apply_masks: MaskRestorer | None = None) -> tuple[StageProgress, dict | None, dict | None]:
-        """Progress, optimizer and scheduler state of a one-stage run: from its checkpoint on
-        ``--resume`` (weights and masks loaded into ``model``), fresh otherwise."""
-        if not args.resume:
-            return StageProgress(), None, None
-        checkpoint, progress = restore_stage(model, self.run, fmt, vars(args), conv1, self.resume_file,
-                                             apply_masks=apply_masks)
-        return progress, checkpoint.get("optimizer"), checkpoint.get("scheduler")
+                apply_masks: MaskRestorer | None = None) -> StageProgress:
+        """Where a one-stage run stands: from its checkpoint on ``--resume`` (or the session's
+        ``resume_file``: weights and masks loaded into ``model``, optimizer and schedule in the
+        progress), fresh otherwise."""
+        if not (args.resume or self.resume_file):
+            return StageProgress()
+        _, progress = restore_stage(model, self.run, fmt, hparams_dict(args), conv1, self.resume_file,
+                                    apply_masks=apply_masks)
+        return progress
+
+
+def hparams_dict(hparams) -> dict:
+    """The hparams as the plain dict that checkpoints and run.json record (``args``)."""
+    if dataclasses.is_dataclass(hparams) and not isinstance(hparams, type):
+        return dataclasses.asdict(hparams)
+    return dict(vars(hparams))
 
 
 def check_save_dir(save_dir: str, resume: bool | str, evaluate: bool = False) -> tuple[RunDir, str | None]:

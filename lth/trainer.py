@@ -15,7 +15,7 @@ import math
 import time
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -24,9 +24,9 @@ from lth import pruning
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
 from lth.errors import TrainingDiverged, UserError
+from lth.engine import (LR_POLICIES, Precision, StepResult, make_optimizer, make_scheduler, param_groups,
+                        train_one_epoch)
 from lth.hparams import resume_mismatch
-from lth.engine import (LR_POLICIES, Precision, classification_step, evaluate, make_optimizer, make_scheduler,
-                        param_groups, train_one_epoch)
 from lth.loaders import Loaders  # noqa: F401  (scripts and tasks used to import it from here)
 from lth.optim import masks_in_place_exact
 from lth.runs import RunDir
@@ -34,12 +34,16 @@ from lth.runs import RunDir
 
 @dataclass(frozen=True)
 class Objective:
-    """The metric a task is judged by: the key of its evaluator's dict and its direction.
+    """The metric a task is judged by: the key of its evaluator's dict, its direction and its label.
 
     The best model, ``reported`` (at the best evaluation) and ``final`` (at the last) of every
     summary row are this metric's. ``lists`` names list-valued metrics that are logged too (e.g.
     per-class IoU); scalar float metrics always are. ``val_prefix`` starts the validation columns of
-    metrics.jsonl (``val_acc``; ``""`` gives ``miou``); test columns start with ``test_``.
+    metrics.jsonl (``val_acc``; ``""`` gives ``miou``); test columns start with ``test_``. ``label``
+    is the axis label of its plots, ``plot_name`` the stem of ``{plot_name}_vs_remaining.png`` and
+    ``shown`` the word printed after "val" on the console (each defaults to ``name``).
+    A task whose summary rows keep other keys overrides ``summary_fields`` (classification's
+    ``lth.classification.Accuracy``).
     """
     name: str = "acc"
     higher_is_better: bool = True
@@ -49,6 +53,9 @@ class Objective:
     # evaluation set): choosing the best of several evaluations would select on the test set, so
     # the last evaluation is the one reported and no best-model copy is kept.
     select_last: bool = False
+    label: str | None = None
+    plot_name: str | None = None
+    shown: str | None = None
 
     def improves(self, value: float, best: float) -> bool:
         """True when ``value`` beats ``best`` (``-inf``: nothing measured yet)."""
@@ -57,12 +64,28 @@ class Objective:
         return best == -math.inf or value < best
 
     @property
-    def is_accuracy(self) -> bool:
-        """Classification (and contrastive) accuracy: summaries keep their historical ``*_acc`` keys."""
-        return self.name == "acc" and self.higher_is_better
+    def axis_label(self) -> str:
+        return self.label or self.name
+
+    @property
+    def file_stem(self) -> str:
+        return self.plot_name or self.name
+
+    @property
+    def console_name(self) -> str:
+        return self.name if self.shown is None else self.shown
+
+    def summary_fields(self, progress: "StageProgress") -> dict:
+        """This metric's columns of a summary row: ``best_val_{name}``, ``test_{name}_at_best_val``
+        and every scalar figure of the reported split at the best evaluation under its own name."""
+        name = self.name
+        split = "val" if math.isnan(progress.test_at_best) else "test"
+        row = {f"best_val_{name}": progress.best_val, f"test_{name}_at_best_val": progress.test_at_best}
+        row.update({key[len(split) + 1:]: value for key, value in progress.at_best.items()
+                    if key.startswith(split + "_")})
+        return row
 
 
-ACCURACY = Objective()
 # TrainConfig field -> hparams field (the flag's dest).
 _HPARAM_NAMES = {"epochs": "epochs", "lr": "lr", "momentum": "momentum", "weight_decay": "weight_decay",
                  "warmup": "warmup", "milestones": "decreasing_lr", "print_freq": "print_freq", "compile": "compile"}
@@ -90,7 +113,7 @@ class TrainConfig:
     lr_policy: str = "multistep"  # or poly (power ``power``) or cosine, see lth.engine.make_scheduler
     power: float = 0.9
     lr_scales: Mapping[str, float] | None = None  # {"backbone.": 0.1}: per-prefix LR factors
-    objective: Objective = ACCURACY
+    objective: Objective = field(default_factory=Objective)  # a task sets its own
     # Gradient accumulation: whether the optimizer steps after batch i of an epoch (None: always).
     step_after: Callable[[int], bool] | None = None
     # A task's own schedule: the LR factor at training batch s of the stage (replaces lr_policy).
@@ -145,15 +168,20 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class StageFiles:
-    """File names of a stage's resumable checkpoint and best model (the original scripts differ)."""
+    """File names of a stage's resumable checkpoint, best model and training curves (None: not
+    drawn); the original scripts differ."""
     checkpoint: str = "{stage}checkpoint.pth.tar"
     best: str = "{stage}model_SA_best.pth.tar"
+    curves: str | None = "{stage}net_train.png"
 
     def checkpoint_of(self, stage: int) -> str:
         return self.checkpoint.format(stage=stage)
 
     def best_of(self, stage: int) -> str:
         return self.best.format(stage=stage)
+
+    def curves_of(self, stage: int) -> str:
+        return self.curves.format(stage=stage)
 
 
 @dataclass
@@ -176,6 +204,10 @@ class StageProgress:
     at_best: dict = field(default_factory=dict)
     next_itr: int | None = None  # iterations done, for a stage counted in iterations
     rng_state: dict | None = None  # torch's RNG at the checkpoint (dropout), restored on resume
+    # Where the optimizer and the schedule stood at the checkpoint resumed (the stage loads them;
+    # checkpoints save the live ones).
+    optimizer_state: dict | None = None
+    scheduler_state: dict | None = None
 
     def to_checkpoint(self) -> dict:
         state = {"epoch": self.next_epoch, "best_sa": self.best_val, "best_epoch": self.best_epoch,
@@ -193,10 +225,11 @@ class StageProgress:
                    test_at_best=float(checkpoint.get("test_at_best", math.nan)),
                    history={key: list(value) for key, value in checkpoint["result"].items()},
                    at_best=dict(checkpoint.get("at_best") or {}),
-                   next_itr=None if itr is None else int(itr), rng_state=checkpoint.get("rng_state"))
+                   next_itr=None if itr is None else int(itr), rng_state=checkpoint.get("rng_state"),
+                   optimizer_state=checkpoint.get("optimizer"), scheduler_state=checkpoint.get("scheduler"))
 
     def record(self, epoch: int, train_acc: float, val_acc: float, test_acc: float,
-               figures: dict | None = None, objective: Objective = ACCURACY) -> bool:
+               figures: dict | None, objective: Objective) -> bool:
         """Add one evaluation (at ``epoch``: epoch index or iteration count); True when its
         validation value of ``objective`` is the best so far.
 
@@ -234,37 +267,20 @@ class StageProgress:
             return tests[-1]
         return vals[-1] if vals else math.nan
 
-    @property
-    def reported_figures(self) -> dict:
-        """Top-5 and mean class accuracy of the split and epoch that ``reported`` comes from."""
-        split = "val" if math.isnan(self.test_at_best) else "test"
-        return {key: self.at_best[f"{split}_{key}"] for key in ("top5", "mean_class_acc")
-                if f"{split}_{key}" in self.at_best}
-
-    def summary_row(self, stage: int, remaining: float, objective: Objective = ACCURACY) -> dict:
+    def summary_row(self, stage: int, remaining: float, objective: Objective) -> dict:
         """The line a finished round (or one-off training) adds to ``summary.jsonl``.
 
         Every row names its ``primary_metric`` and direction and gives it ``reported`` (at the best
-        validation evaluation) and ``final`` (at the last); classification rows keep their
-        ``*_acc`` keys, other tasks get ``best_val_{metric}`` and every scalar figure of the
-        reported split at the best evaluation under its own name.
+        validation evaluation) and ``final`` (at the last); the objective adds its own columns
+        (``Objective.summary_fields``).
         """
-        history, name = self.history, objective.name
         row = {"round": stage, "remaining": round(remaining, 4)}
         if self.next_itr is None:
             row.update(trained_epochs=self.next_epoch, best_epoch=self.best_epoch)
         else:
             row.update(trained_itrs=self.next_itr, best_itr=self.best_epoch)
-        if objective.is_accuracy:
-            row.update({"best_val_acc": self.best_val, "test_acc_at_best_val": self.test_at_best,
-                        "reported_acc": self.reported, **self.reported_figures,
-                        "final_test_acc": history["test_ta"][-1] if history["test_ta"] else math.nan})
-        else:
-            split = "val" if math.isnan(self.test_at_best) else "test"
-            row.update({f"best_val_{name}": self.best_val, f"test_{name}_at_best_val": self.test_at_best})
-            row.update({key[len(split) + 1:]: value for key, value in self.at_best.items()
-                        if key.startswith(split + "_")})
-        row.update({"primary_metric": name, "higher_is_better": objective.higher_is_better,
+        row.update(objective.summary_fields(self))
+        row.update({"primary_metric": objective.name, "higher_is_better": objective.higher_is_better,
                     "reported": self.reported, "final": self.final})
         if objective.select_last:  # best_* then hold the last evaluation's figures
             row["reported_at"] = "last evaluation (the validation split is the test split)"
@@ -282,140 +298,292 @@ def wrap_for_training(model: nn.Module, ctx: Context, compile_model: bool) -> nn
     return wrapped
 
 
+Step = Callable[[nn.Module, object], StepResult]
 Evaluator = Callable[[nn.Module, object, str], dict]
 
 
-def classification_evaluator(ctx: Context, precision: Precision, num_classes: int) -> Evaluator:
-    def run(model: nn.Module, loader, desc: str) -> dict:
-        return evaluate(model, loader, ctx, precision, num_classes, desc=desc)
-    return run
+@dataclass(frozen=True)
+class Work:
+    """What a stage trains on and how: the task's loaders, its loss ``step`` and ``evaluator``, and
+    ``after_step(train_model)``, a callable run after every optimizer step (MoCo's momentum
+    update) or None."""
+    loaders: Loaders
+    step: Step
+    evaluator: Evaluator
+    after_step: Callable[[nn.Module], Callable[[], None] | None] | None = None
 
 
-def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision: Precision,
-                ctx: Context, run: RunDir, *, stage: int, progress: StageProgress,
-                files: StageFiles = StageFiles(), optimizer_state: dict | None = None,
-                scheduler_state: dict | None = None, checkpoint_extra: Callable[[], dict] = dict,
-                on_epoch_end: Callable[[int], None] | None = None, save_best: bool = True,
-                conv1: bool = False, step: Callable = classification_step,
-                after_step_factory: Callable[[nn.Module], Callable[[], None]] | None = None,
-                evaluator: Evaluator | None = None, remaining: float | None = None) -> StageProgress:
-    """Train ``model`` from where ``progress`` stands to the end of the stage.
+def train_stage(model: nn.Module, work: Work, cfg: TrainConfig, ctx: Context, precision: Precision, *,
+                stage: int, progress: StageProgress, hooks: Sequence[Hook] = ()) -> StageProgress:
+    """Train ``model`` from where ``progress`` stands to the end of the stage, calling the hooks
+    after every chunk of it.
 
-    Counted in epochs (``cfg.epochs``), every epoch is trained then evaluated; counted in
-    iterations (``cfg.total_itrs``), every ``cfg.val_interval`` iterations are (and the last ones).
-    After each evaluation on val (and test, where the task has one) the best-validation model of
-    ``cfg.objective`` is kept in ``files.best_of(stage)``, a line goes to ``metrics.jsonl`` and
-    then the resumable ``files.checkpoint_of(stage)`` is written (the log comes first: resuming
-    drops log lines newer than the checkpoint, so the two always agree). A stage of 0 epochs (or
-    iterations) only evaluates (round 0 of the ImageNet and pre-training IMPs). ``stage`` is the
-    IMP round (0 for one-off training); it numbers data epochs globally so data order and
-    augmentation never repeat. ``remaining`` (%) is computed from the model's masks unless the
-    caller knows better. ``on_epoch_end(position)`` runs after each evaluation (epoch index, or
-    iterations done). Counted in epochs with ``cfg.eval_every`` > 1, the epochs in between only
-    log their training figures and write the checkpoint (a kill resumes at the next epoch).
+    Counted in epochs (``cfg.epochs``), a chunk is an epoch; counted in iterations
+    (``cfg.total_itrs``), ``cfg.val_interval`` iterations (and the last ones). The schedule
+    (``cfg.eval_every``, ``cfg.eval_from``) says which chunks end with an evaluation; the
+    evaluation (val, and test where the task has one, recorded in ``progress``) is the first hook,
+    then come ``hooks`` in their order (``stage_hooks``: best model, metrics line, checkpoint,
+    console line). A stage of 0 epochs (or iterations) only evaluates (round 0 of the ImageNet and
+    pre-training IMPs): one chunk without training. ``stage`` is the IMP round (0 for one-off
+    training); it numbers data epochs globally so data order and augmentation never repeat. A
+    chunk whose loss or weights are not finite ends the run before any hook sees it.
     """
-    evaluator = evaluator or classification_evaluator(ctx, precision, loaders.num_classes)
-    objective = cfg.objective
-    run.flush_record()  # every check has passed: a resumed run's run.json entry is written now
-    if remaining is None:
-        remaining = pruning.sparsity(model, conv1)["remaining"]
+    hooks = [Evaluation(work, cfg.objective), *hooks]
     if not cfg.trains:
-        return _evaluate_only(model, loaders, evaluator, ctx, run, stage, progress, remaining, objective)
-    if cfg.by_iterations and progress.next_itr is None:
-        progress.next_itr = 0
-    optimizer = make_optimizer(param_groups(model, cfg.lr, cfg.lr_scales), cfg.lr, cfg.momentum,
-                               cfg.weight_decay, ctx.device, name=cfg.optimizer)
-    steps_per_unit = 1 if cfg.by_iterations else len(loaders.train)
-    scheduler = make_scheduler(optimizer, steps_per_unit, cfg.warmup, cfg.milestones, policy=cfg.lr_policy,
-                               total_steps=cfg.total_itrs if cfg.by_iterations else cfg.epochs * steps_per_unit,
-                               power=cfg.power, factor=cfg.lr_factor)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state)
-    if scheduler_state:
-        scheduler.load_state_dict(scheduler_state)
-
-    if progress.rng_state:
-        _rng_restore(progress.rng_state, ctx.device)
-        progress.rng_state = None
-
-    def save_checkpoint() -> None:
-        atomic_save({"state": stage, "state_dict": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     **progress.to_checkpoint(), **checkpoint_extra()}, run.file(files.checkpoint_of(stage)))
-
+        where = {"itr": 0} if progress.next_itr is not None else {"epoch": -1}
+        _call(hooks, ChunkEnd(stage, cfg, model, progress, ctx.is_main, where, time.perf_counter()))
+        return progress
+    loop = _StageLoop(model, work, cfg, ctx, precision, stage, progress)
     # Masks multiplied into the weights after each step instead of prune's forward pre-hooks:
     # the same numbers for element-wise optimizers, a little faster (docs/PERFORMANCE.md); the
     # hooks are back afterwards. LARS's whole-tensor norms need the hooks' dense weight_orig.
     in_place = (pruning.masks_in_place(model) if cfg.inplace_masks and masks_in_place_exact(cfg.optimizer)
                 else contextlib.nullcontext(None))
     with in_place as reapply_masks:
-        train_model = wrap_for_training(model, ctx, cfg.compile)
-        after_step = _chain(after_step_factory(train_model) if after_step_factory else None, reapply_masks)
-        common = dict(print_freq=cfg.print_freq, after_step=after_step, step=step, step_after=cfg.step_after)
-        if cfg.by_iterations:
-            stream = _BatchStream(loaders.train, stage, cfg.total_itrs, progress.next_itr)
+        loop.start(reapply_masks)
         while not progress.finished(cfg):
-            start = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            if cfg.by_iterations:
-                count = min(cfg.val_interval or cfg.total_itrs, cfg.total_itrs - progress.next_itr)
-                position = progress.next_itr + count
-                train = train_one_epoch(train_model, stream.take(count), optimizer, scheduler, ctx, precision,
-                                        desc=f"round {stage} itr {position}/{cfg.total_itrs}", total=count,
-                                        **common)
-                stop_if_diverged(train, model, f"round {stage} iterations {progress.next_itr + 1}-{position}")
-                progress.next_itr = position
-                where = {"itr": position}
-            else:
-                position = progress.next_epoch
-                loaders.train.set_epoch(stage * cfg.epochs + position)
-                train = train_one_epoch(train_model, loaders.train, optimizer, scheduler, ctx, precision,
-                                        desc=f"round {stage} epoch {position + 1}/{cfg.epochs}", **common)
-                stop_if_diverged(train, model, f"round {stage} epoch {position}")
-                where = {"epoch": position}
-                if (position + 1) % cfg.eval_every and position + 1 < cfg.epochs:
-                    progress.next_epoch = position + 1  # trained, not evaluated: log and checkpoint only
-                    if ctx.is_main:
-                        run.log_epoch({"round": stage, **where, "lr": lr, "remaining": round(remaining, 4),
-                                       "train_loss": round(train["loss"], 5), **_train_figures(train),
-                                       "evaluated": False, "train_images_per_s": round(train["images_per_s"], 1),
-                                       "seconds": round(time.perf_counter() - start, 3)})
-                        save_checkpoint()
-                    continue
-            if cfg.by_iterations and position < cfg.eval_from and not progress.finished(cfg):
-                if ctx.is_main:  # no evaluation yet: only the resumable checkpoint
-                    save_checkpoint()
-                    print(f"round {stage} itr {position}: train loss {train['loss']:.4f} (evaluations "
-                          f"start at itr {cfg.eval_from})", flush=True)
-                continue
-            val, test = _evaluate_splits(model, loaders, evaluator)
-            name = objective.name
-            improved = progress.record(position, train["acc"], _metric(val, name, "val"),
-                                       _metric(test, name, "test") if test else math.nan,
-                                       figures={**_figures("val", val, objective), **_figures("test", test, objective)},
-                                       objective=objective)
-            if on_epoch_end is not None:
-                on_epoch_end(position)
-            if ctx.is_main:
-                if improved and save_best and not objective.select_last:
-                    atomic_save({"state": stage, **where, "state_dict": model.state_dict(),
-                                 "best_sa": val[name], "test_ta": test[name] if test else None,
-                                 **_meta(checkpoint_extra())}, run.file(files.best_of(stage)))
-                row = {"round": stage, **where, "lr": lr, "remaining": round(remaining, 4),
-                       "train_loss": round(train["loss"], 5),
-                       **_train_figures(train),
-                       **_split_row(objective.val_prefix, val, objective), **_split_row("test_", test, objective),
-                       "train_images_per_s": round(train["images_per_s"], 1),
-                       "seconds": round(time.perf_counter() - start, 3)}
-                run.log_epoch(row)
-                save_checkpoint()
-                shown = f" test {test[name]:.2f}" if test else ""
-                trained = f" train {train['acc']:.2f}" if not math.isnan(train["acc"]) else ""
-                at = f"itr {position}" if cfg.by_iterations else f"epoch {position}"
-                metric = "" if objective.is_accuracy else f" {name}"
-                print(f"round {stage} {at}: lr {lr:.4g}{trained} val{metric} {val[name]:.2f}{shown} "
-                      f"remaining {remaining:.2f}% ({row['seconds']:.1f}s)", flush=True)
+            _call(hooks, loop.chunk())
     return progress
+
+
+class _StageLoop:
+    """The optimizer, schedule and data of one stage, trained one chunk at a time."""
+
+    def __init__(self, model: nn.Module, work: Work, cfg: TrainConfig, ctx: Context, precision: Precision,
+                 stage: int, progress: StageProgress):
+        self.model, self.work, self.cfg, self.ctx, self.precision = model, work, cfg, ctx, precision
+        self.stage, self.progress = stage, progress
+        if cfg.by_iterations and progress.next_itr is None:
+            progress.next_itr = 0
+        self.optimizer = make_optimizer(param_groups(model, cfg.lr, cfg.lr_scales), cfg.lr, cfg.momentum,
+                                        cfg.weight_decay, ctx.device, name=cfg.optimizer)
+        steps_per_unit = 1 if cfg.by_iterations else len(work.loaders.train)
+        self.scheduler = make_scheduler(
+            self.optimizer, steps_per_unit, cfg.warmup, cfg.milestones, policy=cfg.lr_policy,
+            total_steps=cfg.total_itrs if cfg.by_iterations else cfg.epochs * steps_per_unit,
+            power=cfg.power, factor=cfg.lr_factor)
+        if progress.optimizer_state:  # a resume: where the optimizer and the schedule stood
+            self.optimizer.load_state_dict(progress.optimizer_state)
+        if progress.scheduler_state:
+            self.scheduler.load_state_dict(progress.scheduler_state)
+        progress.optimizer_state = progress.scheduler_state = None
+        if progress.rng_state:
+            _rng_restore(progress.rng_state, ctx.device)
+            progress.rng_state = None
+
+    def start(self, reapply_masks: Callable[[], None] | None) -> None:
+        self.train_model = wrap_for_training(self.model, self.ctx, self.cfg.compile)
+        after_step = self.work.after_step(self.train_model) if self.work.after_step else None
+        self.after_step = _chain(after_step, reapply_masks)
+        if self.cfg.by_iterations:
+            self.stream = _BatchStream(self.work.loaders.train, self.stage, self.cfg.total_itrs, self.progress.next_itr)
+
+    def chunk(self) -> ChunkEnd:
+        """Train the next chunk; what the hooks are told about it."""
+        cfg, progress, stage = self.cfg, self.progress, self.stage
+        started, lr = time.perf_counter(), self.optimizer.param_groups[0]["lr"]
+        if cfg.by_iterations:
+            count = min(cfg.val_interval or cfg.total_itrs, cfg.total_itrs - progress.next_itr)
+            position = progress.next_itr + count
+            train = self._train(self.stream.take(count), f"round {stage} itr {position}/{cfg.total_itrs}", count)
+            stop_if_diverged(train, self.model, f"round {stage} iterations {progress.next_itr + 1}-{position}")
+            progress.next_itr = position
+            where = {"itr": position}
+            # The original MoCo/SimCLR segmentation IMP scripts validate only in a round's second half.
+            evaluate = position >= cfg.eval_from or progress.finished(cfg)
+        else:
+            position = progress.next_epoch
+            self.work.loaders.train.set_epoch(stage * cfg.epochs + position)
+            train = self._train(self.work.loaders.train, f"round {stage} epoch {position + 1}/{cfg.epochs}")
+            stop_if_diverged(train, self.model, f"round {stage} epoch {position}")
+            where = {"epoch": position}
+            evaluate = not ((position + 1) % cfg.eval_every and position + 1 < cfg.epochs)
+            if not evaluate:
+                progress.next_epoch = position + 1  # trained, not evaluated (an evaluation records it)
+        return ChunkEnd(stage, cfg, self.model, progress, self.ctx.is_main, where, started, train=train, lr=lr,
+                        evaluate=evaluate, optimizer=self.optimizer, scheduler=self.scheduler)
+
+    def _train(self, batches, desc: str, total: int | None = None) -> dict:
+        return train_one_epoch(self.train_model, batches, self.optimizer, self.scheduler, self.ctx, self.precision,
+                               desc=desc, print_freq=self.cfg.print_freq, after_step=self.after_step,
+                               step=self.work.step, total=total, step_after=self.cfg.step_after)
+
+
+# --------------------------------------------------------------------------------------------
+# Hooks: what a stage does after each chunk (open_lth's callbacks)
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class ChunkEnd:
+    """What the hooks see after a chunk of a stage; ``train`` is None for the one chunk of a stage
+    that only evaluates. ``evaluate``: the schedule evaluates this chunk (``Evaluation`` then fills
+    ``val``, ``test`` and ``improved``); ``seconds`` is set by the metrics line."""
+    stage: int
+    cfg: TrainConfig
+    model: nn.Module
+    progress: StageProgress
+    is_main: bool
+    where: dict  # {"epoch": epoch index} or {"itr": iterations done}
+    started: float  # time.perf_counter() when the chunk began
+    train: dict | None = None  # train_one_epoch's figures
+    lr: float = math.nan
+    evaluate: bool = True
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object = None
+    val: dict | None = None
+    test: dict | None = None
+    improved: bool = False
+    seconds: float | None = None
+
+    @property
+    def position(self) -> int:
+        return next(iter(self.where.values()))
+
+
+Hook = Callable[[ChunkEnd], None]
+
+
+def _call(hooks: Sequence[Hook], event: ChunkEnd) -> None:
+    for hook in hooks:
+        hook(event)
+
+
+class Evaluation:
+    """Evaluates val (and test, where the task has one) at the chunks the schedule evaluates and
+    records the result in the stage's progress (the best evaluation by the objective)."""
+
+    def __init__(self, work: Work, objective: Objective):
+        self.work, self.objective = work, objective
+
+    def __call__(self, event: ChunkEnd) -> None:
+        if not event.evaluate:
+            return
+        objective, progress, loaders = self.objective, event.progress, self.work.loaders
+        val = self.work.evaluator(event.model, loaders.val, "val")
+        test = self.work.evaluator(event.model, loaders.test, "test") if loaders.test is not None else None
+        name = objective.name
+        val_value, test_value = _metric(val, name, "val"), _metric(test, name, "test") if test else math.nan
+        figures = {**_figures("val", val, objective), **_figures("test", test, objective)}
+        if event.train is None:  # a stage that only evaluates
+            progress.best_val, progress.best_epoch, progress.test_at_best = val_value, -1, test_value
+            progress.at_best = figures
+        else:
+            event.improved = progress.record(event.position, event.train["acc"], val_value, test_value,
+                                             figures=figures, objective=objective)
+        event.val, event.test = val, test
+
+
+class AfterEvaluation:
+    """``fn(position)`` on every rank after each evaluation of a trained chunk (the IMP rewind
+    rule's moment: ``position`` is the epoch index, or the iterations done)."""
+
+    def __init__(self, fn: Callable[[int], None]):
+        self.fn = fn
+
+    def __call__(self, event: ChunkEnd) -> None:
+        if event.evaluate and event.train is not None:
+            self.fn(event.position)
+
+
+class SaveBest:
+    """Keeps the best-validation model in ``files.best_of(stage)`` (rank 0), with the checkpoint's
+    small entries (not the rewind weights); none where the objective selects the last evaluation."""
+
+    def __init__(self, run: RunDir, files: StageFiles, checkpoint_extra: Callable[[], dict]):
+        self.run, self.files, self.checkpoint_extra = run, files, checkpoint_extra
+
+    def __call__(self, event: ChunkEnd) -> None:
+        objective = event.cfg.objective
+        if not (event.improved and event.is_main) or objective.select_last:
+            return
+        name = objective.name
+        atomic_save({"state": event.stage, **event.where, "state_dict": event.model.state_dict(),
+                     "best_sa": event.val[name], "test_ta": event.test[name] if event.test else None,
+                     **_meta(self.checkpoint_extra())}, self.run.file(self.files.best_of(event.stage)))
+
+
+class LogMetrics:
+    """A metrics.jsonl line (rank 0) per evaluation, and per trained epoch that the schedule does
+    not evaluate (its training figures, ``"evaluated": false``)."""
+
+    def __init__(self, run: RunDir, remaining: float):
+        self.run, self.remaining = run, remaining
+
+    def __call__(self, event: ChunkEnd) -> None:
+        if not event.is_main or not (event.evaluate or "epoch" in event.where):
+            return
+        row = {"round": event.stage, **event.where}
+        train, objective = event.train, event.cfg.objective
+        if train is None:
+            row.update({"trained": False, "remaining": round(self.remaining, 4)})
+        else:
+            row.update({"lr": event.lr, "remaining": round(self.remaining, 4), "train_loss": round(train["loss"], 5),
+                        **_train_figures(train)})
+            if not event.evaluate:
+                row["evaluated"] = False
+        if event.evaluate:
+            row.update({**_split_row(objective.val_prefix, event.val, objective),
+                        **_split_row("test_", event.test, objective)})
+        if train is not None:
+            row["train_images_per_s"] = round(train["images_per_s"], 1)
+        event.seconds = row["seconds"] = round(time.perf_counter() - event.started, 3)
+        self.run.log_epoch(row)
+
+
+class Checkpoint:
+    """The resumable checkpoint after every trained chunk (rank 0): weights and masks, optimizer,
+    schedule, progress and torch's RNG, plus ``checkpoint_extra()``. It comes after the metrics
+    line: a resume drops log lines newer than its checkpoint, so the two always agree."""
+
+    def __init__(self, run: RunDir, files: StageFiles, checkpoint_extra: Callable[[], dict]):
+        self.run, self.files, self.checkpoint_extra = run, files, checkpoint_extra
+
+    def __call__(self, event: ChunkEnd) -> None:
+        if not event.is_main or event.train is None:
+            return
+        atomic_save({"state": event.stage, "state_dict": event.model.state_dict(),
+                     "optimizer": event.optimizer.state_dict(), "scheduler": event.scheduler.state_dict(),
+                     **event.progress.to_checkpoint(), **self.checkpoint_extra()},
+                    self.run.file(self.files.checkpoint_of(event.stage)))
+
+
+class Report:
+    """A console line per evaluation (rank 0); before ``cfg.eval_from``, the chunk's training loss."""
+
+    def __init__(self, remaining: float):
+        self.remaining = remaining
+
+    def __call__(self, event: ChunkEnd) -> None:
+        if not event.is_main:
+            return
+        cfg, name = event.cfg, event.cfg.objective.name
+        if not event.evaluate:
+            if cfg.by_iterations:
+                print(f"round {event.stage} itr {event.position}: train loss {event.train['loss']:.4f} "
+                      f"(evaluations start at itr {cfg.eval_from})", flush=True)
+            return
+        metric = f" {cfg.objective.console_name}" if cfg.objective.console_name else ""
+        if event.train is None:
+            print(f"round {event.stage} (evaluation only): val{metric} {event.val[name]:.2f} "
+                  f"remaining {self.remaining:.2f}%", flush=True)
+            return
+        shown = f" test {event.test[name]:.2f}" if event.test else ""
+        trained = f" train {event.train['acc']:.2f}" if not math.isnan(event.train["acc"]) else ""
+        at = f"itr {event.position}" if cfg.by_iterations else f"epoch {event.position}"
+        print(f"round {event.stage} {at}: lr {event.lr:.4g}{trained} val{metric} {event.val[name]:.2f}{shown} "
+              f"remaining {self.remaining:.2f}% ({event.seconds:.1f}s)", flush=True)
+
+
+def stage_hooks(run: RunDir, remaining: float, files: StageFiles = StageFiles(), *,
+                checkpoint_extra: Callable[[], dict] = dict, save_best: bool = True,
+                after_evaluation: Callable[[int], None] | None = None) -> list[Hook]:
+    """The hooks of a stage that writes into ``run``, after the evaluation: ``after_evaluation``
+    (IMP's rewind rule), the best model (unless ``save_best`` is False), the metrics line, the
+    resumable checkpoint and the console line. ``remaining`` (%) is quoted in the lines."""
+    hooks: list[Hook] = [AfterEvaluation(after_evaluation)] if after_evaluation else []
+    if save_best:
+        hooks.append(SaveBest(run, files, checkpoint_extra))
+    return [*hooks, LogMetrics(run, remaining), Checkpoint(run, files, checkpoint_extra), Report(remaining)]
 
 
 def stop_if_diverged(train: dict, model: nn.Module, where: str) -> None:
@@ -479,30 +647,6 @@ class _BatchStream:
             yield batch
 
 
-def evaluate_and_print(model: nn.Module, loaders: Loaders, precision: Precision, ctx: Context, *,
-                       run: RunDir | None = None, checkpoint: str | None = None, fmt: str = "",
-                       conv1: bool = False) -> dict:
-    """The ``-e`` of the original scripts: print top-1/top-5/mean class accuracy on val, write nothing.
-
-    With ``run`` (a bare ``--resume``) its latest checkpoint is loaded first, or ``checkpoint`` when given.
-    """
-    if checkpoint is None and run is not None:
-        checkpoints = run.checkpoints()
-        if not checkpoints:
-            raise UserError(f"--resume given but '{run.path}' holds no checkpoint to evaluate")
-        checkpoint = checkpoints[max(checkpoints)]
-    if checkpoint is not None:
-        load_checkpoint_into(model, checkpoint, fmt, {}, conv1)
-    result = evaluate(model, loaders.val, ctx, precision, loaders.num_classes, desc="val")
-    remaining = pruning.sparsity(model, conv1)["remaining"]
-    if ctx.is_main:
-        top5 = f" top-5 {result['top5']:.2f}" if "top5" in result else ""
-        print(f"val top-1 {result['acc']:.2f}{top5} mean class accuracy {result['mean_class_acc']:.2f} "
-              f"loss {result['loss']:.4f} ({remaining:.2f}% of conv weights remain"
-              f"{', ' + checkpoint if checkpoint else ''})", flush=True)
-    return result
-
-
 def _chain(*calls: Callable[[], None] | None) -> Callable[[], None] | None:
     """One callable running the given ones in order (None when there are none)."""
     calls = [call for call in calls if call is not None]
@@ -517,12 +661,6 @@ def _chain(*calls: Callable[[], None] | None) -> Callable[[], None] | None:
     return run_all
 
 
-def _evaluate_splits(model, loaders: Loaders, evaluator: Evaluator) -> tuple[dict, dict | None]:
-    val = evaluator(model, loaders.val, "val")
-    test = evaluator(model, loaders.test, "test") if loaders.test is not None else None
-    return val, test
-
-
 def _metric(result: dict, name: str, split: str) -> float:
     if name not in result:
         raise UserError(f"the {split} evaluator returned no '{name}', the task's primary metric "
@@ -530,25 +668,7 @@ def _metric(result: dict, name: str, split: str) -> float:
     return float(result[name])
 
 
-def _evaluate_only(model, loaders, evaluator, ctx, run, stage, progress, remaining,
-                   objective: Objective = ACCURACY) -> StageProgress:
-    start = time.perf_counter()
-    val, test = _evaluate_splits(model, loaders, evaluator)
-    name = objective.name
-    progress.best_val, progress.best_epoch = _metric(val, name, "val"), -1
-    progress.test_at_best = _metric(test, name, "test") if test else math.nan
-    progress.at_best = {**_figures("val", val, objective), **_figures("test", test, objective)}
-    if ctx.is_main:
-        where = {"itr": 0} if progress.next_itr is not None else {"epoch": -1}
-        run.log_epoch({"round": stage, **where, "trained": False, "remaining": round(remaining, 4),
-                       **_split_row(objective.val_prefix, val, objective), **_split_row("test_", test, objective),
-                       "seconds": round(time.perf_counter() - start, 3)})
-        metric = "" if objective.is_accuracy else f" {name}"
-        print(f"round {stage} (evaluation only): val{metric} {val[name]:.2f} remaining {remaining:.2f}%", flush=True)
-    return progress
-
-
-def _split_row(prefix: str, result: dict | None, objective: Objective = ACCURACY) -> dict:
+def _split_row(prefix: str, result: dict | None, objective: Objective) -> dict:
     """The metrics.jsonl columns of one split: the objective first, then every other float metric
     (NaN ones left out) and the list metrics the objective names, each as ``{prefix}{key}``."""
     if result is None:
@@ -579,7 +699,7 @@ def _train_figures(train: dict) -> dict:
     return row
 
 
-def _figures(name: str, result: dict | None, objective: Objective = ACCURACY) -> dict:
+def _figures(name: str, result: dict | None, objective: Objective) -> dict:
     """A split's metric columns (always ``{split}_{key}``) plus its per-class figures (plain
     numbers: checkpoint-safe), for ``StageProgress.at_best``."""
     figures = _split_row(f"{name}_", result, objective)

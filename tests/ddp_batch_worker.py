@@ -28,11 +28,11 @@ def builders(images: str, tmp: str):
 
     def classification(batch):
         import main_imp_downstream
-        from lth.classification import load_task
+        from lth.classification import small_image_loaders
 
         args = main_imp_downstream.get_args_parser().parse_args(
             ["--dataset", "digits", "--batch_size", str(batch), "--save_dir", tmp, "--seed", "0"])
-        return load_task(args, ctx, fp32, 0).loaders.train
+        return small_image_loaders(args, ctx, fp32, 0)[1].train
 
     def detection(batch):
         from Detection import runner, train_imp
@@ -51,24 +51,26 @@ def builders(images: str, tmp: str):
         args = segrun.get_args_parser("transfer", source).parse_args(
             ["x", "--dataset", "digits", "--batch_size", str(batch), "--pretrained", "none", "--random_seed", "0"])
         session = Session(RunDir(tmp), ctx, fp32, None, 0)
-        return segrun.build_task(args, source, session).loaders.train
+        return segrun.segmentation_loaders(args, session)[1].train
 
     def simclr(batch):
         from SimCLR import main as simclr_main
+        from SimCLR import task as simclr_task
 
         args = simclr_main.get_args_parser().parse_args(
             ["exp", "--data", images, "--batch_size", str(batch), "--image_size", "32", "--workers", "0"])
-        return simclr_main.make_loaders(args, ctx).train
+        return simclr_task.make_loaders(args, ctx).train
 
     def moco(batch):
         from MoCo import main_moco_imp
+        from MoCo import task as moco_task
 
         args = main_moco_imp.get_args_parser().parse_args(
             [images, "-b", str(batch), "--moco-k", "12", "--image_size", "32", "--workers", "0", "--save_dir", tmp,
              "--seed", "0"])
         launch = main_moco_imp.launch_plan(args)
         main_moco_imp.check_args(args, launch)
-        return main_moco_imp.make_loaders(args, ctx, launch).train
+        return moco_task.make_loaders(args, ctx, launch).train
 
     return ctx, {"classification": classification, "detection": detection, "segmentation": segmentation,
                  "simclr": simclr, "moco": moco}

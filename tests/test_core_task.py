@@ -1,10 +1,13 @@
 """The core carries a task that is not classification: a tiny per-pixel task on a ResNet-18 backbone.
 
+The worked example of docs/CORE.md: ``PixelTask`` is everything a new task brings (data, model,
+training config, step, evaluator, objective, pruning strategy, IMP config) and ``ImpRun`` drives it.
 Dict targets through a collate, a stage counted in iterations with val_interval, the poly schedule,
 two parameter groups (backbone at 0.1x), a lower-is-better primary metric with a list metric,
 backbone-scoped IMP over two rounds, and a kill mid-round resumed to the same numbers.
 """
 
+import argparse
 import json
 import math
 
@@ -25,6 +28,8 @@ from lth.imp import REWIND_FILE, BackbonePruning, ImpConfig, ImpRun
 from lth.loaders import DeviceLoader, Loaders
 from lth.models import build_model
 from lth.runs import RunDir
+from lth.session import Session
+from lth.task import Task
 from lth.trainer import Objective, TrainConfig
 
 CPU = Context(device=torch.device("cpu"))
@@ -96,22 +101,44 @@ OBJECTIVE = Objective("error", higher_is_better=False, lists=("class_iou",), val
 TOTAL_ITRS, VAL_INTERVAL, BATCH = 5, 3, 8
 
 
+class PixelTask(Task):
+    """Everything the drivers need from a task; the rest (files, summary rows, plots) keeps its defaults."""
+
+    def make_loaders(self) -> Loaders:
+        ctx = self.session.ctx
+        return Loaders(train=DeviceLoader(Blobs(44, 1), BATCH, train=True, seed=0, ctx=ctx, workers=0, collate_fn=collate),
+                       val=DeviceLoader(Blobs(12, 2), 6, train=False, seed=0, ctx=ctx, workers=0, collate_fn=collate))
+
+    def make_model(self) -> nn.Module:
+        torch.manual_seed(self.hparams.seed)
+        return PixelNet()
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=0, lr=0.05, momentum=0.9, weight_decay=1e-4, warmup=0, milestones=[],
+                           print_freq=0, total_itrs=TOTAL_ITRS, val_interval=VAL_INTERVAL, lr_policy="poly",
+                           lr_scales={"backbone.": 0.1}, objective=OBJECTIVE)
+
+    def make_strategy(self) -> BackbonePruning:
+        return BackbonePruning(0.2, prune_type="lt")  # lt: every round rewinds to the initial weights
+
+    def step(self, model, batch) -> StepResult:
+        return pixel_step(model, batch)
+
+    def evaluate(self, model, loader, desc: str) -> dict:
+        return pixel_evaluator(model, loader, desc)
+
+    def imp_config(self) -> ImpConfig:
+        return ImpConfig(rounds=2, seed=self.hparams.seed, meta={"arch": "resnet18", "dataset": "blobs"})
+
+
 def run_imp(path, resume=False):
-    torch.manual_seed(0)
-    model = PixelNet()
-    loaders = Loaders(train=DeviceLoader(Blobs(44, 1), BATCH, train=True, seed=0, ctx=CPU, workers=0,
-                                         collate_fn=collate),
-                      val=DeviceLoader(Blobs(12, 2), 6, train=False, seed=0, ctx=CPU, workers=0,
-                                       collate_fn=collate))
-    cfg = TrainConfig(epochs=0, lr=0.05, momentum=0.9, weight_decay=1e-4, warmup=0, milestones=[],
-                      print_freq=0, total_itrs=TOTAL_ITRS, val_interval=VAL_INTERVAL, lr_policy="poly",
-                      lr_scales={"backbone.": 0.1}, objective=OBJECTIVE)
-    imp_cfg = ImpConfig(rounds=2, rate=0.2, prune_type="lt", random_prune=False, conv1=False, seed=0,
-                        meta={"arch": "resnet18", "dataset": "blobs"})
-    run = RunDir(str(path))
-    run.start({"seed": 0}, resume)
-    imp = ImpRun(model, loaders, cfg, imp_cfg, Precision.choose("fp32", CPU.device), CPU, run, {"seed": 0},
-                 strategy=BackbonePruning(0.2), stage_kwargs={"step": pixel_step, "evaluator": pixel_evaluator})
+    hparams = argparse.Namespace(seed=0, resume=resume)
+    session = Session(run=RunDir(str(path)), ctx=CPU, precision=Precision.choose("fp32", CPU.device),
+                      resume_file=None, seed=0)
+    task = PixelTask(hparams)
+    task.build(session)
+    session.record(hparams)
+    imp = ImpRun(task, hparams, session)
     imp.resume() if resume else imp.start()
     return imp
 
@@ -272,9 +299,9 @@ def test_an_evaluator_without_the_primary_metric_is_a_clear_error(tmp_path):
     cfg = TrainConfig(epochs=0, lr=0.1, momentum=0.9, weight_decay=0, warmup=0, milestones=[],
                       objective=Objective("ap50"))
     with pytest.raises(UserError, match="ap50"):
-        trainer.train_stage(model, loaders, cfg, Precision.choose("fp32", CPU.device), CPU, RunDir(str(tmp_path)),
-                            stage=0, progress=trainer.StageProgress(), evaluator=lambda m, loader, d: {"miou": 1.0},
-                            remaining=100.0)
+        trainer.train_stage(model, trainer.Work(loaders, pixel_step, lambda m, loader, d: {"miou": 1.0}), cfg, CPU,
+                            Precision.choose("fp32", CPU.device), stage=0, progress=trainer.StageProgress(),
+                            hooks=trainer.stage_hooks(RunDir(str(tmp_path)), 100.0))
 
 
 def test_batches_of_any_structure_reach_the_device_whole():

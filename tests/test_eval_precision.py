@@ -12,7 +12,8 @@ import torch.nn as nn
 
 from lth.contrastive import contrastive_evaluate
 from lth.distributed import Context
-from lth.engine import Precision, evaluate, train_one_epoch
+from lth.classification import evaluate, step
+from lth.engine import Precision, train_one_epoch
 from lth.runs import RunDir
 
 CPU = Context(torch.device("cpu"))
@@ -43,7 +44,7 @@ def test_training_in_bf16_evaluates_in_fp32_by_default(eval_name, expected):
     model = Probe()
     batch = (images(), torch.tensor([0, 1, 2, 0]))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_one_epoch(model, [batch], optimizer, None, CPU, precision, print_freq=0)
+    train_one_epoch(model, [batch], optimizer, None, CPU, precision, print_freq=0, step=step)
     assert model.seen == [torch.bfloat16]
     model.seen.clear()
     evaluate(model, [batch], CPU, precision, 3)                                         # classification

@@ -20,14 +20,15 @@ from PIL import Image, ImageFilter
 import main_eval_downstream
 import main_imp_downstream
 import pruning_utils
-from lth import cli
+from lth import classification, cli
 from lth.checkpoint import load_file
 from lth.distributed import Context
 from lth.engine import Precision
 from lth.models import build_model
 from lth.runs import RunDir
-from lth.trainer import Loaders, StageProgress, TrainConfig, train_stage
+from lth.trainer import Loaders, StageProgress, TrainConfig, Work, stage_hooks, train_stage
 from MoCo import main_moco_imp
+from MoCo import task as moco_task
 from MoCo.builder import MoCo
 
 CPU = Context(device=torch.device("cpu"))
@@ -112,8 +113,8 @@ def trainer_training(model, loader, name, lr, momentum, weight_decay, tmp_path):
     cfg = TrainConfig(epochs=1, lr=lr, momentum=momentum, weight_decay=weight_decay, warmup=0,
                       milestones=[], print_freq=0, optimizer=name)
     loaders = Loaders(train=loader, val=[], test=None, num_classes=5)
-    train_stage(model, loaders, cfg, FP32, CPU, RunDir(str(tmp_path)), stage=0, progress=StageProgress(),
-                save_best=False, evaluator=lambda *_: {"acc": 0.0}, remaining=100.0)
+    train_stage(model, Work(loaders, classification.step, lambda *_: {"acc": 0.0}), cfg, CPU, FP32, stage=0,
+                progress=StageProgress(), hooks=stage_hooks(RunDir(str(tmp_path)), 100.0, save_best=False))
     return model
 
 
@@ -164,10 +165,10 @@ def test_moco_momentum_update_under_a_mask_is_the_originals(tmp_path, one_thread
                         for _ in range(2))
     ours = masked_moco(keep)
     cfg = TrainConfig(epochs=1, lr=0.05, momentum=0.9, weight_decay=1e-4, warmup=0, milestones=[], print_freq=0)
-    train_stage(ours, Loaders(train=loader, val=[], test=None, num_classes=2), cfg, FP32, CPU,
-                RunDir(str(tmp_path)), stage=0, progress=StageProgress(), save_best=False,
-                evaluator=lambda *_: {"acc": 0.0}, remaining=100.0, step=main_moco_imp.moco_step(False),
-                after_step_factory=lambda _: ours.momentum_update)
+    work = Work(Loaders(train=loader, val=[], test=None, num_classes=2), moco_task.moco_step(False),
+                lambda *_: {"acc": 0.0}, after_step=lambda _: ours.momentum_update)
+    train_stage(ours, work, cfg, CPU, FP32, stage=0, progress=StageProgress(),
+                hooks=stage_hooks(RunDir(str(tmp_path)), 100.0, save_best=False))
     # The original: hooks, SGD, then key = m * key + (1 - m) * query over zip(parameters()).
     reference = masked_moco(keep)
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -321,17 +322,18 @@ def test_eval_conv1_masks_conv1_but_loads_it_only_with_load_all(tmp_path, lt_run
 def test_moco_blur_is_pils_gaussian_blur():
     image = Image.fromarray((torch.rand(24, 24, 3) * 255).to(torch.uint8).numpy())
     for sigma in (0.1, 1.3, 2.0):
-        ours = main_moco_imp.GaussianBlur((sigma, sigma))(image)
+        ours = moco_task.GaussianBlur((sigma, sigma))(image)
         assert ours.tobytes() == image.filter(ImageFilter.GaussianBlur(radius=sigma)).tobytes()
-    augmentation = main_moco_imp.moco_augmentation(32, plus=True)
+    augmentation = moco_task.moco_augmentation(32, plus=True)
     blurs = [t for t in augmentation.transforms if "GaussianBlur" in repr(t)]
-    assert len(blurs) == 1 and isinstance(blurs[0].transforms[0], main_moco_imp.GaussianBlur)
+    assert len(blurs) == 1 and isinstance(blurs[0].transforms[0], moco_task.GaussianBlur)
     assert blurs[0].p == 0.5 and blurs[0].transforms[0].sigma == (0.1, 2.0)
 
 
 def test_loaders_keep_or_drop_the_last_batch_as_the_original(tmp_path):
     from lth import imagedata
     from SimCLR import main as simclr_main
+    from SimCLR import task as simclr_task
 
     for label in ("a", "b"):
         for split, count in (("train", 5), ("val", 3)):
@@ -344,12 +346,12 @@ def test_loaders_keep_or_drop_the_last_batch_as_the_original(tmp_path):
     assert len(imagedata.image_loaders(train, val, 2, batch_size=4, **common).train) == 3
     simclr_args = simclr_main.get_args_parser().parse_args(["x", "--data", str(tmp_path), "--batch_size", "4",
                                                             "-j", "0", "--image_size", "8"])
-    assert len(simclr_main.make_loaders(simclr_args, CPU).train) == 3  # 10 images: 4 + 4 + 2
+    assert len(simclr_task.make_loaders(simclr_args, CPU).train) == 3  # 10 images: 4 + 4 + 2
     moco_args = main_moco_imp.get_args_parser().parse_args([str(tmp_path), "-b", "4", "-j", "0", "--cpu",
                                                             "--image_size", "32", "--save_dir", "unused"])
     moco_args.seed = 0
     launch = main_moco_imp.launch_plan(moco_args)
-    loaders = main_moco_imp.make_loaders(moco_args, CPU, launch)
+    loaders = moco_task.make_loaders(moco_args, CPU, launch)
     assert len(loaders.train) == 2 and len(loaders.val) == 1  # both drop the last partial batch
 
 

@@ -18,6 +18,7 @@ from lth.checkpoint import load_file
 from lth.errors import UserError
 from lth.models import build_model, load_pretrained
 from MoCo import main_moco_imp
+from MoCo import task as moco_task
 from MoCo.builder import MoCo, make_encoder
 from MoCo.weights import load_moco_weights
 
@@ -191,7 +192,7 @@ def test_resuming_a_pruned_checkpoint_gives_the_same_next_ticket(imp_run, files)
 def test_restoring_a_checkpoint_masks_both_encoders_and_keeps_k_frozen(imp_run):
     state = load_file(str(imp_run["dir"] / "2checkpoint.pth.tar"))["state_dict"]
     model = MoCo("resnet18", 16, 16, mlp=True)
-    main_moco_imp.MocoPruning(0.2, random=False, conv1=False).restore(model, state)
+    moco_task.MocoPruning(0.2, random=False, conv1=False).restore(model, state)
     model.load_state_dict(state, strict=True)
     assert not any(param.requires_grad for param in model.encoder_k.parameters())
     assert all(param.requires_grad for param in model.encoder_q.parameters())

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import pruning_utils
+from lth import imp as lth_imp
 from lth import trainer
 from lth.models import build_model
 from lth.tickets import save_ticket
@@ -65,18 +66,18 @@ def three_rounds(module_tmp, one_thread):
     """Rounds 0, 1, 2; the model each round starts training from is recorded."""
     save_dir = module_tmp("imp")
     starts = {}
-    real = segrun.train_stage
+    real = lth_imp.train_stage
 
     def recording(model, *args, stage, **kwargs):
         starts[stage] = {key: value.clone() for key, value in pruning_utils.dense_state_dict(model).items()}
         return real(model, *args, stage=stage, **kwargs)
 
-    segrun.train_stage = recording
+    lth_imp.train_stage = recording
     try:
         for round_index in range(3):
             imp(save_dir, round_index)
     finally:
-        segrun.train_stage = real
+        lth_imp.train_stage = real
     return save_dir, starts
 
 
