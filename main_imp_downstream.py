@@ -36,6 +36,7 @@ def get_args_parser():
     group.add_argument("--rewind_epoch", type=int, default=9,
                        help="for rewind_lt: rewind to the weights after this many epochs of round 0 "
                             "(1 to --epochs; saved as epoch_{k}_rewind_weight.pt, as in the original)")
+    cli.add_early_bird_args(group)
     group.add_argument("--pretrained", default=None,
                        help="pre-trained weights to start from and rewind to, for pt_trans (required there): "
                             "a torchvision state_dict, simclr_weight.pt, moco.pt, a MoCo v2 checkpoint or an "
@@ -60,6 +61,7 @@ def check_args(args) -> None:
     if args.prune_type == "rewind_lt" and not 1 <= args.rewind_epoch <= args.epochs:
         raise UserError(f"--rewind_epoch {args.rewind_epoch} must lie in [1, --epochs {args.epochs}] (the "
                         f"weights after that many epochs; --prune_type lt rewinds to the initial weights)")
+    cli.early_bird_config(args)
     if args.checkpoint and not args.resume:
         raise UserError("--checkpoint picks the file to resume from: use it with --resume")
 
@@ -83,7 +85,7 @@ def main(args) -> ImpRun:
     imp_cfg = ImpConfig(rounds=args.pruning_times, rate=args.rate, prune_type=args.prune_type,
                         random_prune=args.random_prune, conv1=args.conv1, rewind_epoch=args.rewind_epoch,
                         seed=args.seed, meta={"arch": args.arch, "dataset": args.dataset},
-                        rewind_in_checkpoint=True)
+                        rewind_in_checkpoint=True, early_bird=cli.early_bird_config(args))
     imp = ImpRun(model, task.loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args))
     if args.resume:
         imp.resume(args.checkpoint)

@@ -229,6 +229,50 @@ def add_optim_args(parser: argparse.ArgumentParser, batch_size: int,
                        help="epochs at which the learning rate is multiplied by 0.1")
 
 
+def add_early_bird_args(group) -> None:
+    """--early_bird, --early_bird_sparsity, --eb_threshold and --eb_window: early-bird tickets
+    (You et al., ICLR 2020; ``lth.earlybird``), for every IMP script. ``early_bird_config`` reads them."""
+    group.add_argument("--early_bird", action="store_true",
+                       help="early-bird stop in every round: a round trains only until the magnitude mask of "
+                            "its prune has settled (see --eb_threshold, --eb_window), then prunes; its summary "
+                            "row reports the network as trained so far (early_stopped: true)")
+    group.add_argument("--early_bird_sparsity", type=float, default=None, metavar="S",
+                       help="find the ticket at sparsity S (share of the pruned convs' weights removed, e.g. "
+                            "0.9) in one round: round 0 trains the dense network only until its magnitude mask "
+                            "at S has settled, the first prune goes straight to S, and the next round trains "
+                            "the ticket (from the --prune_type's rewind point); later rounds prune the usual rate")
+    group.add_argument("--eb_threshold", type=float, default=0.1,
+                       help="early-bird: the ticket has emerged when the normalised Hamming distance between "
+                            "the newest mask and each of the --eb_window - 1 masks before it is at most this "
+                            "(the paper's 0.1); masks are drawn at the round's start and at each evaluation")
+    group.add_argument("--eb_window", type=int, default=5,
+                       help="early-bird: masks compared (the paper's 5: the earliest stop is after 4 epochs)")
+
+
+def early_bird_config(args: argparse.Namespace):
+    """The ``EarlyBirdConfig`` of the --early_bird flags, or None when neither mode is asked for;
+    a bad value is a ``UserError`` (call it among a script's argument checks)."""
+    from lth.earlybird import EarlyBirdConfig
+
+    if not args.early_bird and args.early_bird_sparsity is None:
+        return None
+    if getattr(args, "random_prune", False):
+        raise UserError("--early_bird waits for the magnitude mask to settle, but --random_prune draws masks "
+                        "that do not depend on training: drop one of the two")
+    return EarlyBirdConfig(threshold=args.eb_threshold, window=args.eb_window,
+                           sparsity=args.early_bird_sparsity, every_round=args.early_bird)
+
+
+LRR_HELP = ("lrr: learning-rate rewinding (Renda et al., ICLR 2020): after each prune keep the trained "
+            "weights and replay the learning-rate schedule from its start, instead of rewinding the weights")
+
+
+def add_lrr_arg(group, rewind_rule: str) -> None:
+    """--prune_type lrr for an IMP script whose rewind target is fixed (``rewind_rule`` says what it is)."""
+    group.add_argument("--prune_type", default=None, choices=["lrr"],
+                       help=f"{LRR_HELP}; by default every round rewinds to {rewind_rule}")
+
+
 def add_iteration_args(parser: argparse.ArgumentParser, total_itrs: int, val_interval: int,
                        lr_policies: Sequence[str] = ("poly", "multistep", "cosine")) -> argparse._ArgumentGroup:
     """--total_itrs, --val_interval and --lr_policy: training counted in iterations (DeepLab's way).

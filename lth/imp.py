@@ -8,6 +8,7 @@ See docs/CORE.md.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -15,9 +16,10 @@ from typing import Callable
 import torch.nn as nn
 
 import pruning_utils
-from lth import distributed
+from lth import cost, distributed
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
+from lth.earlybird import EarlyBird, EarlyBirdConfig, draw_mask, rate_to
 from lth.engine import Precision
 from lth.errors import UserError
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
@@ -26,13 +28,16 @@ from lth.loaders import Loaders
 from lth.trainer import (StageFiles, StageProgress, TrainConfig, apply_checkpoint_masks, restore_stage,
                          train_stage)
 
-PRUNE_TYPES = ("lt", "pt", "rewind_lt", "pt_trans")
+PRUNE_TYPES = ("lt", "pt", "rewind_lt", "pt_trans", "lrr")
 REWIND_TARGETS = {
     "lt": "the weights the run started from (random init)",
     "rewind_lt": "the weights after the first --rewind_epoch epochs of round 0",
     "pt": "the best-validation dense model of round 0",
     "pt_trans": "the pre-trained weights (--pretrained)",
+    "lrr": "none: learning-rate rewinding (Renda et al. 2020) keeps the trained weights after each prune and "
+           "replays the learning-rate schedule from its start",
 }
+LRR = "lrr"  # the prune type that keeps the trained weights (no rewind point)
 CHECKPOINT_FORMAT = "lth-imp"
 REWIND_FILE = "rewind_point.pth.tar"  # the rewind weights, written once (see ImpConfig.rewind_in_checkpoint)
 REWIND_FORMAT = "lth-rewind-point"
@@ -55,6 +60,8 @@ class ImpConfig:
     # False: they are written once to REWIND_FILE (under the same key) when they are set, and
     # checkpoints name that file as ``rewind_point``: large models write no unchanged copy per epoch.
     rewind_in_checkpoint: bool = False
+    # Early-bird stopping (lth.earlybird): None trains every round to the end of its schedule.
+    early_bird: EarlyBirdConfig | None = None
 
 
 class PruneStrategy:
@@ -173,6 +180,13 @@ class ImpRun:
         self.rewind_weights: dict | None = None
         # The progress of the round the model is in (read by extra_state, e.g. for best_acc1).
         self.progress = StageProgress()
+        # The training cost of the rounds before the current one (lth.cost), and the early-bird
+        # search of the current round when one applies (lth.earlybird); both in every checkpoint.
+        self.spent = cost.Cost()
+        self.early_bird: EarlyBird | None = None
+        if imp_cfg.early_bird is not None and imp_cfg.random_prune:
+            raise UserError("early-bird stopping waits for the magnitude mask to settle; random pruning draws "
+                            "masks that do not depend on training: drop one of the two")
 
     # -- checkpoint payload ------------------------------------------------------------------
     def _extra(self) -> dict:
@@ -182,6 +196,8 @@ class ImpRun:
             rewind = {"rewind_point": REWIND_FILE if self.rewind_weights is not None else None}
         return {"format": CHECKPOINT_FORMAT, **rewind, "args": self.args,
                 "seed": self.cfg.seed, "prune_type": self.cfg.prune_type, **self.cfg.meta,
+                "cost": self.spent.to_dict(),
+                "early_bird": self.early_bird.state_dict() if self.early_bird is not None else None,
                 **self.extra_state()}
 
     def set_rewind_point(self, weights: dict | None) -> None:
@@ -205,7 +221,7 @@ class ImpRun:
             raise UserError(f"'{path}' is not a rewind point written by this toolkit")
         return saved["init_weight"]
 
-    def _on_epoch_end(self, stage: int):
+    def _on_epoch_end(self, stage: int, cfg: TrainConfig):
         def capture(epoch: int) -> None:
             # As the original: after k = rewind_epoch epochs (0-based epoch k - 1), file epoch_{k}_...
             trained = epoch + 1
@@ -213,7 +229,40 @@ class ImpRun:
                 self.set_rewind_point(pruning_utils.dense_state_dict(self.model))
                 if self.ctx.is_main:
                     atomic_save(self.rewind_weights, self.run.file(f"epoch_{trained}_rewind_weight.pt"))
+            if self.early_bird is not None:
+                self._early_bird_draw(stage, epoch if cfg.by_iterations else trained, cfg)
         return capture
+
+    # -- early-bird stopping and the rate of each prune -----------------------------------------
+    def _prune_rate(self, stage: int) -> float:
+        """The share of the surviving weights the prune after round ``stage`` removes: ``rate``, or
+        for round 0 of a one-shot early-bird search what reaches its sparsity."""
+        eb = self.cfg.early_bird
+        if stage == 0 and eb is not None and eb.sparsity is not None:
+            return rate_to(eb.sparsity, self.strategy.remaining(self.model))
+        return self.cfg.rate
+
+    def _early_bird_start(self, stage: int, cfg: TrainConfig, progress: StageProgress) -> None:
+        """Before round ``stage`` trains: its search starts with the mask of its starting weights
+        (the original draws one before the first epoch); a resumed round keeps its checkpointed search."""
+        eb = self.cfg.early_bird
+        if eb is None or not eb.applies_to(stage) or not cfg.trains:
+            self.early_bird = None
+            return
+        if self.early_bird is None or not self.early_bird.started:
+            self.early_bird = EarlyBird(eb.threshold, eb.window)
+            self._early_bird_draw(stage, (progress.next_itr or 0) if cfg.by_iterations else progress.next_epoch, cfg)
+
+    def _early_bird_draw(self, stage: int, position: int, cfg: TrainConfig) -> None:
+        mask = draw_mask(self.strategy.target(self.model), self._prune_rate(stage), self.strategy.conv1)
+        emerged = self.early_bird.observe(mask, position)
+        if emerged and not self.progress.finished(cfg):
+            self.progress.stopped = True
+            if self.ctx.is_main:
+                unit = "iterations" if cfg.by_iterations else "epochs"
+                print(f"round {stage}: early-bird ticket emerged after {position} {unit} (mask distances "
+                      f"<= {self.early_bird.threshold:g} over {self.early_bird.window} draws): the round stops "
+                      f"here", flush=True)
 
     def _stage_config(self, stage: int) -> TrainConfig:
         if stage == 0 and not self.cfg.train_round0:
@@ -233,6 +282,9 @@ class ImpRun:
         if first_round:  # lines a killed earlier attempt at this round left before its first checkpoint
             self.run.rewind_logs(first_round, 0)
             self.run.rewind_logs(first_round, 1, key="itr")
+            # The earlier rounds ran in earlier processes: their cost is in their summary rows.
+            earlier = [row for row in self.run.summary() if row.get("round", 0) < first_round]
+            self.spent = cost.Cost.from_row(earlier[-1]) if earlier else cost.Cost()
         self._write_ticket(first_round)
         self._train_from(first_round, StageProgress(), None, None)
 
@@ -243,6 +295,9 @@ class ImpRun:
         checkpoint, progress = restore_stage(self.model, self.run, CHECKPOINT_FORMAT, self.args,
                                              self.cfg.conv1, checkpoint_path, apply_masks=self.strategy.restore)
         self.rewind_weights = self._read_rewind_point(checkpoint, checkpoint_path)
+        self.spent = cost.Cost.from_dict(checkpoint.get("cost"))
+        searched = checkpoint.get("early_bird")
+        self.early_bird = EarlyBird.from_state_dict(searched) if searched else None
         self._train_from(int(checkpoint["state"]), progress, checkpoint.get("optimizer"),
                          checkpoint.get("scheduler"))
 
@@ -251,11 +306,12 @@ class ImpRun:
             self.progress = progress
             cfg = self._stage_config(stage)
             if not cfg.trains or not progress.finished(cfg):
+                self._early_bird_start(stage, cfg, progress)
                 progress = train_stage(
                     self.model, self.loaders, cfg, self.precision, self.ctx, self.run, stage=stage,
                     progress=progress, files=self.cfg.files, optimizer_state=optimizer_state,
                     scheduler_state=scheduler_state, checkpoint_extra=self._extra,
-                    on_epoch_end=self._on_epoch_end(stage), conv1=self.cfg.conv1,
+                    on_epoch_end=self._on_epoch_end(stage, cfg), conv1=self.cfg.conv1,
                     remaining=self.strategy.remaining(self.model), **self.stage_kwargs)
             self._finish_round(stage, progress)
             progress, optimizer_state, scheduler_state = StageProgress(), None, None
@@ -265,7 +321,10 @@ class ImpRun:
         remaining = self.strategy.remaining(self.model)
         if self.ctx.is_main:
             history = progress.history
-            self.run.log_round(progress.summary_row(stage, remaining, self.train_cfg.objective))
+            row = progress.summary_row(stage, remaining, self.train_cfg.objective, spent_before=self.spent)
+            if self.early_bird is not None:
+                row["early_bird"] = self.early_bird.summary("itrs" if self.train_cfg.by_iterations else "epochs")
+            self.run.log_round(row)
             if history["train"]:
                 plot_training_curves(history, self.run.file(f"{stage}net_train.png"),
                                      title=f"round {stage}: {remaining:.2f}% of conv weights remain",
@@ -275,19 +334,30 @@ class ImpRun:
             distributed.barrier()
             best = load_file(self.run.file(self.cfg.files.best_of(0)), "best round-0 model")
             self.set_rewind_point(pruning_utils.dense_state_dict(best["state_dict"]))
-        if self.rewind_weights is None:
+        if self.rewind_weights is None and self.cfg.prune_type != LRR:
             raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must lie "
                             "in [1, --epochs])")
-        self.strategy.prune(self.model, seed=self.cfg.seed * 7919 + stage)
+        self.spent = self.spent + cost.of_stage(progress)
+        self.early_bird = None
+        self._prune(stage)
         if self.on_pruned is not None:
             self.on_pruned(self.model, stage + 1)
-        self.strategy.rewind(self.model, self.rewind_weights)
+        if self.cfg.prune_type != LRR:  # learning-rate rewinding keeps the trained weights
+            self.strategy.rewind(self.model, self.rewind_weights)
         self._write_ticket(stage + 1)
         self.progress = StageProgress()
         if stage + 1 < self.cfg.rounds and self.ctx.is_main:
             atomic_save({"state": stage + 1, "state_dict": self.model.state_dict(),
                          **self.progress.to_checkpoint(), **self._extra()},
                         self.run.file(self.cfg.files.checkpoint_of(stage + 1)))
+
+    def _prune(self, stage: int) -> None:
+        rate = self._prune_rate(stage)
+        strategy = self.strategy
+        if rate != strategy.rate:  # the one-shot early-bird prune: the same strategy at another rate
+            strategy = copy.copy(strategy)
+            strategy.rate = rate
+        strategy.prune(self.model, seed=self.cfg.seed * 7919 + stage)
 
     def _write_ticket(self, stage: int) -> None:
         if not self.ctx.is_main:

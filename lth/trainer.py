@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 import pruning_utils
+from lth import cost
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
 from lth.errors import UserError
@@ -161,11 +162,18 @@ class StageProgress:
     at_best: dict = field(default_factory=dict)
     next_itr: int | None = None  # iterations done, for a stage counted in iterations
     rng_state: dict | None = None  # torch's RNG at the checkpoint (dropout), restored on resume
+    # The stage's cost so far (lth.cost): training samples seen and wall seconds of its trained and
+    # evaluated chunks; only chunks that reached a checkpoint count, so a resume counts each once.
+    images: int = 0
+    seconds: float = 0.0
+    # Ended before its schedule's end by the IMP driver (an early-bird ticket emerged, lth.earlybird).
+    stopped: bool = False
 
     def to_checkpoint(self) -> dict:
         state = {"epoch": self.next_epoch, "best_sa": self.best_val, "best_epoch": self.best_epoch,
                  "test_at_best": self.test_at_best, "result": self.history, "at_best": self.at_best,
-                 "rng_state": _rng_snapshot()}
+                 "rng_state": _rng_snapshot(), "images": self.images, "seconds": self.seconds,
+                 "stopped": self.stopped}
         if self.next_itr is not None:
             state["itr"] = self.next_itr
         return state
@@ -178,7 +186,9 @@ class StageProgress:
                    test_at_best=float(checkpoint.get("test_at_best", math.nan)),
                    history={key: list(value) for key, value in checkpoint["result"].items()},
                    at_best=dict(checkpoint.get("at_best") or {}),
-                   next_itr=None if itr is None else int(itr), rng_state=checkpoint.get("rng_state"))
+                   next_itr=None if itr is None else int(itr), rng_state=checkpoint.get("rng_state"),
+                   images=int(checkpoint.get("images", 0)), seconds=float(checkpoint.get("seconds", 0.0)),
+                   stopped=bool(checkpoint.get("stopped", False)))
 
     def record(self, epoch: int, train_acc: float, val_acc: float, test_acc: float,
                figures: dict | None = None, objective: Objective = ACCURACY) -> bool:
@@ -201,6 +211,8 @@ class StageProgress:
         return improved
 
     def finished(self, cfg: TrainConfig) -> bool:
+        if self.stopped:
+            return True
         if cfg.by_iterations:
             return (self.next_itr or 0) >= (cfg.total_itrs or 0)
         return self.next_epoch >= cfg.epochs
@@ -226,13 +238,15 @@ class StageProgress:
         return {key: self.at_best[f"{split}_{key}"] for key in ("top5", "mean_class_acc")
                 if f"{split}_{key}" in self.at_best}
 
-    def summary_row(self, stage: int, remaining: float, objective: Objective = ACCURACY) -> dict:
+    def summary_row(self, stage: int, remaining: float, objective: Objective = ACCURACY,
+                    spent_before: cost.Cost = cost.Cost()) -> dict:
         """The line a finished round (or one-off training) adds to ``summary.jsonl``.
 
         Every row names its ``primary_metric`` and direction and gives it ``reported`` (at the best
         validation evaluation) and ``final`` (at the last); classification rows keep their
         ``*_acc`` keys, other tasks get ``best_val_{metric}`` and every scalar figure of the
-        reported split at the best evaluation under its own name.
+        reported split at the best evaluation under its own name. Every row carries the training
+        cost (``lth.cost.columns``): cumulative with ``spent_before``, the cost of earlier rounds.
         """
         history, name = self.history, objective.name
         row = {"round": stage, "remaining": round(remaining, 4)}
@@ -251,6 +265,9 @@ class StageProgress:
                         if key.startswith(split + "_")})
         row.update({"primary_metric": name, "higher_is_better": objective.higher_is_better,
                     "reported": self.reported, "final": self.final})
+        row.update(cost.columns(spent_before, cost.of_stage(self), self.next_itr is not None))
+        if self.stopped:
+            row["early_stopped"] = True
         return row
 
 
@@ -346,23 +363,28 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                                         desc=f"round {stage} itr {position}/{cfg.total_itrs}", total=count,
                                         **common)
                 progress.next_itr = position
+                progress.images += train["images"]
                 where = {"itr": position}
             else:
                 position = progress.next_epoch
                 loaders.train.set_epoch(stage * cfg.epochs + position)
                 train = train_one_epoch(train_model, loaders.train, optimizer, scheduler, ctx, precision,
                                         desc=f"round {stage} epoch {position + 1}/{cfg.epochs}", **common)
+                progress.images += train["images"]
                 where = {"epoch": position}
                 if (position + 1) % cfg.eval_every and position + 1 < cfg.epochs:
                     progress.next_epoch = position + 1  # trained, not evaluated: log and checkpoint only
+                    seconds = time.perf_counter() - start
+                    progress.seconds += seconds
                     if ctx.is_main:
                         run.log_epoch({"round": stage, **where, "lr": lr, "remaining": round(remaining, 4),
                                        "train_loss": round(train["loss"], 5), **_train_figures(train),
                                        "evaluated": False, "train_images_per_s": round(train["images_per_s"], 1),
-                                       "seconds": round(time.perf_counter() - start, 3)})
+                                       "seconds": round(seconds, 3)})
                         save_checkpoint()
                     continue
             if cfg.by_iterations and position < cfg.eval_from and not progress.finished(cfg):
+                progress.seconds += time.perf_counter() - start
                 if ctx.is_main:  # no evaluation yet: only the resumable checkpoint
                     save_checkpoint()
                     print(f"round {stage} itr {position}: train loss {train['loss']:.4f} (evaluations "
@@ -376,6 +398,8 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                                        objective=objective)
             if on_epoch_end is not None:
                 on_epoch_end(position)
+            seconds = time.perf_counter() - start
+            progress.seconds += seconds
             if ctx.is_main:
                 if improved and save_best:
                     atomic_save({"state": stage, **where, "state_dict": model.state_dict(),
@@ -386,7 +410,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                        **_train_figures(train),
                        **_split_row(objective.val_prefix, val, objective), **_split_row("test_", test, objective),
                        "train_images_per_s": round(train["images_per_s"], 1),
-                       "seconds": round(time.perf_counter() - start, 3)}
+                       "seconds": round(seconds, 3)}
                 run.log_epoch(row)
                 save_checkpoint()
                 shown = f" test {test[name]:.2f}" if test else ""
@@ -490,11 +514,13 @@ def _evaluate_only(model, loaders, evaluator, ctx, run, stage, progress, remaini
     progress.best_val, progress.best_epoch = _metric(val, name, "val"), -1
     progress.test_at_best = _metric(test, name, "test") if test else math.nan
     progress.at_best = {**_figures("val", val, objective), **_figures("test", test, objective)}
+    seconds = time.perf_counter() - start
+    progress.seconds += seconds
     if ctx.is_main:
         where = {"itr": 0} if progress.next_itr is not None else {"epoch": -1}
         run.log_epoch({"round": stage, **where, "trained": False, "remaining": round(remaining, 4),
                        **_split_row(objective.val_prefix, val, objective), **_split_row("test_", test, objective),
-                       "seconds": round(time.perf_counter() - start, 3)})
+                       "seconds": round(seconds, 3)})
         metric = "" if objective.is_accuracy else f" {name}"
         print(f"round {stage} (evaluation only): val{metric} {val[name]:.2f} remaining {remaining:.2f}%", flush=True)
     return progress
@@ -526,7 +552,7 @@ def _train_figures(train: dict) -> dict:
     """Train accuracy (where the step counts it) and the step's loss parts, for metrics.jsonl."""
     row = {} if math.isnan(train["acc"]) else {"train_acc": round(train["acc"], 4)}
     for key, value in train.items():
-        if key not in ("loss", "acc", "images_per_s"):
+        if key not in ("loss", "acc", "images_per_s", "images"):
             row[f"train_{key}"] = round(value, 5)
     return row
 
@@ -564,7 +590,8 @@ def _rng_restore(state: Mapping, device: torch.device) -> None:
 IDENTITY_FLAGS = ("dataset", "arch", "prune_type", "rate", "random_prune", "conv1", "fc", "seed",
                   "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup",
                   "decreasing_lr", "rewind_epoch", "pretrained", "mask_dir", "reverse_mask", "load_all",
-                  "percent", "pre_weight", "image_size", "random")
+                  "percent", "pre_weight", "image_size", "random", "early_bird", "early_bird_sparsity",
+                  "eb_threshold", "eb_window")
 
 
 def restore_stage(model: nn.Module, run: RunDir, fmt: str, args: dict, conv1: bool,
