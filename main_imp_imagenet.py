@@ -57,6 +57,8 @@ def get_args_parser():
                        help="accepted for compatibility: a fresh run starts at round 0 and --resume "
                             "continues at the round of its checkpoint (as the original, which took "
                             "it from the checkpoint); other values are refused without --resume")
+    cli.add_lrr_arg(group, "the weights the run starts from (--pretrained, else the random init)")
+    cli.add_early_bird_args(group)
     cli.add_runtime_args(parser, names=cli.EXAMPLES_NAMES, workers=4, resume_path=True)
     parser.add_argument("-e", "--evaluate", action="store_true",
                         help="evaluate the starting (or, with --resume, the resumed) model on DIR/val, "
@@ -76,6 +78,7 @@ def check_args(args) -> None:
     if args.start_state and not args.resume:
         raise UserError("--start_state: a fresh run starts at round 0; to continue a run at its "
                         "current round, use --resume")
+    cli.early_bird_config(args)
 
 
 def load_start_weights(model, args, ctx) -> None:
@@ -140,12 +143,14 @@ def main(args) -> None:
         train_dense(model, loaders, train_cfg, args, session)
         distributed.teardown()
         return
-    # Both rewind to the weights the run starts from: pre-trained (pt_trans) or random init (lt).
-    prune_type = "pt_trans" if args.pretrained else "lt"
+    # Both rewind to the weights the run starts from: pre-trained (pt_trans) or random init (lt); lrr keeps
+    # the trained weights.
+    prune_type = args.prune_type or ("pt_trans" if args.pretrained else "lt")
     imp_cfg = ImpConfig(rounds=args.states, rate=args.percent, prune_type=prune_type, random_prune=False,
                         conv1=False, seed=args.seed, train_round0=False, files=IMP_FILES, rewind_in_checkpoint=True,
                         meta={"arch": args.arch, "dataset": "imagenet", "pretrained": args.pretrained,
-                              "image_size": args.image_size, "num_classes": loaders.num_classes})
+                              "image_size": args.image_size, "num_classes": loaders.num_classes},
+                        early_bird=cli.early_bird_config(args))
     imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),
                  extra_state=lambda: examples_checkpoint_keys(imp))
     if args.resume:

@@ -22,7 +22,8 @@ from lth.trainer import StageFiles, TrainConfig, evaluate_and_print
 
 IMP_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="{stage}model_best.pth.tar")
 VISDA_REWIND = {"lt": "the random init (saved as random_init.pt)",
-                "pt_trans": "the --pre_weight weights (fc dropped, conv1 loaded) with the new fc"}
+                "pt_trans": "the --pre_weight weights (fc dropped, conv1 loaded) with the new fc",
+                "lrr": "none: " + cli.LRR_HELP.split(": ", 1)[1] + " (starting from --pre_weight when given)"}
 
 
 def get_args_parser():
@@ -60,6 +61,7 @@ def get_args_parser():
                        help="accepted for compatibility: a fresh run starts at round 0 and --resume "
                             "continues at the round of its checkpoint (as the original, which took "
                             "it from the checkpoint); other values are refused without --resume")
+    cli.add_early_bird_args(group)
     cli.add_runtime_args(parser, names=cli.EXAMPLES_NAMES, workers=4, save_dir="results/", resume_path=True)
     parser.add_argument("-e", "--evaluate", action="store_true",
                         help="evaluate the starting (or, with --resume, the resumed) model on "
@@ -79,6 +81,7 @@ def check_args(args) -> None:
     if args.start_state and not args.resume:
         raise UserError("--start_state: a fresh run starts at round 0; to continue a run at its "
                         "current round, use --resume")
+    cli.early_bird_config(args)
 
 
 def main(args) -> None:
@@ -100,7 +103,7 @@ def main(args) -> None:
                                       eval_batch_size=args.eval_batch_size, workers=args.workers,
                                       seed=args.seed, ctx=ctx, precision=precision)
     model = imagedata.image_model(args.arch, imagedata.VISDA_CLASSES, args.seed, ctx, precision)
-    if args.prune_type == "pt_trans" and not args.resume:
+    if args.prune_type in ("pt_trans", "lrr") and args.pre_weight and not args.resume:
         load_pretrained(model, args.pre_weight, args.dict_key, fc=False, conv1=True, quiet=not ctx.is_main)
     if args.evaluate:
         evaluate_and_print(model, loaders, precision, ctx, run=run if args.resume else None,
@@ -115,7 +118,7 @@ def main(args) -> None:
     imp_cfg = ImpConfig(rounds=args.states, rate=args.percent, prune_type=args.prune_type, random_prune=False,
                         conv1=False, seed=args.seed, files=IMP_FILES, rewind_in_checkpoint=True,
                         meta={"arch": args.arch, "dataset": args.dataset, "pre_weight": args.pre_weight,
-                              "image_size": args.image_size})
+                              "image_size": args.image_size}, early_bird=cli.early_bird_config(args))
     imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),
                  extra_state=lambda: examples_checkpoint_keys(imp))
     if args.resume:

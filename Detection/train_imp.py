@@ -18,7 +18,8 @@ if __package__ in (None, ""):  # run as a script (python train_imp.py, the origi
     import _script_path  # noqa: F401  (the repository root on sys.path)
 import pruning_utils  # noqa: E402
 from Detection import runner  # noqa: E402
-from Detection.model import read_backbone_imp, save_backbone_imp, start_round_from  # noqa: E402
+from Detection.model import (keep_trained_pruned_convs, read_backbone_imp, save_backbone_imp,  # noqa: E402
+                             start_round_from)
 from Detection.task import DetectionPruning  # noqa: E402
 from lth import cli, distributed  # noqa: E402
 from lth.errors import UserError  # noqa: E402
@@ -39,6 +40,9 @@ def get_args_parser():
                        help="rounds trained by this command, from --imp_num on (19 from 0: the whole IMP)")
     group.add_argument("--rate", type=float, default=runner.config.DEFAULTS["prune_rate"],
                        help="fraction of the remaining backbone conv weights pruned after each round")
+    cli.add_lrr_arg(group, "the pre-trained backbone (its pruned convs; conv1, BN, neck and heads keep "
+                           "their trained values)")
+    cli.add_early_bird_args(group)
     runner.add_common_args(parser)
     return parser
 
@@ -72,6 +76,7 @@ def main(args) -> ImpRun:
     pruning_utils.check_rate(args.rate)
     if args.imp_num < 0 or args.rounds < 1:
         raise UserError(f"--imp_num must be 0 or more and --rounds at least 1 (got {args.imp_num}, {args.rounds})")
+    cli.early_bird_config(args)
     args.save_dir = args.save_dir or runner.default_save_dir(args.seed, args.imp_type, "imp")
     run = RunDir(args.save_dir)
     first, last = args.imp_num, args.imp_num + args.rounds - 1
@@ -81,7 +86,8 @@ def main(args) -> ImpRun:
     ctx, precision = session.ctx, session.precision
     setup = runner.build(args, ctx, precision, args.imp_type, run.file(f"model{start_round}"))
     if continuing:
-        check_same_experiment(run, args, runner.IDENTITY)
+        check_same_experiment(run, args, runner.IDENTITY + ("prune_type", "early_bird", "early_bird_sparsity",
+                                                            "eb_threshold", "eb_window"))
     distributed.barrier()
     run.start(vars(args), continuing)
 
@@ -91,9 +97,10 @@ def main(args) -> ImpRun:
             save_backbone_imp(run.file(f"backbone_imp{next_round}.pth"), model, next_round - 1)
         setup.evaluation.result_base = run.file(f"model{next_round}")
 
-    imp_cfg = ImpConfig(rounds=last + 1, rate=args.rate, prune_type="pt_trans", random_prune=False, conv1=False,
-                        seed=args.seed, meta={"arch": args.arch, "dataset": args.dataset, "task": "detection",
-                                              "imp_type": args.imp_type})
+    imp_cfg = ImpConfig(rounds=last + 1, rate=args.rate, prune_type=args.prune_type or "pt_trans", random_prune=False,
+                        conv1=False, seed=args.seed, early_bird=cli.early_bird_config(args),
+                        meta={"arch": args.arch, "dataset": args.dataset, "task": "detection",
+                              "imp_type": args.imp_type})
     imp = ImpRun(setup.model, setup.loaders, setup.train_cfg, imp_cfg, precision, ctx, run, vars(args),
                  strategy=DetectionPruning(args.rate), stage_kwargs=runner.stage_kwargs(setup),
                  on_pruned=on_pruned)
@@ -101,7 +108,11 @@ def main(args) -> ImpRun:
         imp.resume(resume_file)
     else:
         if first > 0:
-            report = start_round_from(setup.model, read_backbone_imp(run.file(f"backbone_imp{first}.pth")))
+            previous = read_backbone_imp(run.file(f"backbone_imp{first}.pth"))
+            report = start_round_from(setup.model, previous)
+            if args.prune_type == "lrr":  # the pruned convs too continue from their trained weights
+                report["rewound"] = []
+                keep_trained_pruned_convs(setup.model, previous)
             if ctx.is_main:
                 print(f"round {first}: {report['loaded']} tensors continue from round {first - 1}; "
                       f"{len(report['rewound'])} pruned backbone convs rewound to the pre-trained weights",

@@ -111,6 +111,8 @@ def get_args_parser():
     group.add_argument("--prune_percent", type=float, default=0.2,
                        help="fraction of the remaining conv weights of encoder_q pruned each time, in (0, 1) "
                             "(fixed at 0.2 in the original)")
+    cli.add_lrr_arg(group, "encoder_q's starting weights (--pretrained_path, else the random init)")
+    cli.add_early_bird_args(group)
     group.add_argument("--image_size", type=int, default=224,
                        help="side of the random crops both views are made of")
     group = parser.add_argument_group("distributed (the original's flags)")
@@ -187,6 +189,7 @@ def check_args(args, launch: Launch) -> None:
     if not 0 <= args.retrain_epoch <= args.epochs:
         raise UserError(f"--retrain_epoch must lie in [0, --epochs {args.epochs}], got {args.retrain_epoch}")
     pruning_utils.check_rate(args.prune_percent)
+    cli.early_bird_config(args)
     if not 0.0 <= args.moco_m <= 1.0:
         raise UserError(f"--moco-m must lie in [0, 1], got {args.moco_m}")
     if args.moco_t <= 0:
@@ -406,8 +409,8 @@ def worker(args, launch: Launch, resume_file: str | None) -> None:
         train_dense(model, loaders, cfg, args, session, stage_kwargs)
     else:
         imp_cfg = ImpConfig(rounds=1 + args.epochs // args.retrain_epoch, rate=args.prune_percent,
-                            prune_type="pt_trans" if weights else "lt", random_prune=False, conv1=False,
-                            seed=args.seed, train_round0=False,
+                            prune_type=args.prune_type or ("pt_trans" if weights else "lt"), random_prune=False,
+                            conv1=False, seed=args.seed, train_round0=False, early_bird=cli.early_bird_config(args),
                             meta={"arch": args.arch, "dataset": os.path.basename(os.path.normpath(args.data)),
                                   "pretraining": "moco"}, rewind_in_checkpoint=True)
         if args.epochs % args.retrain_epoch and ctx.is_main:

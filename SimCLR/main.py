@@ -90,6 +90,8 @@ def get_args_parser():
                             "trains a dense SimCLR model instead (random init without --sim_model)")
     group.add_argument("--prun_epoch", type=int, default=10,
                        help="epochs of training between two prunings (must divide --epochs)")
+    cli.add_lrr_arg(group, "the --sim_model weights")
+    cli.add_early_bird_args(group)
     group = parser.add_argument_group("run")
     group.add_argument("--save_dir", default="./output", help="parent folder of the experiment's folder")
     group.add_argument("--resume", nargs="?", const=LATEST, default="",
@@ -144,6 +146,7 @@ def check_args(args) -> None:
         if args.epochs % args.prun_epoch:
             raise UserError(f"--prun_epoch {args.prun_epoch} must divide --epochs {args.epochs} "
                             f"(rounds = 1 + epochs / prun_epoch)")
+        cli.early_bird_config(args)
     gpu_ids(args.gpu)
 
 
@@ -253,8 +256,9 @@ def main(args) -> None:
             "pretraining": "simclr"}
     if args.prun_percent:
         imp_cfg = ImpConfig(rounds=1 + args.epochs // args.prun_epoch, rate=args.prun_percent,
-                            prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
-                            meta=meta, train_round0=False, files=FILES, rewind_in_checkpoint=True)
+                            prune_type=args.prune_type or "pt_trans", random_prune=False, conv1=False,
+                            seed=args.seed, meta=meta, train_round0=False, files=FILES, rewind_in_checkpoint=True,
+                            early_bird=cli.early_bird_config(args))
         imp = ImpRun(model, loaders, train_cfg, imp_cfg, precision, ctx, run, vars(args),
                      strategy=simclr.CheckpointRewind(args.prun_percent), stage_kwargs=stage_kwargs)
         if args.resume:

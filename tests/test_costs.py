@@ -371,14 +371,16 @@ def test_lrr_replays_the_learning_rate_schedule_from_its_start(lrr_run):
     assert logged[0] == pytest.approx(expected) and logged[1] == pytest.approx(expected)
 
 
-def test_lrr_is_a_prune_type_of_every_imp_script():
-    import main_imp_downstream
-    import main_imp_imagenet
-    import main_imp_visda
-    for module, argv in ((main_imp_downstream, ["--save_dir", "x"]), (main_imp_imagenet, ["data", "--save_dir", "x"]),
-                         (main_imp_visda, ["--save_dir", "x"])):
-        args = module.get_args_parser().parse_args([*argv, "--prune_type", "lrr", "--early_bird"])
-        assert args.prune_type == "lrr" and args.early_bird
+def test_lrr_and_early_bird_are_flags_of_every_imp_script():
+    import importlib
+    scripts = {"main_imp_downstream": ["--save_dir", "x"], "main_imp_imagenet": ["data", "--save_dir", "x"],
+               "main_imp_visda": ["data"], "SimCLR.main": ["exp"], "MoCo.main_moco_imp": ["data", "--save_dir", "x"],
+               "Detection.train_imp": []}
+    for name, argv in scripts.items():
+        parser = importlib.import_module(name).get_args_parser()
+        args = parser.parse_args([*argv, "--prune_type", "lrr", "--early_bird_sparsity", "0.5", "--eb_threshold", "0.2"])
+        assert args.prune_type == "lrr", name
+        assert cli.early_bird_config(args) == EarlyBirdConfig(0.2, 5, sparsity=0.5), name
 
 
 # --------------------------------------------------------------------------------------------
