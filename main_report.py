@@ -12,11 +12,12 @@ import os
 import shlex
 import sys
 
-from lth import cli, report
+from lth import cli, cost_report, report
 from lth.errors import UserError
 from lth.plots import plot_groups
 
-OUTPUTS = ("report.md", "levels.csv", "runs.csv", "metric_vs_remaining.png", "final_vs_remaining.png")
+OUTPUTS = ("report.md", "levels.csv", "runs.csv", "metric_vs_remaining.png", "final_vs_remaining.png",
+           cost_report.TABLE, cost_report.FIGURE)
 
 
 def get_args_parser():
@@ -31,6 +32,9 @@ def get_args_parser():
                         help="label of the group whose 100 %% level is the dense baseline (default: a dense "
                              "transfer group, else the first IMP group)")
     parser.add_argument("--title", default=None, help="title of the figures (default: the task)")
+    parser.add_argument("--cost_reference", default=None, metavar="METHOD",
+                        help="label of the method whose training cost the cost section's fractions are of "
+                             "(default: the first magnitude IMP without early-bird or LRR)")
     group = parser.add_argument_group("ticket analysis")
     group.add_argument("--tickets", nargs="+", default=[], metavar="T",
                        help="ticket files, globs or run folders (all their ticket_XX.pt), each optionally "
@@ -81,7 +85,9 @@ def main(args) -> str:
             handle.write("\n".join(["# Ticket analysis", "", f"Command: `{command}`", "", *ticket_lines]))
     else:
         figures = _figures(results, args.out, args.title)
-        path = report.write_report(results, args.out, figures, command, ticket_lines)
+        cost_lines = cost_report.write(inputs.runs, args.out, args.title or results.groups[0].runs[0].task,
+                                       args.cost_reference)
+        path = report.write_report(results, args.out, figures, command, cost_lines + ticket_lines)
         for note in results.notes:
             print(f"notice: {note}", file=sys.stderr)
         _print_summary(results)

@@ -282,6 +282,8 @@ def read_run(path: str) -> Run:
         remaining = _number(row.get("remaining", DENSE_LEVEL if not args.get("mask_dir") else math.nan))
         if math.isnan(remaining):
             continue
+        if row.get("early_stopped") and remaining >= DENSE_LEVEL:
+            continue  # an early-bird search stopped round 0 short: not a dense model (lth.cost_report counts its cost)
         level = level_of(DENSE_LEVEL - remaining if reverse else remaining)
         points.append(Point(row.get("round"), remaining, level, _reported(row), _final(row)))
     return Run(path=path, script=script, args=args, record=record, task=task_of(script, args, metric),
