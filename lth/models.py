@@ -14,7 +14,10 @@ import pruning_utils
 from lth.checkpoint import load_file
 from lth.errors import UserError
 
-ARCHS = ("resnet18", "resnet50", "resnet101", "resnet152")
+# resnet18_w16: ResNet-18 with 16/32/64/128 channels per stage (torchvision's has 64/128/256/512), 16x fewer
+# conv weights (0.7M parameters): the architecture of the CPU demos, whose runs must fit in minutes.
+NARROW = {"resnet18_w16": ([2, 2, 2, 2], 16)}
+ARCHS = ("resnet18", "resnet50", "resnet101", "resnet152", *NARROW)
 
 
 def build_model(arch: str, num_classes: int, in_channels: int = 3, stem: str = "cifar") -> nn.Module:
@@ -25,18 +28,48 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, stem: str = "
     """
     if arch not in ARCHS:
         raise UserError(f"unknown architecture '{arch}': choose one of {', '.join(ARCHS)}")
-    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    model = _NarrowResNet(*NARROW[arch], num_classes) if arch in NARROW else \
+        getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    width = model.conv1.out_channels
     if stem == "cifar":
-        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
         model.maxpool = nn.Identity()
     elif stem == "imagenet":
         if in_channels != 3:
-            model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            model.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
             nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     else:
         raise UserError(f"unknown stem '{stem}': choose 'cifar' or 'imagenet'")
     return model
+
+
+class _NarrowResNet(torchvision.models.ResNet):
+    """torchvision's BasicBlock ResNet with ``width`` channels in the first stage instead of 64.
+
+    Built by torchvision's own ``_make_layer`` and initialised by its rule (kaiming fan_out for convs,
+    BN weight 1 and bias 0), so parameter names and the forward pass are torchvision's."""
+
+    def __init__(self, layers: list[int], width: int, num_classes: int):
+        nn.Module.__init__(self)
+        block = torchvision.models.resnet.BasicBlock
+        self._norm_layer, self.inplanes, self.dilation, self.groups, self.base_width = nn.BatchNorm2d, width, 1, 1, 64
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(width * 8, num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.constant_(module.weight, 1)
+                nn.init.constant_(module.bias, 0)
 
 
 @dataclass
