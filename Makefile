@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-pretrain demo-det demo-seg test bench bench-seg
+.PHONY: demo demo-pretrain demo-det demo-seg demo-cost test bench bench-seg
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -27,6 +27,9 @@ demo-det: $(VENV)/.installed
 
 demo-seg: $(VENV)/.installed
 	$(PY) -u demo/segmentation.py
+
+demo-cost: $(VENV)/.installed
+	$(PY) -u demo/cost.py
 
 bench-seg: $(VENV)/.installed
 	$(PY) -u bench/segmentation_throughput.py

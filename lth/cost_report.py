@@ -283,7 +283,8 @@ def write_table(section: CostSection, path: str) -> None:
         writer = csv.writer(handle)
         writer.writerow(["method", "remaining", "n", "seeds", "metric_mean", "metric_std", f"{section.unit}_mean",
                          f"{section.unit}_std", "images_mean", "images_std", "seconds_mean", "seconds_std",
-                         "matches_within_std", "matches_at_least", "fraction_of_reference_images", "dense"])
+                         "matches_within_std", "matches_at_least", "fraction_of_reference_images", "dense",
+                         "dense_mean", "dense_std", "dense_n"])
         for method in section.methods:
             for s in method.levels:
                 share = fraction(section, method, s)
@@ -294,7 +295,8 @@ def write_table(section: CostSection, path: str) -> None:
                                  *(("" if m is None else str(m).lower()) for m in
                                    (matches(section, method, s, c) for c in CRITERIA)),
                                  "" if share is None else f"{share:.4g}",
-                                 method.dense.label if method.dense else ""])
+                                 *((method.dense.label, _csv(method.dense.mean), _csv(method.dense.std),
+                                    method.dense.n) if method.dense else ("", "", "", ""))])
 
 
 def _csv(value: float) -> str:

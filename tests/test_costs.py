@@ -420,3 +420,89 @@ def test_a_round_started_by_a_later_process_continues_the_cost_of_the_earlier_ro
     driver.start(first_round=1)  # round 1 in the same folder, as --imp_num 1 does
     second = rows(tmp_path, "summary.jsonl")[1]
     assert second["cost_epochs"] == 4 and second["cost_images"] == first["cost_images"] + second["round_images"]
+
+
+# --------------------------------------------------------------------------------------------
+# The report's cost section
+# --------------------------------------------------------------------------------------------
+
+EPOCH_IMAGES = 1000
+
+
+def write_run(folder, args, rows_):
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"argv": ["main_imp_downstream.py"], "args": {
+        "dataset": "digits", "arch": "resnet18", "epochs": 8, "rate": 0.8, "prune_type": "lt", "random_prune": False,
+        "early_bird": False, "early_bird_sparsity": None, **args}}))
+    lines = []
+    spent = 0
+    for round_index, remaining, metric, epochs, extra in rows_:
+        spent += epochs
+        lines.append(json.dumps({"round": round_index, "remaining": remaining, "reported": metric, "final": metric,
+                                 "primary_metric": "acc", "higher_is_better": True, "trained_epochs": epochs,
+                                 "cost_epochs": spent, "cost_images": spent * EPOCH_IMAGES, "cost_seconds": spent * 2.0,
+                                 "round_images": epochs * EPOCH_IMAGES, "round_seconds": epochs * 2.0, **extra}))
+    (folder / "summary.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def cost_report_out(module_tmp):
+    import main_report
+    runs = module_tmp("cost_runs")
+    for seed, shift in ((0, -0.5), (1, 0.5)):  # dense 89.5 and 90.5: mean 90, std 0.707
+        write_run(runs / f"imp_s{seed}", {"seed": seed, "pruning_times": 3},
+                  [(0, 100.0, 90 + shift, 8, {}), (1, 20.0, 90.5 + shift, 8, {}), (2, 4.0, 85 + shift, 8, {})])
+        write_run(runs / f"random_s{seed}", {"seed": seed, "pruning_times": 3, "random_prune": True},
+                  [(0, 100.0, 90 + shift, 8, {}), (1, 20.0, 80 + shift, 8, {}), (2, 4.0, 70 + shift, 8, {})])
+        for sparsity, stop, remaining, metric in ((0.8, 4, 20.0, 90.0), (0.96, 5, 4.0, 89.5)):
+            write_run(runs / f"eb{sparsity}_s{seed}", {"seed": seed, "pruning_times": 2, "early_bird_sparsity": sparsity},
+                      [(0, 100.0, 60 + shift, stop, {"early_stopped": True}), (1, remaining, metric + shift, 8, {})])
+    out = module_tmp("cost_report") / "report"
+    main_report.main(main_report.get_args_parser().parse_args([str(runs), "--out", str(out)]))
+    return out
+
+
+def cost_rows(out):
+    import csv
+    with open(out / "cost.csv") as handle:
+        return {(row["method"], float(row["remaining"])): row for row in csv.DictReader(handle)}
+
+
+def test_cost_table_pools_seeds_and_takes_what_each_ticket_needed(cost_report_out):
+    table = cost_rows(cost_report_out)
+    assert set(table) == {("IMP (lt)", 20.0), ("IMP (lt)", 4.0), ("random pruning (lt)", 20.0),
+                          ("random pruning (lt)", 4.0), ("early-bird one-shot, IMP (lt)", 20.0),
+                          ("early-bird one-shot, IMP (lt)", 4.0)}  # the stopped dense searches are no points
+    imp, eb, random = (table[(m, 4.0)] for m in ("IMP (lt)", "early-bird one-shot, IMP (lt)", "random pruning (lt)"))
+    assert float(imp["epochs_mean"]) == 24 and float(imp["images_mean"]) == 24 * EPOCH_IMAGES  # cumulative
+    assert float(eb["epochs_mean"]) == 13 and float(eb["fraction_of_reference_images"]) == pytest.approx(13 / 24, abs=1e-4)
+    assert float(random["epochs_mean"]) == 8  # random masks: one training at that sparsity
+    assert float(eb["metric_mean"]) == pytest.approx(89.5) and float(eb["metric_std"]) == pytest.approx(0.5 ** 0.5)
+    assert eb["seeds"] == "0 1" and imp["n"] == "2"
+
+
+def test_cost_verdicts_use_the_paper_criteria_against_the_imp_dense_model(cost_report_out):
+    table = cost_rows(cost_report_out)
+    dense_mean, dense_std = 90.0, 0.5 ** 0.5
+    for (method, level), row in table.items():
+        mean = float(row["metric_mean"])
+        assert float(row["dense_mean"]) == pytest.approx(dense_mean)  # early-bird has none: IMP's dense model
+        assert row["matches_within_std"] == str(mean >= dense_mean - float(row["dense_std"])).lower()
+        assert row["matches_at_least"] == str(mean >= dense_mean).lower(), (method, level)
+    assert float(table[("IMP (lt)", 20.0)]["dense_std"]) == pytest.approx(dense_std)
+
+
+def test_the_report_names_the_cheapest_matching_ticket_per_criterion(cost_report_out):
+    text = (cost_report_out / "report.md").read_text()
+    assert "## Cost: the metric against training cost" in text and (cost_report_out / "metric_vs_cost.png").is_file()
+    # within 1 std: early-bird at 20 % (12 epochs); at least the dense mean: early-bird at 20 % too (90.0 >= 90.0)
+    assert "Cheapest ticket within 1 std of dense: **early-bird one-shot, IMP (lt)** at 20 % remaining: 12.0 epochs" in text
+    assert "Cheapest ticket at least the dense mean: **early-bird one-shot, IMP (lt)** at 20 % remaining" in text
+    assert "75% of the reference's cost there" in text
+
+
+def test_the_levels_report_keeps_the_early_stopped_search_out_of_the_dense_levels(cost_report_out):
+    import csv
+    with open(cost_report_out / "levels.csv") as handle:
+        searched = [row for row in csv.DictReader(handle) if "early_bird_sparsity=0." in row["group"]]
+    assert sorted(float(row["remaining"]) for row in searched) == [4.0, 20.0]  # no 100 % level of a stopped search

@@ -1,0 +1,180 @@
+"""The cost demo: what share of IMP's training cost early-bird tickets, learning-rate rewinding and random pruning need.
+
+Runs the real entry scripts on scikit-learn's digits, 3 seeds, two at a time (one thread each), into
+results/demo/cost/runs/:
+  1. main_imp_downstream.py --prune_type lt: IMP, --rounds rounds pruning --rate of what remains;
+  2. the same with --prune_type lrr: learning-rate rewinding (Renda et al. 2020);
+  3. the same with --random_prune: random masks at the same sparsities;
+  4. main_imp_downstream.py --early_bird_sparsity S --pruning_times 2, one run per sparsity IMP reaches:
+     the early-bird search (You et al. 2020; the paper's threshold 0.1 and window 5) stops the dense
+     training once the mask at S has settled, prunes to S in one step, then trains that ticket.
+Then main_report.py writes results/demo/cost/report/ (report.md with its cost section, cost.csv,
+metric_vs_cost.png), and this script adds the demo's answer to report.md: at each sparsity, the share of
+IMP's training cost (samples seen) each method needed to reach a ticket that matches the dense model,
+or that it did not. The numbers are whatever the runs give; nothing is tuned for a method to win.
+"""
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_print_lock = threading.Lock()
+_cpu = {"seconds": 0.0}
+METHODS = ("imp", "lrr", "random", "eb")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default=os.path.join(ROOT, "results", "demo", "cost"),
+                        help="output folder (its runs/ and report/ are replaced if they hold an earlier cost demo)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; every method runs once per seed")
+    parser.add_argument("--arch", default="resnet18_w16", help="the ResNet to prune")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="IMP rounds: sparsities 1 - (1 - rate)^k for k = 1 .. rounds - 1 are compared")
+    parser.add_argument("--rate", type=float, default=0.8, help="share of the remaining conv weights pruned per round")
+    parser.add_argument("--epochs", type=int, default=8, help="training epochs per round (x0.1 learning rate "
+                                                               "for the last two)")
+    parser.add_argument("--batch_size", type=int, default=64, help="training batch size")
+    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    return parser
+
+
+def run(script: str, *flags: str) -> None:
+    """Run an entry script with one thread, as a user would; its own CPU time (user + sys) is added up.
+    Its checkpoints are removed afterwards: the report reads summaries, tickets and logs only."""
+    command = [sys.executable, "-u", os.path.join(ROOT, script), *flags]
+    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    start = time.time()
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time
+        returncode = os.waitstatus_to_exitcode(status)
+        process.returncode = returncode
+        output.seek(0)
+        tail = output.read()[-3000:] if returncode else ""
+    cpu = usage.ru_utime + usage.ru_stime
+    with _print_lock:
+        _cpu["seconds"] += cpu
+        print(f"$ {' '.join(command[1:])}  ({time.time() - start:.0f} s, CPU {cpu:.0f} s)", flush=True)
+        if returncode != 0:
+            print(tail, flush=True)
+    if returncode != 0:
+        raise SystemExit(f"error: {script} failed (exit {returncode})")
+    save_dir = flags[flags.index("--save_dir") + 1]
+    for name in os.listdir(save_dir):
+        if name.endswith(".pth.tar"):
+            os.remove(os.path.join(save_dir, name))
+
+
+def sparsities(rounds: int, rate: float) -> list[float]:
+    return [round(1 - (1 - rate) ** k, 6) for k in range(1, rounds)]
+
+
+def main(args) -> None:
+    start = time.time()
+    runs, report = os.path.join(args.out, "runs"), os.path.join(args.out, "report")
+    earlier = [path for path in (runs, report) if os.path.exists(path)]
+    if earlier:
+        ours = os.path.isdir(runs) and any(name.startswith(METHODS) for name in os.listdir(runs))
+        if not (os.path.isfile(os.path.join(report, "report.md")) or ours):
+            sys.exit(f"error: {args.out} holds runs/ or report/ that are not a cost demo's; move them away or pass --out")
+        print(f"replacing the earlier cost demo in {args.out}")
+        for path in earlier:
+            shutil.rmtree(path)
+    os.makedirs(runs)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    decay = max(args.epochs - 2, 1)
+    common = ["--dataset", "digits", "--arch", args.arch, "--epochs", str(args.epochs), "--batch_size",
+              str(args.batch_size), "--lr", str(args.lr), "--decreasing_lr", str(decay), "--warmup", "1",
+              "--print_freq", "0", "--rate", str(args.rate)]
+    imp = ["--pruning_times", str(args.rounds)]
+    jobs = []
+    for seed in seeds:
+        s = ["--seed", str(seed)]
+        jobs += [("main_imp_downstream.py", *common, *imp, "--prune_type", "lt", *s,
+                  "--save_dir", os.path.join(runs, f"imp_s{seed}")),
+                 ("main_imp_downstream.py", *common, *imp, "--prune_type", "lrr", *s,
+                  "--save_dir", os.path.join(runs, f"lrr_s{seed}")),
+                 ("main_imp_downstream.py", *common, *imp, "--prune_type", "lt", "--random_prune", *s,
+                  "--save_dir", os.path.join(runs, f"random_s{seed}"))]
+        for k, sparsity in enumerate(sparsities(args.rounds, args.rate), start=1):
+            jobs.append(("main_imp_downstream.py", *common, "--pruning_times", "2", "--prune_type", "lt",
+                         "--early_bird_sparsity", str(sparsity), *s,
+                         "--save_dir", os.path.join(runs, f"eb{k}_s{seed}")))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for job in [pool.submit(run, *job) for job in jobs]:
+            job.result()
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    subprocess.run([sys.executable, os.path.join(ROOT, "main_report.py"), runs, "--out", report,
+                    "--title", f"{args.arch} on digits, {len(seeds)} seeds"], check=True, cwd=ROOT, env=env)
+    answer = demo_answer(os.path.join(report, "cost.csv"), args)
+    minutes, cpu = (time.time() - start) / 60, _cpu["seconds"]
+    lines = answer + ["", f"Demo wall time {minutes:.1f} min; the runs' CPU time {cpu / 60:.1f} min "
+                          f"({os.cpu_count()} CPUs, {args.jobs} runs at a time, one thread each).", ""]
+    with open(os.path.join(report, "report.md"), "a") as handle:
+        handle.write("\n".join(lines))
+    print("\n".join(answer))
+    print(f"cost demo finished in {minutes:.1f} min (runs' CPU {cpu / 60:.1f} min); report: "
+          f"{os.path.join(report, 'report.md')}")
+
+
+def demo_answer(table: str, args) -> list[str]:
+    """At each sparsity, every method's share of IMP's cost to a matching ticket, or that it did not match."""
+    with open(table) as handle:
+        rows = list(csv.DictReader(handle))
+    by_method: dict[str, dict[float, dict]] = {}
+    for row in rows:
+        by_method.setdefault(row["method"], {})[float(row["remaining"])] = row
+    reference = next((m for m in by_method if m.startswith("IMP")), None)
+    lines = ["## The demo's answer: share of IMP's cost to a matching ticket", "",
+             f"{args.rounds} IMP rounds of {args.epochs} epochs at rate {args.rate} on digits ({args.arch}); "
+             f"cost = training samples seen (cumulative over the rounds a ticket needed; random masks need none). "
+             f"Matching = mean over seeds within one dense std (and, second, at least the dense mean). "
+             f"Early-bird uses the paper's threshold 0.1 and window 5: its search cannot stop before 4 of "
+             f"the {args.epochs} epochs.", "",
+             "| remaining (%) | " + " | ".join(by_method) + " |", "|---:|" + "---|" * len(by_method)]
+    levels = sorted({level for found in by_method.values() for level in found}, reverse=True)
+    for level in levels:
+        cells = []
+        for method, found in by_method.items():
+            row = _near(found, level)
+            if row is None:
+                cells.append("-")
+                continue
+            metric = f"{float(row['metric_mean']):.1f} ± {float(row['metric_std'] or 0):.1f}"
+            share = row["fraction_of_reference_images"]
+            verdicts = [row["matches_within_std"], row["matches_at_least"]]
+            if verdicts[0] == "true":
+                text = f"matches at **{float(share):.2f}** of IMP's cost" if share else "matches"
+                if verdicts[1] != "true":
+                    text += " (below the dense mean)"
+            elif verdicts[0] == "false":
+                text = "no match" + (f" (cost {float(share):.2f})" if share else "")
+            else:
+                text = "no dense model"
+            cells.append(f"{text}; {metric}")
+        lines.append(f"| {level:.3g} | " + " | ".join(cells) + " |")
+    if reference is None:
+        lines += ["", "No IMP run: no fractions."]
+    return lines
+
+
+def _near(found: dict, level: float, tolerance: float = 0.01):
+    for key, row in found.items():
+        if abs(key - level) <= tolerance * level:
+            return row
+    return None
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
