@@ -256,7 +256,9 @@ class ImpRun:
     def _early_bird_draw(self, stage: int, position: int, cfg: TrainConfig) -> None:
         mask = draw_mask(self.strategy.target(self.model), self._prune_rate(stage), self.strategy.conv1)
         emerged = self.early_bird.observe(mask, position)
-        if emerged and not self.progress.finished(cfg):
+        # rewind_lt's rewind point is taken after --rewind_epoch epochs of round 0: not stopped before it.
+        waiting = self.cfg.prune_type == "rewind_lt" and self.rewind_weights is None
+        if emerged and not waiting and not self.progress.finished(cfg):
             self.progress.stopped = True
             if self.ctx.is_main:
                 unit = "iterations" if cfg.by_iterations else "epochs"

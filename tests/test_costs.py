@@ -506,3 +506,41 @@ def test_the_levels_report_keeps_the_early_stopped_search_out_of_the_dense_level
     with open(cost_report_out / "levels.csv") as handle:
         searched = [row for row in csv.DictReader(handle) if "early_bird_sparsity=0." in row["group"]]
     assert sorted(float(row["remaining"]) for row in searched) == [4.0, 20.0]  # no 100 % level of a stopped search
+
+
+def test_detection_lrr_one_process_per_round_starts_round_one_where_one_process_does(tmp_path):
+    """Detection's --imp_num k (one process per round) with --prune_type lrr: round 1 starts from the
+    trained weights of round 0 (pruned convs included), exactly as when both rounds run in one process."""
+    from Detection import train_imp
+    from test_detection_scripts import TINY
+    from lth.models import build_model
+
+    torch.manual_seed(3)
+    weights = str(tmp_path / "resnet18.pth")
+    torch.save(build_model("resnet18", 10, stem="imagenet").state_dict(), weights)
+
+    def round_one_start(*argv):
+        starts = {}
+        real = imp_module.train_stage
+
+        def record(model, *args, stage, **kwargs):
+            starts.setdefault(stage, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            return real(model, *args, stage=stage, **kwargs)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(imp_module, "train_stage", record)
+            train_imp.main(train_imp.get_args_parser().parse_args([*TINY, "--epochs", "1", "--pretrained", weights,
+                                                                   "--prune_type", "lrr", *argv]))
+        return starts
+
+    whole = round_one_start("--imp_num", "0", "--rounds", "2", "--save_dir", str(tmp_path / "whole"))
+    round_one_start("--imp_num", "0", "--save_dir", str(tmp_path / "apart"))
+    apart = round_one_start("--imp_num", "1", "--save_dir", str(tmp_path / "apart"))
+    assert set(apart[1]) == set(whole[1])
+    for key, value in whole[1].items():
+        assert torch.equal(apart[1][key], value), key
+    pretrained = torch.load(weights)
+    pruned = [key for key in whole[1] if key.startswith("backbone.") and key.endswith(".weight_orig")]
+    assert pruned and all(not torch.equal(whole[1][key], pretrained[key[len("backbone."):-len("_orig")]])
+                          for key in pruned)  # trained, not rewound to the pre-trained weights
+    summaries = [rows(tmp_path / name, "summary.jsonl") for name in ("whole", "apart")]
+    assert [measured(r) for r in summaries[1]] == [measured(r) for r in summaries[0]]
