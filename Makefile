@@ -4,10 +4,13 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo demo-pretrain demo-det demo-seg demo-cost test bench bench-seg
 
-$(VENV)/.installed: requirements.txt
+# The editable install (pyproject.toml) makes lth, pruning_utils and the task folders importable from
+# any folder, so that every script runs from the repository root or from its own folder.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 demo: $(VENV)/.installed

@@ -8,14 +8,15 @@ reversed. Example:
         --save_dir eval_ticket --pretrained imagenet_weight.pt --mask_dir imp/ticket_05.pt
 """
 
-
 from lth import cli, data, distributed
 from lth.checkpoint import write_json
 from lth.classification import load_task, make_model
 from lth.errors import UserError
 from lth.models import ARCHS, load_pretrained
 from lth.plots import plot_training_curves
+from lth.runs import ONE_OFF_SUMMARY
 from lth.session import check_save_dir, open_session
+from lth.tickets import apply_ticket_args
 from lth.trainer import StageFiles, TrainConfig, train_stage
 
 CHECKPOINT_FORMAT = "lth-eval"
@@ -49,7 +50,7 @@ def main(args) -> None:
         # As the original: --conv1 only decides whether conv1 is masked; --load_all loads it.
         load_pretrained(model, args.pretrained, args.dict_key, fc=args.fc or args.load_all,
                         conv1=args.load_all, quiet=not ctx.is_main)
-    mask_meta, remaining = cli.apply_ticket_args(model, args, ctx.is_main)
+    mask_meta, remaining = apply_ticket_args(model, args, ctx.is_main)
     session.record(args)
     cfg = TrainConfig.from_args(args)
     progress, optimizer_state, scheduler_state = session.restore(model, CHECKPOINT_FORMAT, args, args.conv1)
@@ -62,7 +63,7 @@ def main(args) -> None:
                    "pretrained": args.pretrained, "best_epoch": progress.best_epoch,
                    "best_val_acc": progress.best_val, "test_acc_at_best_val": progress.test_at_best,
                    "final_test_acc": progress.history["test_ta"][-1]}
-        write_json(summary, run.file("summary.json"))
+        write_json(summary, run.file(ONE_OFF_SUMMARY))
         plot_training_curves(progress.history, run.file("net_train.png"),
                              title=f"{remaining:.2f}% of conv weights remain")
         print(f"done: test accuracy {progress.test_at_best:.2f}% at the best validation epoch "

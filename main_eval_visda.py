@@ -16,7 +16,9 @@ from lth.checkpoint import write_json
 from lth.errors import UserError
 from lth.models import ARCHS, load_pretrained
 from lth.plots import plot_training_curves
+from lth.runs import ONE_OFF_SUMMARY
 from lth.session import check_save_dir, open_session
+from lth.tickets import apply_ticket_args
 from lth.trainer import StageFiles, TrainConfig, train_stage
 
 CHECKPOINT_FORMAT = "lth-eval-visda"
@@ -57,7 +59,7 @@ def main(args) -> None:
     model = imagedata.image_model(args.arch, imagedata.VISDA_CLASSES, args.seed, ctx, precision)
     if args.pretrained:
         load_pretrained(model, args.pretrained, args.dict_key, fc=False, conv1=True, quiet=not ctx.is_main)
-    mask_meta, remaining = cli.apply_ticket_args(model, args, ctx.is_main)
+    mask_meta, remaining = apply_ticket_args(model, args, ctx.is_main)
     session.record(args)
     cfg = TrainConfig.from_args(args)
     progress, optimizer_state, scheduler_state = session.restore(model, CHECKPOINT_FORMAT, args, args.conv1)
@@ -76,7 +78,7 @@ def main(args) -> None:
                    "per_class_acc_at_best_val": at_best.get("val_per_class", []),
                    "final_val_acc": final.get("val_acc", math.nan),
                    "final_mean_class_acc": final.get("val_mean_class_acc", math.nan)}
-        write_json(summary, run.file("summary.json"))
+        write_json(summary, run.file(ONE_OFF_SUMMARY))
         plot_training_curves(progress.history, run.file("net_train.png"),
                              title=f"{remaining:.2f}% of conv weights remain")
         print(f"done: validation top-1 {progress.best_val:.2f}% and mean class accuracy "

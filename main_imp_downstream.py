@@ -9,7 +9,7 @@ rewinds to the --prune_type's target and repeats, --pruning_times rounds in all.
 
 import sys
 
-import pruning_utils
+from lth import pruning
 from lth import cli, data, distributed
 from lth.classification import load_task, make_model
 from lth.errors import UserError
@@ -53,7 +53,7 @@ def get_args_parser():
 
 def check_args(args) -> None:
     cli.check_common(args)
-    pruning_utils.check_rate(args.rate)
+    pruning.check_rate(args.rate)
     if args.pruning_times < 1:
         raise UserError(f"--pruning_times must be at least 1, got {args.pruning_times}")
     if args.prune_type == "pt_trans" and not args.pretrained:

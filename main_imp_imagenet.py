@@ -11,7 +11,7 @@ dense model instead (to make a pre-trained start point). Example:
 
 import sys
 
-import pruning_utils
+from lth import pruning
 from lth import cli, distributed, imagedata
 from lth.checkpoint import load_file
 from lth.errors import UserError
@@ -68,7 +68,7 @@ def get_args_parser():
 
 def check_args(args) -> None:
     cli.check_common(args)
-    pruning_utils.check_rate(args.percent)
+    pruning.check_rate(args.percent)
     if args.states < 0:
         raise UserError(f"--states must be 0 (dense training) or more, got {args.states}")
     if args.image_size < 1:
@@ -89,7 +89,7 @@ def load_start_weights(model, args, ctx) -> None:
                   "from random init; pass --random to say that is intended", file=sys.stderr)
         return
     state = select_state_dict(load_file(args.pretrained, "pre-trained weight"), args.pretrained, args.dict_key)
-    fc = pruning_utils.transferable_weights(state, fc=True).get("fc.weight")
+    fc = pruning.transferable_weights(state, fc=True).get("fc.weight")
     load_fc = fc is not None and tuple(fc.shape) == tuple(model.fc.weight.shape)
     if fc is not None and not load_fc and ctx.is_main:
         print(f"notice: the fc of {args.pretrained} has {fc.shape[0]} outputs but {args.data}/train has "

@@ -11,7 +11,7 @@ Validation reports top-1 and the VisDA metric, the mean of the per-class accurac
 
 import sys
 
-import pruning_utils
+from lth import pruning
 from lth import cli, distributed, imagedata
 from lth.checkpoint import atomic_save
 from lth.errors import UserError
@@ -71,7 +71,7 @@ def get_args_parser():
 
 def check_args(args) -> None:
     cli.check_common(args)
-    pruning_utils.check_rate(args.percent)
+    pruning.check_rate(args.percent)
     if args.states < 1:
         raise UserError(f"--states must be at least 1, got {args.states}")
     if args.image_size < 1:
@@ -113,7 +113,7 @@ def main(args) -> None:
         return
     session.record(args)
     if args.prune_type == "lt" and not args.resume and ctx.is_main:
-        atomic_save({"state_dict": pruning_utils.dense_state_dict(model)}, run.file("random_init.pt"))
+        atomic_save({"state_dict": pruning.dense_state_dict(model)}, run.file("random_init.pt"))
     train_cfg = TrainConfig.from_args(args)
     imp_cfg = ImpConfig(rounds=args.states, rate=args.percent, prune_type=args.prune_type, random_prune=False,
                         conv1=False, seed=args.seed, files=IMP_FILES, rewind_in_checkpoint=True,

@@ -1,7 +1,8 @@
-"""Turn a folder of runs into the paper's figure, matching verdicts, controls and ticket analysis.
+"""Turn a folder of runs into the paper's figures, matching verdicts, controls and ticket analysis.
 
-Reads run.json and summary.jsonl (or summary.json) of every run given, pools runs that differ only in
-their seed, and writes levels.csv, runs.csv, report.md and the figures into --out. Example:
+Reads run.json and summary.jsonl (or summary.json) of every run given (classification, detection,
+segmentation), pools the seeds of each curve, judges each curve against the dense model of its own
+experiment, and writes levels.csv, runs.csv, report.md and the figures into --out. Example:
 
     python main_report.py results/demo/runs --out results/demo/report
     python main_report.py 'imp_cifar10_s*' 'random_cifar10_s*' --out report \\
@@ -12,12 +13,16 @@ import os
 import shlex
 import sys
 
-from lth import cli, cost_report, report
+from lth import cli, cost_report, report, ticket_analysis
 from lth.errors import UserError
 from lth.plots import plot_groups
+from lth.runs import RUN_RECORD
 
 OUTPUTS = ("report.md", "levels.csv", "runs.csv", "metric_vs_remaining.png", "final_vs_remaining.png",
            cost_report.TABLE, cost_report.FIGURE)
+# More sections of report.md (after the controls): callables (results, out folder) -> markdown lines,
+# which may write their own tables and figures into the out folder.
+EXTRA_SECTIONS: list = []
 
 
 def get_args_parser():
@@ -29,8 +34,8 @@ def get_args_parser():
                         help="folder for report.md, levels.csv, runs.csv and the figures; an earlier report "
                              "there is replaced, any other content is refused")
     parser.add_argument("--baseline", default=None, metavar="GROUP",
-                        help="label of the group whose 100 %% level is the dense baseline (default: a dense "
-                             "transfer group, else the first IMP group)")
+                        help="judge every curve against the 100 %% level of this group (its label in the "
+                             "report); default: each curve against the dense model of its own experiment")
     parser.add_argument("--title", default=None, help="title of the figures (default: the task)")
     parser.add_argument("--cost_reference", default=None, metavar="METHOD",
                         help="label of the method whose training cost the cost section's fractions are of "
@@ -58,7 +63,7 @@ def check_out(out: str) -> None:
         raise UserError(f"--out '{out}' exists and is not a folder")
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "report.md")):
         raise UserError(f"--out '{out}' holds other files and no earlier report.md; choose another folder")
-    if os.path.isfile(os.path.join(out, "run.json")):
+    if os.path.isfile(os.path.join(out, RUN_RECORD)):
         raise UserError(f"--out '{out}' is a run folder; choose another folder")
 
 
@@ -69,7 +74,6 @@ def main(args) -> str:
     inputs = report.read_runs(args.runs) if args.runs else None
     tickets = []
     if args.tickets:
-        from lth import ticket_analysis
         tickets = ticket_analysis.load_tickets(args.tickets)
     results = report.analyse(inputs, args.baseline) if inputs else None
     os.makedirs(args.out, exist_ok=True)
@@ -85,9 +89,10 @@ def main(args) -> str:
             handle.write("\n".join(["# Ticket analysis", "", f"Command: `{command}`", "", *ticket_lines]))
     else:
         figures = _figures(results, args.out, args.title)
-        cost_lines = cost_report.write(inputs.runs, args.out, args.title or results.groups[0].runs[0].task,
-                                       args.cost_reference)
-        path = report.write_report(results, args.out, figures, command, cost_lines + ticket_lines)
+        cost = cost_report.write([run for group in results.groups for run in group.runs], args.out,
+                                 args.title or results.groups[0].runs[0].task, args.cost_reference)
+        extra = cost + [line for section in EXTRA_SECTIONS for line in section(results, args.out)]
+        path = report.write_report(results, args.out, figures, command, ticket_lines, extra)
         for note in results.notes:
             print(f"notice: {note}", file=sys.stderr)
         _print_summary(results)
@@ -96,31 +101,43 @@ def main(args) -> str:
 
 
 def _figures(results: report.Report, out: str, title: str | None) -> list[tuple[str, str]]:
+    """The paper's figure (Fig. 3 for classification, Fig. 4 for detection and segmentation): every
+    curve against remaining weights with the dense model(s) its verdict uses, at the best evaluation
+    and at the last epoch."""
     first = results.groups[0].runs[0]
     title = title or first.task
-    base = results.baseline
+    unit = report.metric_label(first.metric)
+    dense = [(ref.label, ref.mean, ref.std, ref.n) for ref in results.dense_refs()]
+    dense_of = {g.label: g.dense.label for g in results.groups if g.dense is not None}
+    kinds = {g.label: g.kind for g in results.groups}
     figures = []
     for key, name, what in (("reported", "metric_vs_remaining.png", "at the best evaluation"),
                             ("final", "final_vs_remaining.png", "at the last epoch")):
         curves = {}
         for group in results.groups:
+            if group.kind == "dense":
+                continue  # drawn as a dense model
             curves[group.label] = [(s.level, s.mean if key == "reported" else s.final_mean,
                                     s.std if key == "reported" else s.final_std)
                                    for s in results.stats[group.label]]
-        plot_groups(curves, os.path.join(out, name), title=title, ylabel=f"{first.metric} {what}",
-                    baseline=(base.label, base.mean, base.std) if key == "reported" and base else None)
-        figures.append((f"{first.metric} {what} against remaining weights, mean ± std over seeds", name))
+        if not curves:
+            continue
+        plot_groups(curves, os.path.join(out, name), dense=dense if key == "reported" else (),
+                    dense_of=dense_of, kinds=kinds, title=title, ylabel=f"{unit} {what}")
+        figures.append((f"{unit} {what} against remaining weights, mean ± std over seeds", name))
     return figures
 
 
 def _print_summary(results: report.Report) -> None:
-    base = results.baseline
-    if base is not None:
-        print(f"dense baseline ({base.label}): {base.mean:.2f} ± {base.std:.2f} (n={base.n})")
-    for group in results.groups if base is not None else ():
-        verdict = results.verdicts[group.label]
-        print(f"{group.label}: within 1 std of dense down to "
-              f"{_level(verdict['within_std'].extreme)}, >= dense down to {_level(verdict['at_least'].extreme)}")
+    for group in results.groups:
+        if group.label not in results.verdicts:
+            continue
+        dense = group.dense
+        verdicts = results.verdicts[group.label]
+        print(f"{group.label}: against {dense.label} {dense.mean:.2f} ± {dense.std:.2f} (n={dense.n}): "
+              f"within 1 std down to {_level(verdicts['within_std'].extreme)}, >= dense down to "
+              f"{_level(verdicts['at_least'].extreme)}, not significantly worse down to "
+              f"{_level(verdicts['welch'].extreme)}")
     for label, comparisons in results.controls.items():
         reference = next(g for g in results.groups if g.label == label).reference.label
         for c in comparisons:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lth.data import digits_pixels, digits_split, read_digits
 from lth.errors import UserError
 from Detection.model import STRIDES, VOC_ANCHORS
 from Detection.targets import MAX_BOXES_PER_SCALE, build_targets
@@ -212,6 +213,36 @@ def read_annotation_list(path: str, num_classes: int = len(VOC_CLASSES)) -> list
     return records
 
 
+def with_voc_ground_truth(records: Sequence[DetectionRecord], list_path: str,
+                          class_names: Sequence[str] = VOC_CLASSES) -> tuple[list[DetectionRecord], str | None]:
+    """The test records of an annotation list scored as the original scored them: against the VOC
+    XML (``../Annotations/{id}.xml`` beside each ``JPEGImages/{id}.jpg``), difficult objects
+    flagged (the evaluator ignores them). The original's ``test_annotation.txt`` was written without
+    difficult objects, so scoring against it counts a detection of one as a false positive.
+
+    Returns the records and None when every image has its XML; the list's own records and a
+    one-line notice of what is scored when none has; a ``UserError`` when only some have.
+    """
+    found, missing = [], []
+    for record in records:
+        folder = os.path.dirname(os.path.dirname(os.path.abspath(record.image_path or "")))
+        xml = os.path.join(folder, "Annotations", f"{record.image_id}.xml")
+        (found if os.path.isfile(xml) else missing).append((record, xml))
+    if not found:
+        return list(records), (f"notice: no VOC XML beside the images of '{list_path}': scoring against the list's "
+                               f"own boxes (the original's test_annotation.txt lacks difficult objects, so "
+                               f"detections of them count as false positives and AP is lower than VOC's)")
+    if missing:
+        raise UserError(f"'{list_path}': {len(found)} images have a VOC XML under ../Annotations and "
+                        f"{len(missing)} do not (e.g. '{missing[0][1]}'): give the complete devkit, or none")
+    out = []
+    for record, xml in found:
+        parsed = parse_voc_xml(xml, class_names)
+        parsed.image_id, parsed.image_path = record.image_id, record.image_path
+        out.append(parsed)
+    return out, None
+
+
 # ---------------------------------------------------------------------------------------------
 # Augmentation (utils/data_augment.py of the original), on uint8 RGB arrays
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +302,19 @@ def letterbox_geometry(height: int, width: int, size: int) -> tuple[float, int, 
     return ratio, new_w, new_h, int((size - new_w) / 2), int((size - new_h) / 2)
 
 
+def resize_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` (H, W, 3) resized to ``height`` x ``width`` as float32 pixel values, the way the
+    original's ``cv2.resize(float32 image, (w, h))`` (INTER_LINEAR) does it: bilinear weights at
+    half-pixel centres, sources clamped to the border, no antialiasing (Pillow's bilinear resize
+    averages over the footprint when shrinking, which softens edges: tests/test_detection_data.py)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+    if tensor.shape[-2:] == (height, width):
+        return np.ascontiguousarray(image, dtype=np.float32)
+    out = torch.nn.functional.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False,
+                                          antialias=False)
+    return out[0].permute(1, 2, 0).numpy()
+
+
 def letterbox(image: np.ndarray, boxes: np.ndarray | None, size: int):
     """Resize into a ``size`` square with grey (128) padding and scale to [0, 1] (no mean/std).
 
@@ -278,9 +322,8 @@ def letterbox(image: np.ndarray, boxes: np.ndarray | None, size: int):
     """
     height, width = image.shape[:2]
     ratio, new_w, new_h, dw, dh = letterbox_geometry(height, width, size)
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h), Image.Resampling.BILINEAR)
     canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.float32)
-    canvas[dh:dh + new_h, dw:dw + new_w] = np.asarray(resized, dtype=np.float32)
+    canvas[dh:dh + new_h, dw:dw + new_w] = resize_linear(image, new_h, new_w)
     out = (canvas / 255.0).transpose(2, 0, 1)
     if boxes is not None:
         boxes = boxes.copy()
@@ -402,15 +445,10 @@ _DIGIT_TEST_COUNT, _DIGIT_VAL_COUNT = 360, 144
 def digit_pool(split: str) -> tuple[np.ndarray, np.ndarray]:
     """The digit images of one split: the 1,797 digits permuted once with a fixed seed, the first
     360 for test, the next 144 for validation, the rest for training (never shared)."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    order = np.random.default_rng(0).permutation(len(bunch.images))
-    bounds = {"test": (0, _DIGIT_TEST_COUNT), "val": (_DIGIT_TEST_COUNT, _DIGIT_TEST_COUNT + _DIGIT_VAL_COUNT),
-              "train": (_DIGIT_TEST_COUNT + _DIGIT_VAL_COUNT, len(order))}[split]
-    chosen = order[bounds[0]:bounds[1]]
-    pixels = np.round(bunch.images[chosen] * 255.0 / 16.0).astype(np.uint8)
-    return pixels, bunch.target[chosen].astype(np.int64)
+    ink, labels = read_digits()
+    chosen = digits_split([("test", _DIGIT_TEST_COUNT), ("val", _DIGIT_VAL_COUNT), ("train", None)],
+                          seed=0, count=len(ink))[split]
+    return digits_pixels(ink[chosen]), labels[chosen]
 
 
 def digit_detection_records(split: str, count: int, seed: int = 0, canvas: int = 64,

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from Detection.data import DetectionRecord, letterbox_geometry
 from Detection.model import flatten_decoded
+from lth.loaders import to_device
 
 IOU_THRESHOLDS = tuple(range(50, 100, 5))   # percent: 0.50, 0.55, ..., 0.95
 RESULT_PATTERN = "comp4_det_test_{}.txt"
@@ -259,7 +260,7 @@ class DetectionEvaluator:
 
     def add(self, batch: Mapping, model: torch.nn.Module) -> None:
         device = next(model.parameters()).device
-        images = [b.to(device, non_blocking=True) for b in batch.get("images", [batch["image"]])]
+        images = to_device(batch.get("images", [batch["image"]]), device)
         boxes = detect(model, images, batch["orig_size"], self.conf_thresh, self.nms_thresh, self.flip)
         self.add_boxes(batch["index"].tolist(), boxes)
 

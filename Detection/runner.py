@@ -4,6 +4,7 @@ model, loaders, training config, step and evaluator they hand to the shared core
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -19,12 +20,14 @@ from Detection.evaluate import DetectionEvaluator
 from Detection.model import BACKBONE_CHANNELS, CONV_TYPES, YOLOv4
 from lth import cli
 from lth.checkpoint import append_jsonl
-from lth.distributed import Context
-from lth.engine import Precision, StepResult
+from lth.distributed import Context, per_process_batch, per_process_eval_batch
+from lth.engine import Precision, StepResult, unwrap
 from lth.errors import UserError
 from lth.loaders import DeviceLoader, Loaders
-from lth.plots import plot_accuracy_vs_remaining
-from lth.trainer import Objective, TrainConfig
+from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS
+from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
+from lth.runs import SUMMARY
+from lth.trainer import Objective, StageProgress, TrainConfig, train_stage
 
 PRETRAINED_TYPES = ("imagenet", "moco", "simclr")
 # The original's weight files (train_imp.py); its ImageNet weights came from a torchvision download
@@ -35,7 +38,8 @@ OBJECTIVE = Objective("ap", higher_is_better=True, lists=("class_ap50",), val_pr
 CHECKPOINT_FORMAT = "lth-detection"
 # Flags that make a resumed or continued run a different experiment (beyond the trainer's own).
 IDENTITY = ("arch", "conv_type", "dataset", "img_size", "epochs", "batch_size", "accumulate", "lr_init",
-            "lr_end", "warmup_epochs", "lr_schedule", "momentum", "weight_decay", "seed", "pretrained", "rate")
+            "lr_end", "warmup_epochs", "lr_schedule", "momentum", "weight_decay", "seed", "pretrained", "rate",
+            "moco_encoder")
 
 
 def default_save_dir(seed: int, kind: str, job: str) -> str:
@@ -43,8 +47,9 @@ def default_save_dir(seed: int, kind: str, job: str) -> str:
     return f"seed{seed}_{kind}_{job}_ckpt"
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Data, model, training and evaluation flags with the original's defaults, and the run flags."""
+def add_common_args(parser: argparse.ArgumentParser, mask_dir: bool = False, trains: bool = True) -> None:
+    """Data, model, training and evaluation flags with the original's defaults, the run flags, and
+    the original's flags that do nothing here (``mask_dir``: its ignored --mask_dir of train_imp/train_random)."""
     d = config.DEFAULTS
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="voc", choices=task.DATASETS,
@@ -54,7 +59,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data_root", default="data",
                       help="folder holding VOCdevkit/VOC2007 and VOCdevkit/VOC2012 (the original's DATA_PATH)")
     data.add_argument("--train_list", default=None, help="--dataset lists: the training annotation list")
-    data.add_argument("--test_list", default=None, help="--dataset lists: the test annotation list")
+    data.add_argument("--test_list", default=None,
+                      help="--dataset lists: the test annotation list; its images are scored against the VOC "
+                           "XML beside them (../Annotations, difficult objects ignored) as the original's "
+                           "evaluator did, or against the list's boxes (said on one line) where there is none")
     data.add_argument("--digits_canvas", type=int, default=64, help="--dataset digits: canvas side in pixels")
     data.add_argument("--digits_counts", type=_counts, default=_counts(",".join(map(str, task.DIGITS_COUNTS.values()))),
                       help="--dataset digits: canvases in its train,val,test splits")
@@ -68,11 +76,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                        help="backbone weights (torchvision state_dict, MoCo v2 checkpoint, simclr_weight.pt, any "
                             "file the core reads); default the original's weight/ file of the type; 'none': "
                             "random init. Never downloaded")
+    model.add_argument("--moco_encoder", default="k", choices=MOCO_ENCODERS,
+                       help=MOCO_ENCODER_HELP + " (the original's train_imp.py MoCo loader did the same)")
     train = parser.add_argument_group("training (the original's config/yolov4_config.py values)")
     train.add_argument("--epochs", type=int, default=d["epochs"],
                        help="epochs per round (the original trained 120: Mobilenet_YOLO_EPOCHS applies to "
                             "Resnet50-YOLOv4; 50 is the config's YOLO_EPOCHS)")
-    train.add_argument("--batch_size", type=int, default=d["batch_size"], help="training batch size (per process)")
+    train.add_argument("--batch_size", type=int, default=d["batch_size"],
+                       help="training batch size (the original's BATCH_SIZE); " + cli.BATCH_HELP)
     train.add_argument("--accumulate", type=int, default=d["accumulate"],
                        help="optimizer step when batch index %% accumulate == 0, as the original (gradients "
                             "of the batches in between summed)")
@@ -88,7 +99,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--eval_interval", type=int, default=0,
                             help="evaluate every this many epochs; 0: once, after the last epoch of each "
-                                 "round (the original)")
+                                 "round (the original). On VOC and lists, whose only evaluation split is VOC07 "
+                                 "test, each round reports its last evaluation, never the best one")
     evaluation.add_argument("--eval_batch_size", type=int, default=None,
                             help="evaluation batch size (default: --batch_size)")
     evaluation.add_argument("--conf_thresh", type=float, default=d["conf_thresh"],
@@ -105,6 +117,63 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume_all", dest="resume", action="store_true",
                         help="the original's spelling of --resume")
     parser.add_argument("--gpu_id", dest="gpu", help="the original's spelling of --gpu")
+    if trains:
+        parser.add_argument_group("disk").add_argument(
+            "--keep_checkpoints", action="store_true",
+            help="keep every finished round's resumable checkpoint (model and optimizer, 1.4 GB on "
+                 "ResNet-50) and best-model copy; by default a finished round keeps only what the "
+                 "original kept (backbone_imp{k+1}.pth, or backbone_random{k}.pth) and its ticket, "
+                 "and eval.py rebuilds the round's model from them")
+    add_original_flags(parser, mask_dir=mask_dir)
+
+
+def add_original_flags(parser: argparse.ArgumentParser, mask_dir: bool = False) -> None:
+    """The original's flags that have no job here: accepted so that its command lines run, each
+    said on one line when given (``original_flag_notices``)."""
+    group = parser.add_argument_group("the original's flags (accepted; see each)")
+    group.add_argument("--weight_path", default=None,
+                       help="ignored: the original's ResNet-50 model never read it (only its --resume looked for "
+                            "last.pt beside it); weights come from --pretrained")
+    group.add_argument("--log_path", default=None,
+                       help="ignored: the original's log.txt and tensorboard folder; here run.json, metrics.jsonl "
+                            "and summary.jsonl in --save_dir hold the log")
+    group.add_argument("--fp_16", type=_truth, default=None, metavar="BOOL",
+                       help="the original's mixed-precision switch (apex fp16, which crashed there): true trains "
+                            "in bf16 autocast (--precision bf16; evaluation stays fp32), false changes nothing")
+    if mask_dir:
+        parser.set_defaults(mask_dir_ignored=True)
+        group.add_argument("--mask_dir", default=None,
+                           help="ignored, as in the original's train_imp.py/train_random.py: IMP reads its own "
+                                "backbone_imp{k}.pth; a mask is transferred with train_transfer.py --mask_dir")
+
+
+def _truth(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def original_flag_notices(args: argparse.Namespace) -> list[str]:
+    """Apply the original's flags that mean something here (--fp_16) and say what each given one does."""
+    notices = []
+    flags = ("weight_path", "log_path") + (("mask_dir",) if getattr(args, "mask_dir_ignored", False) else ())
+    for flag in flags:
+        if getattr(args, flag, None) is not None:
+            notices.append(f"notice: --{flag} is ignored: {IGNORED_ORIGINAL_FLAGS[flag]}")
+    if getattr(args, "fp_16", None):
+        args.precision = "bf16"
+        notices.append("notice: --fp_16: training runs in bf16 autocast (--precision bf16); evaluation stays fp32")
+    return notices
+
+
+IGNORED_ORIGINAL_FLAGS = {
+    "weight_path": "the original's ResNet-50 model never read it; backbone weights come from --pretrained",
+    "log_path": "the log is run.json, metrics.jsonl and summary.jsonl in --save_dir",
+    "mask_dir": "an IMP round reads backbone_imp{k}.pth from --save_dir (train_transfer.py --mask_dir transfers a mask)",
+}
 
 
 def _counts(text: str) -> list[int]:
@@ -118,6 +187,10 @@ def _counts(text: str) -> list[int]:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    notices = original_flag_notices(args)
+    if os.environ.get("RANK", "0") == "0":
+        for line in notices:
+            print(line, file=sys.stderr)
     for name in ("epochs", "batch_size", "accumulate", "img_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -158,8 +231,8 @@ class Evaluation:
     def __call__(self, model: nn.Module, loader, desc: str) -> dict:
         evaluator = DetectionEvaluator(self.records[desc], self.class_names, self.args.conf_thresh,
                                        self.args.nms_thresh, flip=self.args.flip_val)
-        with self.precision.autocast(self.ctx.device):
-            metrics = task.run_evaluation(task.unwrap(model), loader, evaluator, self.result_dir(desc),
+        with self.precision.eval_autocast(self.ctx.device):
+            metrics = task.run_evaluation(unwrap(model), loader, evaluator, self.result_dir(desc),
                                           progress=self.ctx.is_main)
         return as_percent(metrics)
 
@@ -199,10 +272,12 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     data = task.load_detection_data(args.dataset, args.data_root, seed=args.seed, canvas=args.digits_canvas,
                                     train_list=args.train_list, test_list=args.test_list,
                                     digits_counts=dict(zip(task.DIGITS_COUNTS, args.digits_counts)))
+    if data.note and ctx.is_main:
+        print(data.note, file=sys.stderr)
     torch.manual_seed(args.seed)
     model = YOLOv4(len(data.class_names), args.arch, conv_type=args.conv_type)
     if pretrained:
-        task.load_backbone_weights(model, pretrained, quiet=not ctx.is_main)
+        task.load_backbone_weights(model, pretrained, quiet=not ctx.is_main, moco_encoder=args.moco_encoder)
     elif ctx.is_main and not weights_follow:
         print("notice: --pretrained none: the backbone starts from random weights", file=sys.stderr)
     pretrained_backbone = {key: value.detach().clone() for key, value in model.backbone.state_dict().items()}
@@ -212,9 +287,10 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     workers = args.workers
     common = dict(seed=args.seed, ctx=ctx, workers=workers, channels_last=precision.channels_last)
     train = DeviceLoader(DetectionTrainSet(data.train, len(data.class_names), args.img_size, seed=args.seed),
-                         args.batch_size, train=True, drop_last=False, collate_fn=train_collate, **common)
+                         per_process_batch(args.batch_size, ctx), train=True, drop_last=False,
+                         collate_fn=train_collate, **common)
     sizes = config.MULTI_SCALE_VAL_SIZES if args.multi_scale_val else None
-    eval_batch = args.eval_batch_size or args.batch_size
+    eval_batch = per_process_eval_batch(args.eval_batch_size or args.batch_size, ctx)
 
     def eval_loader(records):
         return DeviceLoader(DetectionEvalSet(records, args.img_size, sizes=sizes), eval_batch, train=False,
@@ -225,6 +301,13 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     records = {"val": val_records, "test": data.test}
     loaders = Loaders(train=train, val=eval_loader(val_records),
                       test=eval_loader(data.test) if data.val is not None else None)
+    objective = OBJECTIVE
+    if data.val is None:  # VOC and lists: VOC07 test is the only evaluation split
+        objective = dataclasses.replace(OBJECTIVE, select_last=True)
+        if args.eval_interval and args.eval_interval < args.epochs and ctx.is_main:
+            print(f"notice: --eval_interval {args.eval_interval}: VOC07 test is also the validation split, so "
+                  f"each round reports its last evaluation (not the best of several test-set evaluations)",
+                  file=sys.stderr)
     batches = len(train)
     if batches == 0:
         raise UserError("the training set yields no batch")
@@ -238,7 +321,7 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     step_after = (functools.partial(_steps_after, accumulate=args.accumulate) if args.accumulate > 1 else None)
     train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr_init, momentum=args.momentum,
                             weight_decay=args.weight_decay, warmup=0, milestones=[], print_freq=args.print_freq,
-                            compile=args.compile, objective=OBJECTIVE, step_after=step_after, lr_factor=lr_factor,
+                            compile=args.compile, objective=objective, step_after=step_after, lr_factor=lr_factor,
                             eval_every=args.eval_interval or args.epochs)
     evaluation = Evaluation(records, data.class_names, args, ctx, precision, result_base)
     return Setup(data, model, loaders, train_cfg, evaluation, pretrained_backbone)
@@ -258,7 +341,7 @@ def record_sweep_point(sweep_dir: str, row: dict, label: str, title: str, is_mai
     if not is_main:
         return
     os.makedirs(sweep_dir, exist_ok=True)
-    path = os.path.join(sweep_dir, "summary.jsonl")
+    path = os.path.join(sweep_dir, SUMMARY)
     append_jsonl(row, path)
     latest = {}
     with open(path) as handle:
@@ -276,11 +359,7 @@ def train_single(args: argparse.Namespace, session, setup: Setup, stage: int, pr
     """One training of a fixed mask (transfer, random pruning): ``prepare()`` puts the mask on the
     fresh model (skipped on --resume, where the checkpoint brings it), then the core trains and
     evaluates; the run's summary row goes to its own summary.jsonl and to the sweep folder's."""
-    from lth.plots import plot_training_curves
-    from lth.trainer import StageProgress, train_stage
-    from Detection.task import DetectionPruning
-
-    strategy = DetectionPruning(config.DEFAULTS["prune_rate"])
+    strategy = task.DetectionPruning(config.DEFAULTS["prune_rate"])
     run, ctx = session.run, session.ctx
     if args.resume:
         progress, optimizer_state, scheduler_state = session.restore(setup.model, CHECKPOINT_FORMAT, args,
@@ -296,7 +375,8 @@ def train_single(args: argparse.Namespace, session, setup: Setup, stage: int, pr
                            checkpoint_extra=lambda: {"format": CHECKPOINT_FORMAT, "args": vars(args),
                                                      "arch": args.arch, "dataset": args.dataset},
                            remaining=remaining, **stage_kwargs(setup))
-    row = {**progress.summary_row(stage, remaining, OBJECTIVE), **row_extra}
+    row = {**progress.summary_row(stage, remaining, setup.train_cfg.objective), **row_extra,
+           **session.precision.describe()}
     if ctx.is_main:
         run.log_round(row)
         plot_training_curves(progress.history, run.file("net_train.png"), title=f"{label}: {remaining:.2f}% remain",

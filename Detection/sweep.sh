@@ -1,26 +1,29 @@
-# The loop behind the sweeps in TicketSH/ and random/ (the original's script names and arguments):
+# The sweeps in TicketSH/ and random/ (the original's script names and arguments), as job lists:
 #   sh sweep.sh KIND TYPE FIRST LAST GPU [extra flags...]
-# KIND: imp (train_imp.py), eval (eval.py), random (train_random.py) or transfer (train_transfer.py,
-# mask folder from MASKROOT); TYPE: imagenet, moco or simclr; rounds or masks FIRST..LAST, one
-# process each, on CUDA device GPU; SEED (default 10, the original's) and PYTHON come from the
-# environment. Runs in Detection/, as the original (weight/, seed*_ckpt/ and ./Maskall are there).
+# KIND: imp (train_imp.py: rounds FIRST..LAST, one resumable job per seed: a round starts from the
+# previous one), eval (eval.py), random (train_random.py), transfer (train_transfer.py, masks from
+# MASKROOT) or reversed (train_transfer.py --reverse_mask): one job per level and seed. TYPE:
+# imagenet, moco or simclr; GPU: the CUDA device ("" leaves the choice to a scheduler).
+# Environment: SEEDS (default SEED, default 10, the original's), PYTHON, OUT (folder of the run folders
+# and the report, default Detection/), JOBS (the job list, default OUT/sweep_jobs/KIND_TYPE_FIRST-LAST.jsonl),
+# SWEEP_MODE=list (write the list and stop; run it with
+# `python main_sweep.py run JOBS [--index I]`, or on SLURM as `python main_sweep.py slurm JOBS`
+# prints). Finished jobs are skipped, started ones resumed, each job's output is kept in JOBS.logs/;
+# the list ends with the report of TYPE's IMP and controls (report_TYPE/, the paper's Fig. 4).
+# Runs the scripts in the caller's folder, so relative paths given to it (--data_root, --pretrained,
+# --save_dir, MASKROOT, OUT) and the defaults (weight/, seed*_ckpt/, ./Maskall) are the caller's; run it
+# from Detection/ to use the original's layout, as the original's sweeps were.
 set -e
 KIND=$1; TYPE=$2; FIRST=$3; LAST=$4; GPU=$5
 shift 5
-cd "$(dirname "$0")"
+HERE="$(dirname "$0")"
 PYTHON=${PYTHON:-python}
-SEED=${SEED:-10}
-for i in $(seq "$FIRST" "$LAST")
-do
-    echo "---------- ${TYPE} ${KIND} ${i}"
-    case "$KIND" in
-        imp) script=train_imp.py; set_flags="--imp_type ${TYPE} --imp_num ${i}" ;;
-        eval) script=eval.py; set_flags="--imp_type ${TYPE} --imp_num ${i}" ;;
-        random) script=train_random.py; set_flags="--imp_type ${TYPE} --imp_num ${i}" ;;
-        transfer) script=train_transfer.py
-                  set_flags="--transfer_type ${TYPE} --mask_dir ${MASKROOT:?set MASKROOT to the mask folder} --mask_num ${i}" ;;
-        *) echo "sweep.sh: unknown kind '$KIND' (imp, eval, random, transfer)" >&2; exit 2 ;;
-    esac
-    # shellcheck disable=SC2086  (set_flags is split into words on purpose)
-    CUDA_VISIBLE_DEVICES=${GPU} $PYTHON -u "$script" $set_flags --seed "${SEED}" "$@"
-done
+SEEDS=${SEEDS:-${SEED:-10}}
+OUT=${OUT:-.}
+JOBS=${JOBS:-$OUT/sweep_jobs/${KIND}_${TYPE}_${FIRST}-${LAST}.jsonl}
+"$PYTHON" "$HERE/../main_sweep.py" make detection --jobs "$JOBS" --python "$PYTHON" --seeds "$SEEDS" --gpu "$GPU" \
+    --out "$OUT" --maskroot "${MASKROOT:-}" "$KIND" "$TYPE" "$FIRST" "$LAST" -- "$@"
+if [ "${SWEEP_MODE:-run}" = list ]; then
+    exit 0
+fi
+"$PYTHON" "$HERE/../main_sweep.py" run "$JOBS"

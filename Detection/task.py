@@ -12,12 +12,14 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from Detection.data import (DIGIT_CLASSES, VOC_CLASSES, DetectionRecord, digit_detection_records,
-                            read_annotation_list, voc_records)
+                            read_annotation_list, voc_records, with_voc_ground_truth)
 from Detection.evaluate import DetectionEvaluator
+from Detection.imp_files import BACKBONE_IMP_KEYS, read_backbone_imp, rewind_pruned_convs
 from Detection.loss import yolo_loss
-from Detection.model import BACKBONE_IMP_KEYS, YOLOv4, read_backbone_imp, rewind_pruned_convs
-import pruning_utils
+from Detection.model import YOLOv4
+from lth import tickets
 from lth.checkpoint import load_file
+from lth.engine import unwrap
 from lth.errors import UserError
 from lth.imp import BackbonePruning
 from lth.models import LoadReport, load_pretrained
@@ -34,13 +36,15 @@ class DetectionData:
     test: list[DetectionRecord]
     class_names: tuple[str, ...]
     val: list[DetectionRecord] | None = None     # only the digits set has one (VOC: the original had none)
+    note: str | None = None                      # a line saying what is scored, where it is not VOC's XML
 
 
 def load_detection_data(dataset: str, data_root: str | None = None, seed: int = 0, canvas: int = 64,
                         train_list: str | None = None, test_list: str | None = None,
                         digits_counts: Mapping[str, int] = DIGITS_COUNTS) -> DetectionData:
     """``voc``: VOC07+12 trainval / VOC07 test under ``data_root``; ``lists``: the original's
-    ``train_annotation.txt``/``test_annotation.txt`` (VOC classes); ``digits``: the embedded set
+    ``train_annotation.txt``/``test_annotation.txt`` (VOC classes; the test images scored against
+    their VOC XML where the devkit is there, as the original's evaluator did); ``digits``: the embedded set
     (its validation and test canvases are fixed, whatever ``seed``)."""
     if dataset == "voc":
         if not data_root:
@@ -49,8 +53,9 @@ def load_detection_data(dataset: str, data_root: str | None = None, seed: int = 
     if dataset == "lists":
         if not (train_list and test_list):
             raise UserError("the annotation-list data set needs both a train and a test list")
-        return DetectionData([r for r in read_annotation_list(train_list) if len(r.boxes)],
-                             read_annotation_list(test_list), VOC_CLASSES)
+        test, note = with_voc_ground_truth(read_annotation_list(test_list), test_list)
+        return DetectionData([r for r in read_annotation_list(train_list) if len(r.boxes)], test, VOC_CLASSES,
+                             note=note)
     if dataset == "digits":
         return DetectionData(digit_detection_records("train", digits_counts["train"], seed, canvas),
                              digit_detection_records("test", digits_counts["test"], 0, canvas), DIGIT_CLASSES,
@@ -58,30 +63,16 @@ def load_detection_data(dataset: str, data_root: str | None = None, seed: int = 
     raise UserError(f"unknown detection data set '{dataset}': choose one of {', '.join(DATASETS)}")
 
 
-def load_backbone_weights(model: YOLOv4, path: str, quiet: bool = False) -> LoadReport:
+def load_backbone_weights(model: YOLOv4, path: str, quiet: bool = False, moco_encoder: str = "k") -> LoadReport:
     """Released ImageNet / MoCo v2 / SimCLR weights (any format the core reads) into the backbone,
-    conv1 included and fc left out, as the original's overlap loading did."""
-    return load_pretrained(model.backbone, path, conv1=True, fc=False, quiet=quiet)
+    conv1 included and fc left out, as the original's overlap loading did (of a MoCo v2 checkpoint,
+    the key encoder by default: what its loader ended with, see ``lth.models.select_moco_encoder``)."""
+    return load_pretrained(model.backbone, path, conv1=True, fc=False, quiet=quiet, moco_encoder=moco_encoder)
 
 
 def prune_target(model: nn.Module) -> nn.Module:
-    """The module IMP prunes: the backbone (its conv1 excluded by pruning_utils' default)."""
+    """The module IMP prunes: the backbone (its conv1 excluded by lth.pruning's default)."""
     return unwrap(model).backbone
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
-def move_batch(batch, device: torch.device):
-    """A collated batch (tensors, lists and dicts of tensors) on ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {key: move_batch(value, device) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_batch(value, device) for value in batch)
-    return batch
 
 
 def loss_step(model: nn.Module, batch: Mapping, iou_threshold: float = 0.5) -> dict[str, torch.Tensor]:
@@ -125,7 +116,7 @@ def read_backbone_masks(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     if isinstance(obj, Mapping) and all(key in obj for key in BACKBONE_IMP_KEYS):
         return read_backbone_imp(obj)["masks"], {"source": path, "imp": obj.get("imp")}
     try:
-        masks, meta = pruning_utils.read_masks(obj)
+        masks, meta = tickets.read_masks(obj)
     except UserError as error:
         raise UserError(str(error).replace("the given object", f"'{path}'")) from None
     meta["source"] = path

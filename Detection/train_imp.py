@@ -14,18 +14,14 @@ or all rounds in one resumable command: --imp_num 0 --rounds 19.
 import os
 import sys
 
-if __package__ in (None, ""):  # run as a script (python train_imp.py, the original's way)
-    import _script_path  # noqa: F401  (the repository root on sys.path)
-import pruning_utils  # noqa: E402
-from Detection import runner  # noqa: E402
-from Detection.model import (keep_trained_pruned_convs, read_backbone_imp, save_backbone_imp,  # noqa: E402
-                             start_round_from)
-from Detection.task import DetectionPruning  # noqa: E402
-from lth import cli, distributed  # noqa: E402
-from lth.errors import UserError  # noqa: E402
-from lth.imp import ImpConfig, ImpRun  # noqa: E402
-from lth.runs import RunDir  # noqa: E402
-from lth.session import check_same_experiment, open_session  # noqa: E402
+from Detection import runner
+from Detection.imp_files import keep_trained_pruned_convs, read_backbone_imp, save_backbone_imp, start_round_from
+from Detection.task import DetectionPruning
+from lth import cli, distributed, pruning
+from lth.errors import UserError
+from lth.imp import ImpConfig, ImpRun
+from lth.runs import RunDir
+from lth.session import check_same_experiment, open_session
 
 
 def get_args_parser():
@@ -43,7 +39,7 @@ def get_args_parser():
     cli.add_lrr_arg(group, "the pre-trained backbone (its pruned convs; conv1, BN, neck and heads keep "
                            "their trained values)")
     cli.add_early_bird_args(group)
-    runner.add_common_args(parser)
+    runner.add_common_args(parser, mask_dir=True)
     return parser
 
 
@@ -52,10 +48,17 @@ def check_round_files(run: RunDir, first: int, last: int, resume: bool) -> tuple
     folder does not fit the request (nothing is overwritten)."""
     if resume:
         mine = {r: path for r, path in run.checkpoints().items() if first <= r <= last}
-        if not mine:
-            raise UserError(f"--resume: '{run.path}' holds no checkpoint of round {first}"
+        # A finished round keeps its checkpoint; resuming it would rewind the logs (summary.jsonl,
+        # metrics.jsonl) to that round and train it again: only unfinished rounds are resumed.
+        unfinished = {r: path for r, path in mine.items() if not os.path.exists(run.file(f"backbone_imp{r + 1}.pth"))}
+        if not unfinished and os.path.exists(run.file(f"backbone_imp{last + 1}.pth")):
+            raise UserError(f"--resume: round{'s' if last > first else ''} {first}"
+                            + (f"..{last}" if last > first else "") + f" of '{run.path}' finished already "
+                            f"(backbone_imp{last + 1}.pth exists); nothing was changed")
+        if not unfinished:
+            raise UserError(f"--resume: '{run.path}' holds no checkpoint of an unfinished round in {first}"
                             + (f"..{last}" if last > first else "") + "; start the round without --resume")
-        return max(mine), mine[max(mine)]
+        return max(unfinished), unfinished[max(unfinished)]
     if first == 0:
         run.check(False)
     else:
@@ -73,7 +76,7 @@ def check_round_files(run: RunDir, first: int, last: int, resume: bool) -> tuple
 
 def main(args) -> ImpRun:
     runner.check_args(args)
-    pruning_utils.check_rate(args.rate)
+    pruning.check_rate(args.rate)
     if args.imp_num < 0 or args.rounds < 1:
         raise UserError(f"--imp_num must be 0 or more and --rounds at least 1 (got {args.imp_num}, {args.rounds})")
     cli.early_bird_config(args)
@@ -100,7 +103,8 @@ def main(args) -> ImpRun:
     imp_cfg = ImpConfig(rounds=last + 1, rate=args.rate, prune_type=args.prune_type or "pt_trans", random_prune=False,
                         conv1=False, seed=args.seed, early_bird=cli.early_bird_config(args),
                         meta={"arch": args.arch, "dataset": args.dataset, "task": "detection",
-                              "imp_type": args.imp_type})
+                              "imp_type": args.imp_type},
+                        keep_finished=args.keep_checkpoints)
     imp = ImpRun(setup.model, setup.loaders, setup.train_cfg, imp_cfg, precision, ctx, run, vars(args),
                  strategy=DetectionPruning(args.rate), stage_kwargs=runner.stage_kwargs(setup),
                  on_pruned=on_pruned)

@@ -12,14 +12,11 @@ the mask folder as a variable):
 
 import os
 
-if __package__ in (None, ""):  # run as a script (python train_imp.py, the original's way)
-    import _script_path  # noqa: F401  (the repository root on sys.path)
-import pruning_utils  # noqa: E402
-from Detection import runner  # noqa: E402
-from Detection.task import DetectionPruning, read_backbone_masks  # noqa: E402
-from lth import cli, distributed  # noqa: E402
-from lth.errors import UserError  # noqa: E402
-from lth.session import check_save_dir, open_session  # noqa: E402
+from Detection import runner
+from Detection.task import DetectionPruning, read_backbone_masks
+from lth import cli, distributed, pruning
+from lth.errors import UserError
+from lth.session import check_save_dir, open_session
 
 MASK_NAMES = ("mask-{i}.pt", "ticket_{i:02d}.pt", "backbone_imp{i}.pth")
 
@@ -58,7 +55,7 @@ def main(args) -> dict:
     path = mask_file(args.mask_dir, args.mask_num)
     masks, meta = read_backbone_masks(path)  # read before anything is written: a bad mask changes nothing
     if args.reverse_mask:
-        masks = pruning_utils.reverse_mask(masks)
+        masks = pruning.reverse_mask(masks)
     sweep = args.save_dir or runner.default_save_dir(args.seed, args.transfer_type, "transfer")
     args.save_dir = os.path.join(sweep, f"model{args.mask_num}")
     run, resume_file = check_save_dir(args.save_dir, args.resume)

@@ -3,36 +3,31 @@
 import os
 import sys
 
-# The script lives in MoCo/ and is started from there or from the repository root.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+import argparse
+import hashlib
+from dataclasses import dataclass
 
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import ImageFilter
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torchvision.transforms as T  # noqa: E402
-from PIL import ImageFilter  # noqa: E402
-
-import pruning_utils  # noqa: E402
-from lth import cli, distributed  # noqa: E402
-from lth.checkpoint import atomic_save, trusted_checkpoints  # noqa: E402
-from lth.contrastive import TwoViews, contrastive_evaluate  # noqa: E402
-from lth.engine import StepResult  # noqa: E402
-from lth.errors import UserError  # noqa: E402
-from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD, image_folder  # noqa: E402
-from lth.loaders import DeviceLoader, Loaders  # noqa: E402
-from lth.imp import ImpConfig, ImpRun, PruneStrategy  # noqa: E402
-from lth.models import ARCHS  # noqa: E402
-from lth.plots import plot_training_curves  # noqa: E402
-from lth.runs import RunDir  # noqa: E402
-from lth.session import check_same_experiment, check_save_dir, open_session  # noqa: E402
-from lth.trainer import StageFiles, TrainConfig, train_stage  # noqa: E402
-from MoCo.builder import MoCo, export_checkpoint, load_moco_weights  # noqa: E402
+from lth import cli, distributed, pruning
+from lth.checkpoint import atomic_save, trusted_checkpoints
+from lth.contrastive import TwoViews, contrastive_evaluate
+from lth.engine import StepResult
+from lth.errors import UserError
+from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD, image_folder
+from lth.loaders import DeviceLoader, Loaders
+from lth.imp import ImpConfig, ImpRun, PruneStrategy
+from lth.models import ARCHS
+from lth.plots import plot_training_curves
+from lth.runs import RunDir
+from lth.session import check_same_experiment, check_save_dir, open_session
+from lth.trainer import StageFiles, TrainConfig, train_stage
+from MoCo.builder import MoCo
+from MoCo.weights import export_checkpoint, load_moco_weights
 
 DENSE_FORMAT = "lth-moco-dense"
 DENSE_FILES = StageFiles(checkpoint="checkpoint.pth.tar", best="model_best.pth.tar")
@@ -77,8 +72,8 @@ def get_args_parser():
     group.add_argument("--epochs", type=int, default=180,
                        help="training epochs in all; IMP prunes every --retrain_epoch of them")
     group.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=256,
-                       help="batch size of one node, shared equally by its processes (as in the original); "
-                            "the queue size must be a multiple of the batch of all nodes")
+                       help="batch size of all processes together (the queue size must be a multiple of it); "
+                            + cli.BATCH_HELP + " (the original's -b was per node: the same on one node)")
     group.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=3e-4,
                        help="SGD learning rate, fixed throughout (the original's fix_lr)")
     group.add_argument("--schedule", type=int, nargs="*", default=None,
@@ -145,7 +140,7 @@ def get_args_parser():
 @dataclass(frozen=True)
 class Launch:
     spawn: int  # processes this command starts itself (0: it runs in this process)
-    local: int  # processes on this node, which share -b and -j
+    local: int  # processes on this node, which share -j (-b is shared by all processes)
     world: int  # processes in the whole job
 
 
@@ -188,7 +183,7 @@ def check_args(args, launch: Launch) -> None:
         raise UserError(f"--lr must be positive, got {args.lr}")
     if not 0 <= args.retrain_epoch <= args.epochs:
         raise UserError(f"--retrain_epoch must lie in [0, --epochs {args.epochs}], got {args.retrain_epoch}")
-    pruning_utils.check_rate(args.prune_percent)
+    pruning.check_rate(args.prune_percent)
     cli.early_bird_config(args)
     if not 0.0 <= args.moco_m <= 1.0:
         raise UserError(f"--moco-m must lie in [0, 1], got {args.moco_m}")
@@ -200,10 +195,10 @@ def check_args(args, launch: Launch) -> None:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     if args.multiprocessing_distributed and args.world_size > 1 and args.rank < 0 and "WORLD_SIZE" not in os.environ:
         raise UserError("--world-size > 1 runs over several nodes: give each node its --rank")
-    if args.batch_size % launch.local:
-        raise UserError(f"--batch-size {args.batch_size} must be a multiple of the {launch.local} "
-                        f"processes of a node")
-    global_batch = args.batch_size // launch.local * launch.world
+    if args.batch_size % launch.world:
+        raise UserError(f"--batch-size {args.batch_size} is the global batch and must divide equally among "
+                        f"the {launch.world} processes")
+    global_batch = args.batch_size
     if args.moco_k % global_batch:
         raise UserError(f"--moco-k {args.moco_k} must be a multiple of the global batch {global_batch} "
                         f"(--batch-size {args.batch_size} over {launch.world} process(es)): the queue "
@@ -246,7 +241,7 @@ def make_loaders(args, ctx, launch: Launch) -> Loaders:
     transform = TwoViews(moco_augmentation(args.image_size, args.aug_plus))
     train_set = image_folder(args.data, "train", transform)
     val_set = image_folder(args.data, "val", transform)  # the original tests with the training views
-    per_process = args.batch_size // launch.local
+    per_process = args.batch_size // launch.world  # check_args made sure it divides
     workers = -(-args.workers // launch.local)
     common = dict(seed=args.seed, ctx=ctx, workers=workers)
     loaders = Loaders(train=DeviceLoader(train_set, per_process, train=True, **common),
@@ -315,23 +310,23 @@ class MocoPruning(PruneStrategy):
 
     def prune(self, model: MoCo, seed: int) -> None:
         super().prune(model, seed)
-        pruning_utils.apply_mask(model.encoder_k, pruning_utils.extract_mask(model.encoder_q), conv1=self.conv1)
+        pruning.apply_mask(model.encoder_k, pruning.extract_mask(model.encoder_q), conv1=self.conv1)
         model.freeze_key_encoder()
 
     def rewind(self, model: MoCo, weights: dict) -> None:
         # The rewind point holds the whole model; its encoder_q is the pre-trained query encoder.
         start = {key[len("encoder_q."):]: value for key, value in weights.items() if key.startswith("encoder_q.")}
         for encoder in (model.encoder_q, model.encoder_k):
-            pruning_utils.rewind(encoder, start, conv1=self.conv1)
+            pruning.rewind(encoder, start, conv1=self.conv1)
         model.freeze_key_encoder()
 
     def restore(self, model: MoCo, state_dict: dict) -> None:
         for name in ("encoder_q", "encoder_k"):
             prefix = f"{name}."
             masks = {key[len(prefix):]: value for key, value in state_dict.items()
-                     if key.startswith(prefix) and key.endswith(pruning_utils.MASK_SUFFIX)}
+                     if key.startswith(prefix) and key.endswith(pruning.MASK_SUFFIX)}
             if masks:
-                pruning_utils.apply_mask(getattr(model, name), masks, conv1=self.conv1)
+                pruning.apply_mask(getattr(model, name), masks, conv1=self.conv1)
         model.freeze_key_encoder()
 
 
@@ -382,7 +377,7 @@ def _spawned(local_rank: int, launch: Launch, host: str, port: str, args, resume
             worker(args, launch, resume_file)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_status)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -427,7 +422,7 @@ def worker(args, launch: Launch, resume_file: str | None) -> None:
         if ctx.distributed:
             # Every rank must end with the ticket rank 0 wrote; print each rank's fingerprint to compare.
             same = all(torch.equal(a, b) for a, b in zip(strategy.masks(model).values(),
-                                                          pruning_utils.current_masks(model.encoder_k).values()))
+                                                          pruning.current_masks(model.encoder_k).values()))
             print(f"rank {ctx.rank}: mask digest {mask_digest(strategy.masks(model))}; encoder_k's mask "
                   f"{'equals' if same else 'DIFFERS from'} encoder_q's", flush=True)
         if ctx.is_main:

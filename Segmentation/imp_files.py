@@ -8,16 +8,16 @@ here load in the original's scripts and theirs load here.
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping
 
 import torch
 import torch.nn as nn
 
-import pruning_utils
-from lth import tickets
+from lth import pruning, tickets
 from lth.checkpoint import atomic_save, load_file
+from lth.engine import unwrap
 from lth.errors import UserError
-from Segmentation.model import unwrap
 
 PARTS = ("first_conv", "backbone", "classifier")
 
@@ -71,11 +71,25 @@ def backbone_masks(source) -> tuple[dict[str, torch.Tensor], dict]:
         masks, meta = tickets.read_masks(obj)
         meta.setdefault("source", name)
         return masks, meta
-    masks = {key: value.float() for key, value in pruning_utils.extract_mask(obj["backbone"]).items()}
+    masks = {key: value.float() for key, value in pruning.extract_mask(obj["backbone"]).items()}
     if not masks:
         raise UserError(f"{name} holds a dense backbone (no '*.weight_mask'): round 0 is saved before any "
                         f"pruning; use the file of round 1 or later")
-    return masks, {"source": name, "remaining": pruning_utils.mask_remaining(masks)}
+    return masks, {"source": name, "remaining": pruning.mask_remaining(masks), "round": round_of(name)}
+
+
+def round_of(path: str) -> int | None:
+    """The round n of a file named ``seg_backbone_imp{n}.pth`` (the file itself does not say it)."""
+    match = re.fullmatch(r"seg_backbone_imp(\d+)\.pth", os.path.basename(str(path)))
+    return int(match.group(1)) if match else None
+
+
+def drop_resumable_checkpoint(path: str) -> None:
+    """Delete a finished round's resumable checkpoint (model and optimizer): the round's lasting
+    files are seg_backbone_imp{k+1}.pth (its trained weights, under the next masks), its ticket and
+    its best-validation model."""
+    if os.path.isfile(path):
+        os.remove(path)
 
 
 def restore_parts(model: nn.Module, source, first_conv: bool = True, classifier: bool = True,
@@ -91,15 +105,15 @@ def restore_parts(model: nn.Module, source, first_conv: bool = True, classifier:
     name = source if isinstance(source, (str, os.PathLike)) else "the given object"
     model = unwrap(model)
     if backbone:
-        _check_fits(pruning_utils.dense_state_dict(model.backbone),
-                    pruning_utils.dense_state_dict(obj["backbone"]), f"{name} 'backbone'")
-        pruning_utils.rewind(model.backbone, obj["backbone"])
+        _check_fits(pruning.dense_state_dict(model.backbone),
+                    pruning.dense_state_dict(obj["backbone"]), f"{name} 'backbone'")
+        pruning.rewind(model.backbone, obj["backbone"])
     if first_conv:
-        conv1 = pruning_utils.dense_state_dict(obj["first_conv"])
-        _check_fits(pruning_utils.dense_state_dict(model.backbone.conv1), conv1, f"{name} 'first_conv'")
+        conv1 = pruning.dense_state_dict(obj["first_conv"])
+        _check_fits(pruning.dense_state_dict(model.backbone.conv1), conv1, f"{name} 'first_conv'")
         with torch.no_grad():
             target = model.backbone.conv1
-            (target.weight_orig if pruning_utils.is_pruned(target) else target.weight).copy_(conv1["weight"])
+            (target.weight_orig if pruning.is_pruned(target) else target.weight).copy_(conv1["weight"])
     if classifier:
         _check_fits(model.classifier.state_dict(), obj["classifier"], f"{name} 'classifier'")
         model.classifier.load_state_dict(obj["classifier"], strict=True)

@@ -6,12 +6,7 @@ Round 0 saves its starting state and trains; round k rewinds to it with round k'
     python -u main_imp_imagenet.py seed10_imp_imagenet_0 --imp_num 0 --year 2012 --crop_val --batch_size 4 --random_seed 10
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from Segmentation.run import imp_entry  # noqa: E402
+from Segmentation.run import imp_entry
 
 if __name__ == "__main__":
     imp_entry("imagenet")

@@ -5,12 +5,7 @@ Example (the sweep is sh/transfer_imagenet.sh; see Segmentation/run.py and READM
     python -u main_transfer_imagenet.py seed10_imagenet_01 --mask_dir mask-1.pt --year 2012 --crop_val --batch_size 4 --random_seed 10
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from Segmentation.run import transfer_entry  # noqa: E402
+from Segmentation.run import transfer_entry
 
 if __name__ == "__main__":
     transfer_entry("imagenet")

@@ -3,7 +3,7 @@
 The backbone is ``lth.models.build_model(arch, stem="imagenet")`` wrapped in torchvision's
 ``IntermediateLayerGetter``, so ``model.backbone`` has torchvision's parameter names (``conv1.weight``,
 ``layer1.0.conv1.weight``, ...; no ``fc``): classification tickets apply to it with
-``pruning_utils.apply_mask(model.backbone, masks)`` and released weights load into it with
+``pruning.apply_mask(model.backbone, masks)`` and released weights load into it with
 ``lth.models.load_pretrained(model.backbone, path, conv1=True)``. The head is ``model.classifier``
 with the original's module names, so its state_dict reads and writes the original's files.
 """
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
+from lth.engine import unwrap
 from lth.errors import UserError
 from lth.models import build_model
 
@@ -203,16 +204,6 @@ def build_segmentation_model(name: str = "deeplabv3plus_resnet50", num_classes: 
         classifier = DeepLabV3Head(high_channels, num_classes, rates)
     set_bn_momentum(backbone, BACKBONE_BN_MOMENTUM)
     return SegmentationModel(backbone, classifier)
-
-
-def unwrap(model: nn.Module) -> SegmentationModel:
-    """The segmentation model inside a DDP/DataParallel/compile wrapper."""
-    for attribute in ("module", "_orig_mod"):
-        while hasattr(model, attribute) and isinstance(getattr(model, attribute), nn.Module):
-            model = getattr(model, attribute)
-    if not isinstance(model, SegmentationModel):
-        raise TypeError(f"expected a SegmentationModel, got {type(model).__name__}")
-    return model
 
 
 def model_parts(model: nn.Module) -> dict[str, nn.Module]:

@@ -20,20 +20,20 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-import pruning_utils
-from lth import cli, distributed
-from lth.checkpoint import atomic_write_text, jsonl_text, load_file, read_jsonl
+from lth import cli, distributed, pruning
+from lth.checkpoint import atomic_write_text, jsonl_text, load_file, locked, read_jsonl
 from lth.errors import UserError
 from lth.imp import BackbonePruning, training_curve_labels
 from lth.loaders import DeviceLoader, Loaders
-from lth.models import load_pretrained
+from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS, load_pretrained
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
-from lth.runs import RunDir
+from lth.runs import SUMMARY, RunDir, ticket_name
 from lth.session import Session, check_same_experiment, open_session
 from lth.trainer import Objective, StageFiles, StageProgress, TrainConfig, restore_stage, train_stage
 from lth.tickets import save_ticket
 from Segmentation import data as segdata
-from Segmentation.imp_files import backbone_masks, imp_file_path, restore_parts, save_imp_file
+from Segmentation.imp_files import (backbone_masks, drop_resumable_checkpoint, imp_file_path, restore_parts,
+                                    save_imp_file)
 from Segmentation.loss import LOSS_TYPES, build_loss
 from Segmentation.model import MODELS, build_segmentation_model
 from Segmentation.task import evaluate as evaluate_segmentation
@@ -50,7 +50,8 @@ TORCHVISION_FILES = {"resnet50": "resnet50-19c8e357.pth", "resnet101": "resnet10
                      "resnet18": "resnet18-5c106cde.pth"}
 # Identity flags of a segmentation run beyond the trainer's (a resume must keep them).
 RUN_FLAGS = ("rate", "model", "output_stride", "separable_conv", "crop_size", "crop_val", "year", "total_itrs",
-             "val_interval", "lr_policy", "step_size", "loss_type", "imp_num", "exp")
+             "val_interval", "lr_policy", "step_size", "loss_type", "imp_num", "exp", "moco_encoder",
+             "label_pad")
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,13 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
                                 "(the original's 0.2: round k keeps 0.8^k)")
         group.add_argument("--imp_rounds", type=int, default=IMP_ROUNDS,
                            help="rounds run without --imp_num (finished ones are skipped with --resume)")
+        group.add_argument("--keep_checkpoints", action="store_true",
+                           help="keep a finished round's resumable EXP/latest_*.pth (model and optimizer); by "
+                                "default a finished round keeps seg_backbone_imp{k+1}.pth, its ticket and "
+                                "EXP/best_*.pth (the best validation model)")
+        group.add_argument("--mask_dir", default=None,
+                           help="the original's flag, ignored as there: round k reads the mask of "
+                                "seg_backbone_imp{k}.pth in --save_dir (transfer a mask with main_transfer_*.py)")
     else:
         group = parser.add_argument_group("ticket")
         group.add_argument("--mask_dir", default="",
@@ -110,6 +118,9 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
         group.add_argument("--random_prune", action="store_true",
                            help="prune the backbone convs (conv1 excepted) globally at random to the "
                                 "mask's sparsity instead of using the mask: the random-pruning control")
+        group.add_argument("--imp_num", type=int, default=None,
+                           help="the original's flag, ignored as there (its transfer scripts never read it); "
+                                "the mask is --mask_dir")
     group = parser.add_argument_group("data")
     group.add_argument("--data_root", default="./datasets/data",
                        help="folder holding VOCdevkit/VOC2012 (voc) or leftImg8bit and gtFine (cityscapes)")
@@ -124,6 +135,10 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
                        help="validate on the shorter side resized to --crop_size then centre-cropped "
                             "(default: full images)")
     group.add_argument("--crop_size", type=int, default=513, help="training (and --crop_val) crop size")
+    group.add_argument("--label_pad", type=int, default=segdata.ORIGINAL_LABEL_PAD, choices=list(segdata.LABEL_PADS),
+                       help="label of the pixels padded around a training image smaller than --crop_size: 0 "
+                            "(background, the original's: 23.5 %% of VOC's training label pixels at 513) or 255 "
+                            "(ignored by the loss)")
     group.add_argument("--download", action="store_true",
                        help="accepted as the original's, but refused: data sets are never downloaded; "
                             "place them under --data_root")
@@ -141,18 +156,24 @@ def get_args_parser(mode: str, source: Source) -> argparse.ArgumentParser:
     group.add_argument("--dict_key", default=None,
                        help="entry of the --pretrained file that holds the weights (default: "
                             "'state_dict' when present, else the whole file)")
+    group.add_argument("--moco_encoder", default="k", choices=MOCO_ENCODERS,
+                       help=MOCO_ENCODER_HELP + " (the original's main_*_moco.py did the same)")
     group = parser.add_argument_group("training (the original's defaults)")
     group.add_argument("--test_only", action="store_true",
                        help="evaluate on val (--ckpt, or the model a run would start training from), "
                             "print the scores and exit; writes only --save_val_results")
     group.add_argument("--save_val_results", action="store_true",
-                       help="at each evaluation write {image_id}_pred.png (VOC palette, at the label's "
-                            "size) into EXP/results, replacing the previous evaluation's")
+                       help="at each evaluation write {image_id}_image.png, _target.png, _pred.png (palette, at "
+                            "the label's size) and _overlay.png (prediction over the image at alpha 0.7), as the "
+                            "original meant to, into EXP/results, replacing the previous evaluation's")
     group.add_argument("--lr", type=float, default=0.01, help="head learning rate; the backbone trains at 0.1x")
     group.add_argument("--weight_decay", type=float, default=1e-4, help="SGD weight decay (momentum 0.9)")
-    group.add_argument("--batch_size", type=int, default=16, help="training batch size (per process)")
+    group.add_argument("--batch_size", type=int, default=16,
+                       help="training batch size (at least 2 per process: batch norm after ASPP's image pooling "
+                            "sees one value per channel per image); " + cli.BATCH_HELP)
     group.add_argument("--val_batch_size", type=int, default=4,
-                       help="validation batch size (images of different sizes are padded, padding not scored)")
+                       help="validation batch size; images of different sizes (VOC without --crop_val) are "
+                            "predicted each at its own size, so the scores do not depend on it")
     group.add_argument("--loss_type", default="cross_entropy", choices=list(LOSS_TYPES),
                        help="cross-entropy ignoring 255, or the original's focal loss")
     group.add_argument("--ckpt", default=None,
@@ -218,7 +239,7 @@ def check_args(args: argparse.Namespace, mode: str) -> None:
     if mode == "imp":
         if args.imp_num is not None and args.imp_num < 0:
             raise UserError(f"--imp_num must be 0 or more, got {args.imp_num}")
-        pruning_utils.check_rate(args.rate)
+        pruning.check_rate(args.rate)
         if args.imp_rounds < 1:
             raise UserError(f"--imp_rounds must be at least 1, got {args.imp_rounds}")
         if args.ckpt and not (args.continue_training or args.test_only):
@@ -233,6 +254,20 @@ def check_args(args: argparse.Namespace, mode: str) -> None:
             raise UserError("--ckpt holds the weights and masks to start from: do not combine it with --mask_dir")
     if args.enable_vis:
         print("notice: --enable_vis is ignored (no visdom): see metrics.jsonl and the plots", file=sys.stderr)
+    for line in ignored_original_flags(args, mode):
+        print(line, file=sys.stderr)
+
+
+def ignored_original_flags(args: argparse.Namespace, mode: str) -> list[str]:
+    """One line per original flag given that does nothing here (as it did nothing there)."""
+    if os.environ.get("RANK", "0") != "0":
+        return []
+    if mode == "imp" and args.mask_dir is not None:
+        return ["notice: --mask_dir is ignored by the IMP scripts (as by the original's): round k reads "
+                "seg_backbone_imp{k}.pth in --save_dir"]
+    if mode == "transfer" and args.imp_num is not None:
+        return ["notice: --imp_num is ignored by the transfer scripts (as by the original's): the mask is --mask_dir"]
+    return []
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,7 +296,7 @@ class Task:
 def build_task(args: argparse.Namespace, source: Source, session: Session, eval_from: int = 0) -> Task:
     ctx, precision = session.ctx, session.precision
     data = segdata.load_segmentation(args.dataset, args.data_root, year=args.year, crop_size=args.crop_size,
-                                     crop_val=args.crop_val, seed=args.seed)
+                                     crop_val=args.crop_val, seed=args.seed, label_pad=args.label_pad)
     if args.num_classes is not None and args.num_classes != data.num_classes:
         raise UserError(f"--num_classes {args.num_classes} does not match --dataset {args.dataset}, "
                         f"which has {data.num_classes} classes")
@@ -272,9 +307,10 @@ def build_task(args: argparse.Namespace, source: Source, session: Session, eval_
         return DeviceLoader(dataset, batch_size, train=train, seed=args.seed, ctx=ctx, workers=workers,
                             channels_last=precision.channels_last, collate_fn=segdata.pad_collate)
 
-    loaders = Loaders(train=loader(data.train, args.batch_size, True),
-                      val=loader(data.val, args.val_batch_size, False),
-                      test=loader(data.test, args.val_batch_size, False) if data.test is not None else None,
+    train_batch, val_batch = segdata.process_batches(args.batch_size, args.val_batch_size, ctx)
+    loaders = Loaders(train=loader(data.train, train_batch, True),
+                      val=loader(data.val, val_batch, False),
+                      test=loader(data.test, val_batch, False) if data.test is not None else None,
                       num_classes=data.num_classes)
     # StepLR(step_size, gamma=0.1): x0.1 at every multiple of step_size (the last one included, so the
     # scheduler state at the end matches the original's too)
@@ -308,7 +344,8 @@ def load_start_weights(model: nn.Module, task: Task) -> None:
     if not os.path.isfile(args.pretrained):
         raise UserError(f"pre-trained weights '{args.pretrained}' not found (they are never downloaded): "
                         f"pass --pretrained PATH, or --pretrained {NO_WEIGHTS} to start from random init")
-    load_pretrained(model.backbone, args.pretrained, args.dict_key, conv1=True, quiet=not task.ctx.is_main)
+    load_pretrained(model.backbone, args.pretrained, args.dict_key, conv1=True, quiet=not task.ctx.is_main,
+                    moco_encoder=args.moco_encoder)
 
 
 def load_ckpt_weights(model: nn.Module, path: str, strategy: BackbonePruning) -> None:
@@ -321,7 +358,7 @@ def load_ckpt_weights(model: nn.Module, path: str, strategy: BackbonePruning) ->
     if not isinstance(state, dict):
         raise UserError(f"'{path}' holds neither a segmentation checkpoint of this toolkit nor the "
                         f"original's 'model_state'")
-    state = pruning_utils.strip_prefixes(state)
+    state = pruning.strip_prefixes(state)
     strategy.restore(model, state)
     try:
         model.load_state_dict(state, strict=True)
@@ -374,6 +411,7 @@ def train_run(task: Task, model: nn.Module, run: RunDir, resume_file: str | None
                                              apply_masks=strategy.restore)
         optimizer_state, scheduler_state = checkpoint.get("optimizer"), checkpoint.get("scheduler")
     distributed.barrier()
+    run.stamp = task.precision.describe()
     run.start(vars(args), bool(resume_file))
 
     def checkpoint_extra() -> dict:
@@ -407,10 +445,11 @@ def summary_row(progress: StageProgress, stage: int, remaining: float, **extra) 
 def record_summary(save_dir: str, row: dict, key: str, curve: Callable[[dict], str], title: str) -> None:
     """Put ``row`` into SAVE_DIR/summary.jsonl, replacing the line with the same ``key`` (a re-run
     end of round), and redraw SAVE_DIR/miou_vs_remaining.png (one curve per ``curve(row)``)."""
-    path = os.path.join(save_dir, "summary.jsonl")
-    rows = [old for old in read_jsonl(path) if old.get(key) != row.get(key)] + [row]
-    rows.sort(key=lambda item: (str(item.get("kind", "")), item.get("round", 0), str(item.get("exp", ""))))
-    atomic_write_text(jsonl_text(rows), path)
+    path = os.path.join(save_dir, SUMMARY)
+    with locked(path):  # the parallel jobs of a transfer sweep share this file
+        rows = [old for old in read_jsonl(path) if old.get(key) != row.get(key)] + [row]
+        rows.sort(key=lambda item: (str(item.get("kind", "")), item.get("round", 0), str(item.get("exp", ""))))
+        atomic_write_text(jsonl_text(rows), path)
     curves: dict[str, list] = {}
     for item in rows:
         curves.setdefault(curve(item), []).append((item["remaining"], item.get("reported")))
@@ -538,15 +577,18 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
     progress = train_run(task, model, run, resume_file, strategy, round_index, {"imp_num": round_index})
     remaining = strategy.remaining(model)
     if ctx.is_main:
-        record_summary(save_dir, summary_row(progress, round_index, remaining, exp=args.exp, kind="imp"),
+        record_summary(save_dir, summary_row(progress, round_index, remaining, exp=args.exp, kind="imp",
+                                             **task.precision.describe()),
                        "round", lambda row: "IMP", f"{args.model} on {args.dataset}: IMP ({task.source.name})")
     strategy.prune(model, seed=args.seed * 7919 + round_index)
     if ctx.is_main:
-        save_ticket(os.path.join(save_dir, f"ticket_{round_index + 1:02d}.pt"), strategy.masks(model),
+        save_ticket(os.path.join(save_dir, ticket_name(round_index + 1)), strategy.masks(model),
                     round=round_index + 1, prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
                     source=os.path.abspath(save_dir), arch=args.model.split("_")[1], dataset=args.dataset,
                     pretraining=task.source.name, model=args.model)
         save_imp_file(imp_file_path(save_dir, round_index + 1), model)  # written last: the round is done
+        if not args.keep_checkpoints:
+            drop_resumable_checkpoint(run.file(stage_files(args).checkpoint_of(0)))
         print(f"round {round_index} done: {imp_file_path(save_dir, round_index + 1)} holds "
               f"{strategy.remaining(model):.2f}% of the backbone conv weights", flush=True)
     distributed.barrier()
@@ -599,7 +641,7 @@ def transfer_main(args: argparse.Namespace, source: Source) -> None:
         mask_meta = apply_transfer_mask(model, args, strategy)
     elif args.mask_dir:  # resumed: the checkpoint holds the weights and masks
         mask_meta = plain_meta(backbone_masks(args.mask_dir)[1])
-    kind = transfer_kind(args)
+    kind = transfer_kind(args, pruned=strategy.remaining(model) < 100.0)
     if session.ctx.is_main:
         print(f"{kind}: {strategy.remaining(model):.2f}% of backbone conv weights remain", file=sys.stderr)
     if args.test_only:
@@ -609,15 +651,17 @@ def transfer_main(args: argparse.Namespace, source: Source) -> None:
                          {"mask_dir": args.mask_dir, "mask_meta": mask_meta})
     if session.ctx.is_main:
         row = summary_row(progress, 0, strategy.remaining(model), exp=args.exp, kind=kind, mask_dir=args.mask_dir,
-                          ticket_round=mask_meta.get("round"))
+                          ckpt=args.ckpt, **task.precision.describe(), ticket_round=mask_meta.get("round"))
         record_summary(args.save_dir, row, "exp", lambda item: item.get("kind", "ticket"),
                        f"{args.model} on {args.dataset}: {source.name} weights")
     distributed.teardown()
 
 
-def transfer_kind(args: argparse.Namespace) -> str:
+def transfer_kind(args: argparse.Namespace, pruned: bool) -> str:
+    """The summary row's kind (one curve each); without --mask_dir the model says it (--ckpt of a
+    pruned model, or a run resumed from one, is not dense)."""
     if not args.mask_dir:
-        return "dense"
+        return "pruned checkpoint" if pruned else "dense"
     if args.random_prune:
         return "random pruning"
     return "reversed ticket" if args.reverse_mask else "ticket"
@@ -629,11 +673,11 @@ def apply_transfer_mask(model: nn.Module, args: argparse.Namespace, strategy: Ba
         return {}
     masks, meta = backbone_masks(args.mask_dir)
     if args.reverse_mask:
-        masks = pruning_utils.reverse_mask(masks)
+        masks = pruning.reverse_mask(masks)
     if args.random_prune:
-        rate = 1.0 - pruning_utils.mask_remaining(masks) / 100.0
+        rate = 1.0 - pruning.mask_remaining(masks) / 100.0
         if rate > 0:
-            pruning_utils.global_prune(strategy.target(model), rate, random=True, generator_seed=args.seed)
+            pruning.global_prune(strategy.target(model), rate, random=True, generator_seed=args.seed)
     else:
         strategy.apply_ticket(model, masks)
     return plain_meta(meta)

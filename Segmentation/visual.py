@@ -1,4 +1,5 @@
-"""Colour maps (VOC palette, Cityscapes train-id colours) and a writer of predictions as label PNGs."""
+"""Colour maps (VOC palette, Cityscapes train-id colours) and --save_val_results' writer: image, target,
+prediction and overlay of each evaluated image."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD
 
 # cityscapesScripts' colours of the 19 train ids
 CITYSCAPES_COLORS = np.array([
@@ -51,6 +54,10 @@ def save_label_png(path: str, labels: np.ndarray, palette: np.ndarray) -> None:
     """A palette ('P') PNG whose pixel values are the class indices, written atomically."""
     image = Image.fromarray(np.asarray(labels, dtype=np.uint8), mode="P")
     image.putpalette(palette.reshape(-1).tolist())
+    _atomic_png(path, image)
+
+
+def _atomic_png(path: str, image: Image.Image) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
@@ -65,22 +72,56 @@ def save_label_png(path: str, labels: np.ndarray, palette: np.ndarray) -> None:
 
 
 class PredictionWriter:
-    """``--save_val_results``: ``{image_id}_pred.png`` per evaluated image, at the size of its target.
+    """``--save_val_results``: for each evaluated image, as the original's validate() wrote them,
+    ``{image_id}_image.png`` (the input, ImageNet normalisation undone, x255 truncated to uint8),
+    ``{image_id}_target.png`` and ``{image_id}_pred.png`` (label PNGs in the data set's palette, at
+    the target's size) and ``{image_id}_overlay.png`` (the prediction's colours over the image at
+    alpha 0.7, as its matplotlib overlay, without the figure's margins).
 
     Each evaluation overwrites the previous one's files (same ids, same names). Ids containing
     ``/`` (Cityscapes' ``city/frame``) are written with ``_`` instead.
     """
 
-    def __init__(self, directory: str, ids: Sequence[str], palette: np.ndarray):
+    def __init__(self, directory: str, ids: Sequence[str], palette: np.ndarray,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         self.directory, self.ids, self.palette = directory, list(ids), palette
+        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
-    def path_for(self, index: int) -> str:
-        return os.path.join(self.directory, self.ids[index].replace("/", "_") + "_pred.png")
+    def path_for(self, index: int, kind: str = "pred") -> str:
+        return os.path.join(self.directory, self.ids[index].replace("/", "_") + f"_{kind}.png")
 
-    def write(self, predictions: torch.Tensor, target: Mapping[str, torch.Tensor]) -> None:
-        """``predictions`` (B, H, W) class indices; ``target`` a batch's ``{"index", "size"}``."""
+    def write(self, predictions: torch.Tensor, target: Mapping[str, torch.Tensor],
+              images: torch.Tensor | None = None) -> None:
+        """``predictions`` (B, H, W) class indices; ``target`` a batch's ``{"index", "size"}`` and
+        ``mask``; ``images`` the normalised inputs (B, 3, H, W)."""
         predictions = predictions.detach().to("cpu", torch.uint8).numpy()
         indices = target["index"].reshape(-1).tolist()
         sizes = target["size"].reshape(-1, 2).tolist()
-        for prediction, index, (height, width) in zip(predictions, indices, sizes):
-            save_label_png(self.path_for(int(index)), prediction[:height, :width], self.palette)
+        masks = target["mask"].detach().to("cpu", torch.uint8).numpy() if "mask" in target else None
+        pixels = images.detach().float().to("cpu").numpy() if images is not None else None
+        for row, (prediction, index, (height, width)) in enumerate(zip(predictions, indices, sizes)):
+            prediction = prediction[:height, :width]
+            save_label_png(self.path_for(int(index)), prediction, self.palette)
+            if masks is not None:
+                save_label_png(self.path_for(int(index), "target"), masks[row][:height, :width], self.palette)
+            if pixels is not None:
+                image = self.denormalise(pixels[row][:, :height, :width])
+                save_rgb_png(self.path_for(int(index), "image"), image)
+                save_rgb_png(self.path_for(int(index), "overlay"), overlay(image, colorize(prediction, self.palette)))
+
+    def denormalise(self, image: np.ndarray) -> np.ndarray:
+        """(3, H, W) normalised -> (H, W, 3) uint8: ``(x * std + mean) * 255`` truncated, as the original."""
+        value = (image * self.std[:, None, None] + self.mean[:, None, None]) * 255.0
+        return np.clip(value, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def overlay(image: np.ndarray, colours: np.ndarray, alpha: float = 0.7) -> np.ndarray:
+    """``colours`` drawn over ``image`` with opacity ``alpha`` (matplotlib's imshow(..., alpha=0.7)
+    over an opaque image: ``alpha * colour + (1 - alpha) * image``), rounded to uint8."""
+    mixed = alpha * colours.astype(np.float32) + (1.0 - alpha) * image.astype(np.float32)
+    return np.clip(np.round(mixed), 0, 255).astype(np.uint8)
+
+
+def save_rgb_png(path: str, image: np.ndarray) -> None:
+    """An RGB PNG, written atomically."""
+    _atomic_png(path, Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB"))

@@ -14,25 +14,20 @@ import os
 import shlex
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # runs as `cd SimCLR && python main.py` and as `python SimCLR/main.py`
-    sys.path.insert(0, _ROOT)
+import torch
+import torch.nn as nn
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-import pruning_utils  # noqa: E402
-from lth import cli, distributed  # noqa: E402
-from lth.checkpoint import atomic_save  # noqa: E402
-from lth.contrastive import contrastive_evaluate  # noqa: E402
-from lth.errors import UserError  # noqa: E402
-from lth.imagedata import image_folder  # noqa: E402
-from lth.loaders import DeviceLoader, Loaders  # noqa: E402
-from lth.imp import ImpConfig, ImpRun  # noqa: E402
-from lth.models import ARCHS  # noqa: E402
-from lth.session import check_same_experiment, check_save_dir, open_session  # noqa: E402
-from lth.trainer import StageFiles, TrainConfig, train_stage  # noqa: E402
-from SimCLR import simclr  # noqa: E402
+from lth import cli, distributed, pruning
+from lth.checkpoint import atomic_save
+from lth.contrastive import contrastive_evaluate
+from lth.errors import UserError
+from lth.imagedata import image_folder
+from lth.loaders import DeviceLoader, Loaders
+from lth.imp import ImpConfig, ImpRun
+from lth.models import ARCHS
+from lth.session import check_same_experiment, check_save_dir, open_session
+from lth.trainer import StageFiles, TrainConfig, train_stage
+from SimCLR import simclr
 
 DEFAULT_SIM_MODEL = "./simclr_pre-train_model/resnet50-1x.pth"
 LATEST = "latest"
@@ -76,8 +71,8 @@ def get_args_parser():
                        help="training epochs in all: rounds = 1 + epochs / prun_epoch, the first "
                             "only evaluates")
     group.add_argument("--batch_size", type=int, default=256,
-                       help="images per step over all GPUs (each of N processes takes 1/N, as the "
-                            "original's DataParallel did); NT-Xent contrasts all 2x of them")
+                       help="images per step over all GPUs; NT-Xent contrasts all 2x of them; "
+                            + cli.BATCH_HELP)
     group.add_argument("--lr", type=float, default=1e-4, help="learning rate, constant")
     group.add_argument("--optimizer", default="lars", choices=["adam", "lars", "sgd"],
                        help=f"lars: trust ratio eta 1e-3; lars and sgd use momentum {MOMENTUM}; a "
@@ -142,7 +137,7 @@ def check_args(args) -> None:
     if args.weight_decay < 0 or args.workers < 0:
         raise UserError("--weight_decay and --workers must not be negative")
     if args.prun_percent != 0:
-        pruning_utils.check_rate(args.prun_percent)
+        pruning.check_rate(args.prun_percent)
         if args.epochs % args.prun_epoch:
             raise UserError(f"--prun_epoch {args.prun_epoch} must divide --epochs {args.epochs} "
                             f"(rounds = 1 + epochs / prun_epoch)")
@@ -188,7 +183,7 @@ def make_loaders(args, ctx) -> Loaders:
     transform = simclr.simclr_transform(args.image_size)
     train_set = image_folder(args.data, "train", transform)
     val_set = image_folder(args.data, "val", transform)
-    per_process = args.batch_size // ctx.world_size
+    per_process = distributed.per_process_batch(args.batch_size, ctx)
     common = dict(seed=args.seed, ctx=ctx, workers=args.workers)
     # The last partial batch is kept, as the original's loader kept it (under DDP every rank's
     # last batch has the same size: the sampler pads), so NT-Xent's gather stays aligned.
@@ -284,7 +279,7 @@ def train_dense(model, loaders, cfg, session, args, meta, stage_kwargs) -> None:
                            optimizer_state=optimizer_state, scheduler_state=scheduler_state,
                            checkpoint_extra=lambda: extra, remaining=100.0, **stage_kwargs)
     if ctx.is_main:
-        atomic_save({"state_dict": pruning_utils.dense_state_dict(model), "epochs": args.epochs,
+        atomic_save({"state_dict": pruning.dense_state_dict(model), "epochs": args.epochs,
                      "mlpout": args.mlpout, **meta}, run.file(DENSE_OUTPUT))
         run.log_round(progress.summary_row(0, 100.0))
 

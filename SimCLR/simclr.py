@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.transforms as T
 
-import pruning_utils
+from lth import pruning
 from lth.checkpoint import load_file
 from lth.contrastive import TwoViews
 from lth.engine import StepResult
@@ -248,7 +248,7 @@ def read_sim_weights(path: str) -> dict[str, torch.Tensor]:
     if moco is not None:
         raise UserError(f"--sim_model '{path}' is a MoCo checkpoint (key '{moco}'); find MoCo "
                         f"tickets with MoCo/main_moco_imp.py --pretrained_path {path}")
-    return pruning_utils.transferable_weights(state, fc=True, conv1=True)
+    return pruning.transferable_weights(state, fc=True, conv1=True)
 
 
 def load_sim_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], path: str,
@@ -306,5 +306,5 @@ class CheckpointRewind(PruneStrategy):
         own = model.state_dict()
         with torch.no_grad():
             for key, value in weights.items():
-                orig = key[: -len(".weight")] + pruning_utils.ORIG_SUFFIX
+                orig = key[: -len(".weight")] + pruning.ORIG_SUFFIX
                 own[orig if key not in own and orig in own else key].copy_(value)

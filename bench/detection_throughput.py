@@ -20,24 +20,21 @@ import argparse
 import itertools
 import os
 import platform
-import sys
 import time
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import pruning_utils  # noqa: E402
-from Detection import config, task  # noqa: E402
-from Detection.data import VOC_CLASSES, DetectionRecord, DetectionTrainSet, train_collate  # noqa: E402
-from Detection.model import YOLOv4  # noqa: E402
-from Detection.runner import detection_step  # noqa: E402
-from lth.checkpoint import write_json  # noqa: E402
-from lth.distributed import Context  # noqa: E402
-from lth.engine import Precision, make_optimizer, train_one_epoch  # noqa: E402
-from lth.loaders import DeviceLoader  # noqa: E402
+from Detection import config, task
+from Detection.data import VOC_CLASSES, DetectionRecord, DetectionTrainSet, train_collate
+from Detection.model import YOLOv4
+from Detection.runner import detection_step
+from lth import pruning
+from lth.checkpoint import write_json
+from lth.distributed import Context
+from lth.engine import Precision, make_optimizer, train_one_epoch
+from lth.loaders import DeviceLoader, to_device
 
 
 def synthetic_records(count: int, seed: int) -> list[DetectionRecord]:
@@ -56,7 +53,7 @@ def synthetic_records(count: int, seed: int) -> list[DetectionRecord]:
 def pruned_model(arch: str, device: torch.device, channels_last: bool) -> YOLOv4:
     torch.manual_seed(0)
     model = YOLOv4(len(VOC_CLASSES), arch)
-    pruning_utils.global_prune(task.prune_target(model), 1 - 0.8 ** 5)
+    pruning.global_prune(task.prune_target(model), 1 - 0.8 ** 5)
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
@@ -78,7 +75,7 @@ def reference_run(args, device, records, steps: int) -> float:
             start, seen = time.perf_counter(), 0
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(0, i, batches, epochs=120)
-        batch = task.move_batch(batch, device)
+        batch = to_device(batch, device)
         out = task.loss_step(model, batch)
         out["loss"].backward()
         if i % args.accumulate == 0:
@@ -102,7 +99,7 @@ def engine_run(args, device, records, steps: int) -> float:
                           collate_fn=train_collate, drop_last=False)
     step_after = (lambda i: config.accumulation_steps_here(i, args.accumulate))
     batches = _repeat(loader, args.warmup + steps)  # one stream: the loader's workers stay up, as in the reference
-    with pruning_utils.masks_in_place(model) as reapply:
+    with pruning.masks_in_place(model) as reapply:
         train_one_epoch(model, itertools.islice(batches, args.warmup), optimizer, None, ctx, precision,
                         print_freq=0, after_step=reapply, step=detection_step, step_after=step_after,
                         total=args.warmup)

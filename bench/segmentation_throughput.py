@@ -23,7 +23,6 @@ import itertools
 import os
 import platform
 import statistics
-import sys
 import time
 from typing import Callable
 
@@ -32,17 +31,15 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import pruning_utils  # noqa: E402
-from lth.checkpoint import write_json  # noqa: E402
-from lth.distributed import Context  # noqa: E402
-from lth.engine import Precision, make_optimizer, make_scheduler, param_groups, train_one_epoch  # noqa: E402
-from lth.loaders import DeviceLoader  # noqa: E402
-from Segmentation.data import ArraySegmentation, pad_collate, train_transform  # noqa: E402
-from Segmentation.loss import build_loss  # noqa: E402
-from Segmentation.model import build_segmentation_model  # noqa: E402
-from Segmentation.task import make_step  # noqa: E402
+from lth import pruning
+from lth.checkpoint import write_json
+from lth.distributed import Context
+from lth.engine import Precision, make_optimizer, make_scheduler, param_groups, train_one_epoch
+from lth.loaders import DeviceLoader
+from Segmentation.data import ArraySegmentation, pad_collate, train_transform
+from Segmentation.loss import build_loss
+from Segmentation.model import build_segmentation_model
+from Segmentation.task import make_step
 
 CLASSES = 21
 
@@ -64,7 +61,7 @@ def synthetic_voc(count: int, size: int, seed: int) -> ArraySegmentation:
 def pruned_model(device: torch.device, channels_last: bool) -> nn.Module:
     torch.manual_seed(0)
     model = build_segmentation_model("deeplabv3plus_resnet50", CLASSES).to(device)
-    pruning_utils.global_prune(model.backbone, 0.2)  # prune hooks on the backbone's 52 convs
+    pruning.global_prune(model.backbone, 0.2)  # prune hooks on the backbone's 52 convs
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
@@ -111,7 +108,7 @@ def engine_runner(dataset, args, device, stack: contextlib.ExitStack) -> Callabl
             yield from loader
 
     stream = batches()
-    reapply_masks = stack.enter_context(pruning_utils.masks_in_place(model))
+    reapply_masks = stack.enter_context(pruning.masks_in_place(model))
 
     def run(steps: int) -> None:
         train_one_epoch(model, itertools.islice(stream, steps), optimizer, scheduler, ctx, precision,

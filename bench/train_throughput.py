@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,14 +34,12 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import pruning_utils  # noqa: E402
-from lth import data as lth_data  # noqa: E402
-from lth.checkpoint import write_json  # noqa: E402
-from lth.distributed import Context  # noqa: E402
-from lth.engine import Precision, classification_step, evaluate, make_optimizer, train_one_epoch  # noqa: E402
-from lth.models import build_model  # noqa: E402
+from lth import pruning, tickets
+from lth import data as lth_data
+from lth.checkpoint import write_json
+from lth.distributed import Context
+from lth.engine import Precision, classification_step, evaluate, make_optimizer, train_one_epoch
+from lth.models import build_model
 
 MEAN, STD = lth_data.DATASETS["cifar10"].mean, lth_data.DATASETS["cifar10"].std
 PAPER_ROUNDS, PAPER_EPOCHS, PAPER_TRAIN, PAPER_EVAL = 19, 182, 45_000, 15_000  # CIFAR-10 val 5k + test 10k
@@ -123,7 +120,7 @@ def pruned_model(arch: str, device, channels_last: bool, seed: int = 0) -> nn.Mo
     """A ResNet one IMP round in (80 % of conv weights remain), so every variant pays for masks."""
     torch.manual_seed(seed)
     model = build_model(arch, 10, 3, "cifar")
-    pruning_utils.global_prune(model, 0.2)
+    pruning.global_prune(model, 0.2)
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
@@ -132,7 +129,7 @@ def make_step(variant: Variant, model: nn.Module, device, batch_size: int) -> Ca
     """One training step of the variant; the reference reads loss and accuracy back every step."""
     precision = Precision(dtype=torch.bfloat16 if variant.bf16 else None, channels_last=variant.channels_last)
     # The model lives only for this variant, so the in-place block is never left.
-    after_step = contextlib.ExitStack().enter_context(pruning_utils.masks_in_place(model)) \
+    after_step = contextlib.ExitStack().enter_context(pruning.masks_in_place(model)) \
         if variant.inplace_masks else None
     if variant.engine or variant.fast_sgd:
         optimizer = make_optimizer(model.parameters(), 0.1, 0.9, 2e-4, device)
@@ -312,7 +309,7 @@ def engine_epoch(args, device, splits, precision: Precision) -> dict:
     optimizer = make_optimizer(model.parameters(), 0.1, 0.9, 2e-4, device)
     (train_x, train_y), evals = splits[0], splits[1:]
     start = time.perf_counter()
-    with pruning_utils.masks_in_place(model) as reapply_masks:
+    with pruning.masks_in_place(model) as reapply_masks:
         train_one_epoch(model, device_loader(train_x, train_y, args.batch_size, True, device, precision.channels_last),
                         optimizer, None, ctx, precision, print_freq=0, after_step=reapply_masks,
                         step=classification_step)
@@ -332,26 +329,26 @@ def engine_epoch(args, device, splits, precision: Precision) -> dict:
 
 def prune_and_rewind_times(device) -> dict:
     torch.manual_seed(0)
-    init = pruning_utils.dense_state_dict(build_model("resnet50", 10, 3, "cifar"))
+    init = pruning.dense_state_dict(build_model("resnet50", 10, 3, "cifar"))
     times = {}
-    for name in ("torch.nn.utils.prune.global_unstructured (reference)", "pruning_utils.global_prune"):
+    for name in ("torch.nn.utils.prune.global_unstructured (reference)", "pruning.global_prune"):
         model = build_model("resnet50", 10, 3, "cifar").to(device)
         model.load_state_dict(init)
-        pruning_utils.global_prune(model, 0.2)  # a second round, as in IMP: masks already present
+        pruning.global_prune(model, 0.2)  # a second round, as in IMP: masks already present
         synchronize(device)
         start = time.perf_counter()
         if name.startswith("torch"):
-            params = [(module, "weight") for _, module in pruning_utils.prunable_convs(model)]
+            params = [(module, "weight") for _, module in pruning.prunable_convs(model)]
             prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.2)
         else:
-            pruning_utils.global_prune(model, 0.2)
+            pruning.global_prune(model, 0.2)
         synchronize(device)
         prune_s = time.perf_counter() - start
         start = time.perf_counter()
-        pruning_utils.rewind(model, init)
+        pruning.rewind(model, init)
         synchronize(device)
         times[name] = {"prune_s": prune_s, "rewind_s": time.perf_counter() - start,
-                       "remaining": pruning_utils.sparsity(model)["remaining"]}
+                       "remaining": pruning.sparsity(model)["remaining"]}
     return times
 
 
@@ -359,11 +356,11 @@ def ticket_sizes() -> dict:
     torch.manual_seed(0)
     model = build_model("resnet50", 10, 3, "cifar")
     for _ in range(3):
-        pruning_utils.global_prune(model, 0.2)
-    masks = pruning_utils.extract_mask(model)
+        pruning.global_prune(model, 0.2)
+    masks = pruning.extract_mask(model)
     with tempfile.TemporaryDirectory() as folder:
         paths = {name: os.path.join(folder, name) for name in ("ticket.pt", "masks.pt", "state.pt")}
-        pruning_utils.save_ticket(paths["ticket.pt"], masks, arch="resnet50", round=3)
+        tickets.save_ticket(paths["ticket.pt"], masks, arch="resnet50", round=3)
         torch.save(masks, paths["masks.pt"])
         torch.save({"state_dict": model.state_dict()}, paths["state.pt"])
         sizes = {name: os.path.getsize(path) for name, path in paths.items()}

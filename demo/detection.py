@@ -20,15 +20,15 @@ import time
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from Detection.data import digit_detection_records, digit_pool
+from lth.checkpoint import code_version, library_versions
+from lth.distributed import Context
+from lth.engine import Precision, train_one_epoch
+from lth.models import build_model
+from lth.plots import plot_accuracy_vs_remaining
+from lth.runs import SUMMARY
 
-from Detection.data import digit_detection_records, digit_pool  # noqa: E402
-from lth.checkpoint import code_version, library_versions  # noqa: E402
-from lth.distributed import Context  # noqa: E402
-from lth.engine import Precision, train_one_epoch  # noqa: E402
-from lth.models import build_model  # noqa: E402
-from lth.plots import plot_accuracy_vs_remaining  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MARKER = "detection_report.md"
 
@@ -104,8 +104,8 @@ def main(args) -> None:
     phases["IMP"] = time.time() - start - phases["pre-training"]
     for k in range(1, args.rounds):
         run("Detection/train_random.py", *common, "--imp_num", str(k), "--save_dir", random_dir)
-    imp_rows = read_rows(os.path.join(imp_dir, "summary.jsonl"))
-    random_rows = read_rows(os.path.join(random_dir, "summary.jsonl"))
+    imp_rows = read_rows(os.path.join(imp_dir, SUMMARY))
+    random_rows = read_rows(os.path.join(random_dir, SUMMARY))
     phases["random pruning"] = time.time() - start - sum(phases.values())
     conditions = f"load average {load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
     write_report(args, accuracy, imp_rows, random_rows, time.time() - start, phases, conditions)

@@ -22,11 +22,11 @@ import time
 import numpy as np
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from lth import data
+from lth.checkpoint import code_version
+from lth.runs import ONE_OFF_SUMMARY
 
-from lth import data  # noqa: E402
-from lth.checkpoint import code_version  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def get_args_parser():
@@ -68,7 +68,7 @@ def transfer(args, name: str, weights: str, mask: str | None) -> dict:
              f"{args.transfer_epochs // 2},{args.transfer_epochs * 3 // 4}", "--seed", str(args.seed),
              "--save_dir", out, "--pretrained", weights]
     run("main_eval_downstream.py", *flags, *(["--mask_dir", mask] if mask else []))
-    with open(os.path.join(out, "summary.json")) as handle:
+    with open(os.path.join(out, ONE_OFF_SUMMARY)) as handle:
         return json.load(handle)
 
 

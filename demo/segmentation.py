@@ -21,11 +21,11 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from lth.checkpoint import code_version, read_jsonl
+from lth.plots import plot_accuracy_vs_remaining
+from lth.runs import SUMMARY
 
-from lth.checkpoint import code_version, read_jsonl  # noqa: E402
-from lth.plots import plot_accuracy_vs_remaining  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODEL = "deeplabv3plus_resnet18"
 CHECKPOINT = f"best_{MODEL}_digits_os16.pth"
@@ -92,7 +92,7 @@ def main(args) -> None:
                 if key.startswith("backbone.")}
     weights = os.path.join(args.out, "digits_backbone.pt")
     torch.save(backbone, weights)
-    pretrained_miou = read_jsonl(os.path.join(pretrain_dir, "summary.jsonl"))[0]["reported"]
+    pretrained_miou = read_jsonl(os.path.join(pretrain_dir, SUMMARY))[0]["reported"]
     seconds_pretrain = time.time() - begun
 
     # 2. IMP, with 3. the random control of round k's sparsity beside round k+1
@@ -117,8 +117,8 @@ def main(args) -> None:
 
 def write_report(args, imp_dir: str, control_dir: str, pretrained_miou: float, seconds_pretrain: float,
                  seconds: float) -> None:
-    imp_rows = read_jsonl(os.path.join(imp_dir, "summary.jsonl"))
-    random_rows = {round(row["remaining"], 2): row for row in read_jsonl(os.path.join(control_dir, "summary.jsonl"))}
+    imp_rows = read_jsonl(os.path.join(imp_dir, SUMMARY))
+    random_rows = {round(row["remaining"], 2): row for row in read_jsonl(os.path.join(control_dir, SUMMARY))}
     curves = {"IMP ticket": [(row["remaining"], row["reported"]) for row in imp_rows],
               "random pruning": [(row["remaining"], row["reported"]) for row in random_rows.values()]}
     plot_accuracy_vs_remaining(curves, os.path.join(args.out, "miou_vs_remaining.png"),

@@ -41,6 +41,24 @@ def atomic_save(obj: Any, path: str) -> None:
         raise
 
 
+@contextlib.contextmanager
+def locked(path: str):
+    """Hold an exclusive lock on ``path``'s companion ``.lock`` file (a read-modify-write of a file
+    that parallel jobs of a sweep share); a no-op where the OS has no ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: sweeps run their jobs one at a time there
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def atomic_write_text(text: str, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)

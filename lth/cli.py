@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Callable, Mapping, Sequence
 
+from lth.checkpoint import trusted_checkpoints
 from lth.errors import UserError
 
 # Extra option strings of the original ImageNet/VisDA/MoCo scripts (pytorch/examples style), by dest;
@@ -28,9 +29,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser,
              argv: list[str] | None = None) -> None:
-    """Parse, run, and turn a ``UserError`` into ``error: ...`` on stderr with exit status 2."""
-    from lth.checkpoint import trusted_checkpoints
-
+    """Parse, run, and turn a ``UserError`` into ``error: ...`` on stderr with exit status 2 (3 for a
+    run that diverged, ``TrainingDiverged``)."""
     args = parser.parse_args(argv)
     try:
         set_deterministic(getattr(args, "deterministic", False))
@@ -38,7 +38,7 @@ def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.Argume
             main(args)
     except UserError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_status)
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch's checkpoint is intact; continue with --resume",
               file=sys.stderr)
@@ -69,20 +69,6 @@ def optional_int(text: str) -> int | None:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'")
-
-
-def resolve_seed(seed: int | None) -> int:
-    """The run's seed (see ``lth.session.resolve_seed``, which scripts reach through ``open_session``):
-    the one given or a fresh draw, rank 0's under torchrun, broadcast once."""
-    import torch.distributed as dist
-
-    from lth.distributed import Context
-    from lth.session import resolve_seed as shared_resolve_seed
-
-    initialized = dist.is_available() and dist.is_initialized()
-    ctx = Context(device=None, rank=dist.get_rank() if initialized else 0,
-                  world_size=dist.get_world_size() if initialized else 1)
-    return shared_resolve_seed(seed, ctx)
 
 
 def add_data_args(parser: argparse.ArgumentParser, datasets: list[str], default: str) -> None:
@@ -128,7 +114,11 @@ def add_speed_args(group) -> None:
     """--precision, --channels_last, --compile and --deterministic: how fast the math runs (never what
     it computes on CPU)."""
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+                       help="training math; auto: bf16 autocast on CUDA, fp32 on CPU (run.json and summary "
+                            "rows record which trained the model)")
+    group.add_argument("--eval_precision", default="fp32", choices=["fp32", "bf16"],
+                       help="evaluation math; fp32 (default, as the original scored): bf16 moves scores, e.g. "
+                            "detection box sizes by up to ~2 %% and so AP at IoU 0.90/0.95")
     group.add_argument("--channels_last", default="auto", choices=["auto", "on", "off"],
                        help="memory layout of activations; auto: on for CUDA, off on CPU")
     group.add_argument("--compile", action="store_true",
@@ -143,26 +133,6 @@ def add_trust_arg(group) -> None:
                             "Python objects besides tensors, numbers, argparse.Namespace and numpy "
                             "scalars; unpickling such a file can run any code in it, so only pass "
                             "this for files you trust (without it they are refused)")
-
-
-def apply_ticket_args(model, args, is_main: bool) -> tuple[dict, float]:
-    """Put the mask of --mask_dir (reversed with --reverse_mask) on ``model``; report what trains.
-
-    Returns the mask's metadata and the remaining percentage of conv weights.
-    """
-    import pruning_utils
-
-    mask_meta = {}
-    if args.mask_dir:
-        masks, mask_meta = pruning_utils.read_masks(args.mask_dir)
-        if args.reverse_mask:
-            masks = pruning_utils.reverse_mask(masks)
-        pruning_utils.apply_mask(model, masks, conv1=args.conv1)
-    remaining = pruning_utils.sparsity(model, args.conv1)["remaining"]
-    if is_main:
-        print(f"training {'the reverse of ' if args.reverse_mask else ''}"
-              f"{args.mask_dir or 'a dense network'}: {remaining:.2f}% of conv weights remain", file=sys.stderr)
-    return mask_meta, remaining
 
 
 def add_ticket_args(parser: argparse.ArgumentParser, weights_note: str = "") -> argparse._ArgumentGroup:
@@ -209,14 +179,20 @@ def _names(flag: str, names: Mapping[str, Sequence[str]] | None) -> list[str]:
             *(name for name in extra if name.startswith("--"))]
 
 
+BATCH_HELP = ("under torchrun the global batch: each of the N processes takes 1/N of it (a batch that does "
+              "not divide is refused), so the run is the experiment one process runs, as the originals' "
+              "single process with DataParallel did")
+
+
 def add_optim_args(parser: argparse.ArgumentParser, batch_size: int,
                    names: Mapping[str, Sequence[str]] | None = None) -> None:
     """The optimisation flags; ``names`` adds option strings by dest (e.g. ``EXAMPLES_NAMES``)."""
     group = parser.add_argument_group("optimisation (the original's defaults)")
     group.add_argument(*_names("--batch_size", names), dest="batch_size", type=int, default=batch_size,
-                       help="training batch size (per process)")
+                       help="training batch size; " + BATCH_HELP)
     group.add_argument("--eval_batch_size", type=int, default=None,
-                       help="evaluation batch size (default: 4x --batch_size; no gradients are kept)")
+                       help="evaluation batch size, global as --batch_size (default: 4x --batch_size; no "
+                            "gradients are kept)")
     group.add_argument(*_names("--lr", names), dest="lr", type=float, default=0.1,
                        help="initial learning rate of SGD")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum factor (0 for plain SGD)")

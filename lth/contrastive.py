@@ -46,7 +46,7 @@ def contrastive_evaluate(model: nn.Module, loader: Iterable, ctx: Context, preci
     model.eval()
     totals = torch.zeros(len(ks) + 1, device=ctx.device)
     for batch in tqdm(loader, desc=desc, leave=False, disable=None if ctx.is_main else True, dynamic_ncols=True):
-        with precision.autocast(ctx.device):
+        with precision.eval_autocast(ctx.device):
             logits, targets = logits_fn(model, batch)
         totals[:-1] += topk_hits(logits.float(), targets, ks)
         totals[-1] += targets.numel()

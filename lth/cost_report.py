@@ -22,8 +22,8 @@ from lth import report as run_report
 from lth.errors import UserError
 from lth.plots import plt  # Agg backend set there
 
-CRITERIA = ("within_std", "at_least")
-CRITERION_TEXT = {"within_std": "within 1 std of dense", "at_least": "at least the dense mean"}
+CRITERIA = run_report.RULES  # within one dense std, at least the dense mean (the paper's), one-sided Welch
+CRITERION_TEXT = run_report.RULE_TEXT
 # Flags that do not make another method: the run's place and speed (report.NOT_EXPERIMENT_FLAGS),
 # the seed, and the one-shot early-bird sparsity (a point on the method's curve).
 _SAME_METHOD = frozenset({"early_bird_sparsity"})
@@ -60,21 +60,12 @@ class LevelCost:
 
 
 @dataclass
-class Dense:
-    """The dense model a method is judged against (duck-types ``report.matches``'s baseline)."""
-    label: str
-    mean: float
-    std: float
-    n: int
-
-
-@dataclass
 class Method:
     key: str
     label: str
     runs: list
     levels: list[LevelCost]
-    dense: Dense | None = None
+    dense: run_report.DenseRef | None = None
     dense_source: str = ""
 
 
@@ -132,12 +123,10 @@ def _needed(run, row: dict, rows_by_round: dict) -> tuple[float, float, float]:
 def _points(run) -> tuple[list[CostPoint], list[CostPoint], str | None]:
     """The sparse points of a run, its fully trained dense points, and the unit of its cost columns
     ("epochs", "iterations"; None when it has none: written before cost was recorded)."""
-    rows = run_report._read_rows(os.path.join(run.path, run_report.ROUND_SUMMARY))
-    if not rows and os.path.isfile(os.path.join(run.path, run_report.ONE_OFF_SUMMARY)):
-        rows = [run_report._read_json(os.path.join(run.path, run_report.ONE_OFF_SUMMARY), "summary")]
+    rows, _ = run_report._summary_rows(run.path)
     by_round = {}
     for row in rows:  # a resumed run may repeat a round: the last line wins
-        by_round[int(row.get("round", 0) or 0)] = row
+        by_round[run_report._round_number(row.get("round"))] = row
     level_of = {p.round if p.round is not None else 0: p.level for p in run.points}
     points, dense, unit = [], [], None
     for index, row in sorted(by_round.items()):
@@ -193,9 +182,9 @@ def analyse(runs: Sequence, reference_label: str | None = None) -> CostSection:
         source = method if own else reference
         points = own or (dense_points[reference.key] if reference is not None else [])
         if points:
-            values = [p.metric for p in points]
-            method.dense = Dense(source.label, run_report.mean(values), run_report.sample_std(values), len(values))
+            stats = run_report.LevelStats(run_report.DENSE_LEVEL, [p.metric for p in points], [], [p.seed for p in points])
             method.dense_source = "its own round 0" if own else f"the dense model of '{reference.label}'"
+            method.dense = run_report.DenseRef(source.label, stats, method.dense_source)
     first = runs[0] if runs else None
     if len(units) > 1:
         notes.append("some runs count their cost in epochs, others in iterations: the axis shows each in its own")
@@ -235,10 +224,13 @@ def _disambiguate(methods: Sequence[Method]) -> None:
 
 
 def matches(section: CostSection, method: Method, level: LevelCost, criterion: str) -> bool | None:
-    """Whether the level's mean metric matches the method's dense model (None: no dense model)."""
+    """Whether the level matches the method's dense model under ``criterion`` (one of the report's
+    rules, judged by ``report.test_against_dense``); None: no dense model, or a rule that cannot say
+    (Welch with one seed)."""
     if method.dense is None:
         return None
-    return run_report.matches(level.mean("metric"), method.dense, criterion, section.higher_is_better)
+    stats = run_report.LevelStats(level.level, [p.metric for p in level.points], [], [p.seed for p in level.points])
+    return run_report.test_against_dense(stats, method.dense, section.higher_is_better).ok[criterion]
 
 
 def _at(method: Method, level: float, tolerance: float = 0.01) -> LevelCost | None:
@@ -283,7 +275,7 @@ def write_table(section: CostSection, path: str) -> None:
         writer = csv.writer(handle)
         writer.writerow(["method", "remaining", "n", "seeds", "metric_mean", "metric_std", f"{section.unit}_mean",
                          f"{section.unit}_std", "images_mean", "images_std", "seconds_mean", "seconds_std",
-                         "matches_within_std", "matches_at_least", "fraction_of_reference_images", "dense",
+                         *(f"matches_{c}" for c in CRITERIA), "fraction_of_reference_images", "dense",
                          "dense_mean", "dense_std", "dense_n"])
         for method in section.methods:
             for s in method.levels:
@@ -336,6 +328,9 @@ def plot(section: CostSection, path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+_SHORT = {"within_std": "within 1 std", "at_least": "≥ dense", "welch": "Welch"}
+
+
 def section_lines(section: CostSection, figure: str | None) -> list[str]:
     """The report.md section: the figure, the cheapest matching ticket per criterion, the table."""
     unit = section.unit
@@ -352,7 +347,7 @@ def section_lines(section: CostSection, figure: str | None) -> list[str]:
     for criterion in CRITERIA:
         best = cheapest(section, criterion)
         if best is None:
-            lines.append(f"- Cheapest ticket {CRITERION_TEXT[criterion]}: none matches.")
+            lines.append(f"- Cheapest ticket {CRITERION_TEXT[criterion]}: none matches (or none can be judged).")
             continue
         method, stats = best
         share = fraction(section, method, stats)
@@ -361,16 +356,16 @@ def section_lines(section: CostSection, figure: str | None) -> list[str]:
                      f"{run_report.fmt_level(stats.level)} % remaining: {stats.mean('epochs'):.1f} {unit}, "
                      f"{stats.mean('images'):.0f} samples, {stats.mean('seconds'):.1f} s (n={stats.n}){share_text}.")
     lines += ["", f"| method | remaining (%) | n | metric | {unit} | samples | seconds | "
-                  f"within 1 std | ≥ dense | fraction of reference |",
-              "|---|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+                  + " | ".join(_SHORT[c] for c in CRITERIA) + " | fraction of reference |",
+              "|---|---:|---:|---:|---:|---:|---:|" + "---|" * len(CRITERIA) + "---:|"]
     for method in section.methods:
         for s in method.levels:
             share = fraction(section, method, s)
             verdicts = ["-" if m is None else ("yes" if m else "no") for m in (matches(section, method, s, c)
                                                                                for c in CRITERIA)]
             lines.append(f"| {method.label} | {run_report.fmt_level(s.level)} | {s.n} | {_pm(s, 'metric', 2)} | "
-                         f"{_pm(s, 'epochs')} | {_pm(s, 'images', 0)} | {_pm(s, 'seconds')} | {verdicts[0]} | "
-                         f"{verdicts[1]} | {'-' if share is None else f'{share:.2f}'} |")
+                         f"{_pm(s, 'epochs')} | {_pm(s, 'images', 0)} | {_pm(s, 'seconds')} | "
+                         + " | ".join(verdicts) + f" | {'-' if share is None else f'{share:.2f}'} |")
     dense_lines = [f"- {m.label}: judged against {m.dense_source} ({m.dense.mean:.2f} ± {m.dense.std:.2f}, "
                    f"n={m.dense.n})" for m in section.methods if m.dense is not None]
     missing = [m.label for m in section.methods if m.dense is None]

@@ -7,7 +7,7 @@ import os
 import pickle
 import sys
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -87,6 +87,7 @@ DATASETS: dict[str, DatasetSpec] = {
 CROP_PADDING = 4
 LARGE_VAL_COUNT = 5000
 LARGE_TRAIN_THRESHOLD = 50000
+DIGITS_COUNT = 1797  # scikit-learn's digits
 DIGITS_TEST_COUNT = 360
 DIGITS_MAX_VALUE = 16
 
@@ -192,16 +193,48 @@ def _missing_files(name: str, root: str) -> list[str]:
     return [rel for rel in _REQUIRED_FILES[name] if not os.path.isfile(os.path.join(root, rel))]
 
 
-def _read_digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 handwritten digits: ink (N, 8, 8) floats from 0 to ``DIGITS_MAX_VALUE``, labels int64."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    pixels = np.round(bunch.images * 255.0 / DIGITS_MAX_VALUE).astype(np.uint8)
-    images = torch.from_numpy(pixels).unsqueeze(1).contiguous()
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    return bunch.images, bunch.target.astype(np.int64)
+
+
+def digits_pixels(ink: np.ndarray) -> np.ndarray:
+    """Digit ink as uint8 grey levels 0-255."""
+    return np.round(ink * 255.0 / DIGITS_MAX_VALUE).astype(np.uint8)
+
+
+def digits_split(blocks: Sequence[tuple[str, int | None]], seed: int | np.random.Generator = 0,
+                 count: int = DIGITS_COUNT) -> dict[str, np.ndarray]:
+    """The one digits splitter: disjoint index sets of the ``count`` digits, by name.
+
+    The digits are permuted once (``np.random.default_rng(seed).permutation``; a Generator given as
+    ``seed`` is drawn from and advanced) and the permutation is cut into consecutive blocks of the
+    given sizes, in the order given; a size of None takes the rest. Tasks differ only in their
+    blocks (kept as they were, so every digits result stays what it was): classification
+    ``test 360, train rest`` (its validation set is then the train block's last 10 %, as for
+    every data set), detection ``test 360, val 144, train rest``, segmentation ``val, test 15 %
+    each, train rest`` drawn from the run's seed.
+    """
+    order = np.random.default_rng(seed).permutation(count)
+    splits, start = {}, 0
+    for name, size in blocks:
+        end = count if size is None else start + size
+        if end > count or name in splits:
+            raise ValueError(f"digits blocks {list(blocks)} do not fit {count} digits once each")
+        splits[name], start = order[start:end], end
+    return splits
+
+
+def _read_digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ink, labels = read_digits()
+    images = torch.from_numpy(digits_pixels(ink)).unsqueeze(1).contiguous()
+    labels = torch.from_numpy(labels)
     # A fixed seed, not the run seed: every run must evaluate on the same held-out images.
-    order = torch.from_numpy(np.random.default_rng(0).permutation(len(images)))
-    test_idx, train_idx = order[:DIGITS_TEST_COUNT], order[DIGITS_TEST_COUNT:]
+    split = digits_split([("test", DIGITS_TEST_COUNT), ("train", None)], seed=0, count=len(images))
+    test_idx, train_idx = torch.from_numpy(split["test"]), torch.from_numpy(split["train"])
     return images[train_idx], labels[train_idx], images[test_idx], labels[test_idx]
 
 

@@ -52,6 +52,21 @@ def setup(gpu: int | str | None = None, cpu: bool = False) -> Context:
     return Context(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
 
 
+def per_process_batch(batch_size: int, ctx: Context, flag: str = "--batch_size") -> int:
+    """One process's share of the global training batch ``batch_size``; refused if the processes
+    cannot share it equally (the run would otherwise train another batch size than asked for)."""
+    if batch_size % ctx.world_size:
+        raise UserError(f"{flag} {batch_size} is the global batch and must divide equally among the "
+                        f"{ctx.world_size} processes (e.g. {batch_size - batch_size % ctx.world_size or ctx.world_size})")
+    return batch_size // ctx.world_size
+
+
+def per_process_eval_batch(batch_size: int, ctx: Context) -> int:
+    """One process's evaluation batch: the global one over the processes, rounded up (the scores
+    do not depend on it, each sample is evaluated once)."""
+    return max(1, -(-batch_size // ctx.world_size))
+
+
 def _gpu_index(gpu: int | str | None) -> int:
     if gpu in (None, ""):
         return 0

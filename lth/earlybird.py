@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import pruning_utils
+from lth import pruning
 from lth.errors import UserError
 
 THRESHOLD = 0.1  # the authors' distance threshold
@@ -68,16 +68,16 @@ def rate_to(sparsity: float, remaining_percent: float) -> float:
 
 def draw_mask(network: nn.Module, rate: float, conv1: bool = False) -> torch.Tensor:
     """The keep-mask that a global magnitude prune of ``rate`` of the surviving conv weights of
-    ``network`` would leave now (the rule and tie-breaking of ``pruning_utils.global_prune``),
+    ``network`` would leave now (the rule and tie-breaking of ``pruning.global_prune``),
     flattened over the weights that survive now (bool, on the CPU); the network is not changed."""
-    convs = pruning_utils.prunable_convs(network, conv1)
+    convs = pruning.prunable_convs(network, conv1)
     if not convs:
         raise UserError(f"{type(network).__name__} has no conv layer to prune")
     with torch.no_grad():
-        old = [(module.weight_mask if pruning_utils.is_pruned(module) else torch.ones_like(module.weight)).bool()
+        old = [(module.weight_mask if pruning.is_pruned(module) else torch.ones_like(module.weight)).bool()
                for _, module in convs]
-        scores = [pruning_utils.effective_weight(module).abs() for _, module in convs]
-        new = pruning_utils._prune_lowest(scores, old, rate)
+        scores = [pruning.effective_weight(module).abs() for _, module in convs]
+        new = pruning._prune_lowest(scores, old, rate)
         return torch.cat([kept.bool()[alive] for kept, alive in zip(new, old)]).cpu()
 
 

@@ -12,7 +12,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from lth.distributed import Context
+from lth.distributed import Context, per_process_batch, per_process_eval_batch
 from lth.engine import Precision
 from lth.errors import UserError
 from lth.models import build_model
@@ -81,9 +81,11 @@ def image_loaders(train: Dataset, val: Dataset, num_classes: int, *, batch_size:
                   precision: Precision) -> Loaders:
     """Loaders of an image-file task (no test split: the original reports validation accuracy)."""
     common = dict(seed=seed, ctx=ctx, workers=workers, channels_last=precision.channels_last)
+    eval_batch = per_process_eval_batch(eval_batch_size or 4 * batch_size, ctx)
+    batch_size = per_process_batch(batch_size, ctx)
     # The last partial training batch is kept, as the original ImageNet and VisDA scripts kept it.
     loaders = Loaders(train=DeviceLoader(train, batch_size, train=True, drop_last=False, **common),
-                      val=DeviceLoader(val, eval_batch_size or 4 * batch_size, train=False, **common),
+                      val=DeviceLoader(val, eval_batch, train=False, **common),
                       test=None, num_classes=num_classes)
     if len(loaders.train) == 0:
         raise UserError(f"the training split has {len(train)} images per process, fewer than one batch "

@@ -15,15 +15,15 @@ from typing import Callable
 
 import torch.nn as nn
 
-import pruning_utils
-from lth import cost, distributed
+from lth import cost, pruning, tickets
+from lth import distributed
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
 from lth.earlybird import EarlyBird, EarlyBirdConfig, draw_mask, rate_to
 from lth.engine import Precision
 from lth.errors import UserError
 from lth.plots import plot_accuracy_vs_remaining, plot_training_curves
-from lth.runs import RunDir
+from lth.runs import RunDir, ticket_name
 from lth.loaders import Loaders
 from lth.trainer import (StageFiles, StageProgress, TrainConfig, apply_checkpoint_masks, restore_stage,
                          train_stage)
@@ -60,6 +60,10 @@ class ImpConfig:
     # False: they are written once to REWIND_FILE (under the same key) when they are set, and
     # checkpoints name that file as ``rewind_point``: large models write no unchanged copy per epoch.
     rewind_in_checkpoint: bool = False
+    # False: once a round is finished (its pruned successor's files written), its resumable
+    # checkpoint and best-model copy are deleted; a round's lasting record is then its ticket and
+    # the task's own files (detection's backbone_imp{k+1}.pth). True keeps every file.
+    keep_finished: bool = True
     # Early-bird stopping (lth.earlybird): None trains every round to the end of its schedule.
     early_bird: EarlyBirdConfig | None = None
 
@@ -79,18 +83,18 @@ class PruneStrategy:
 
     def prune(self, model: nn.Module, seed: int) -> None:
         target = self.target(model)
-        pruning_utils.global_prune(target, self.rate, random=self.random, conv1=self.conv1,
+        pruning.global_prune(target, self.rate, random=self.random, conv1=self.conv1,
                                    generator_seed=seed)
-        pruning_utils.sync_masks(target)
+        pruning.sync_masks(target)
 
     def rewind(self, model: nn.Module, weights: dict) -> None:
-        pruning_utils.rewind(model, weights, conv1=self.conv1)
+        pruning.rewind(model, weights, conv1=self.conv1)
 
     def masks(self, model: nn.Module) -> dict:
-        return pruning_utils.current_masks(self.target(model), self.conv1)
+        return pruning.current_masks(self.target(model), self.conv1)
 
     def remaining(self, model: nn.Module) -> float:
-        return pruning_utils.sparsity(self.target(model), self.conv1)["remaining"]
+        return pruning.sparsity(self.target(model), self.conv1)["remaining"]
 
     def restore(self, model: nn.Module, state_dict: dict) -> None:
         """Re-create a checkpoint's masks on ``model`` (on resume, before its strict load)."""
@@ -98,7 +102,7 @@ class PruneStrategy:
 
     def apply_ticket(self, model: nn.Module, masks: dict) -> None:
         """Put a ticket's masks (``layer1.0.conv1.weight_mask``...) on the pruned network."""
-        pruning_utils.apply_mask(self.target(model), masks, conv1=self.conv1)
+        pruning.apply_mask(self.target(model), masks, conv1=self.conv1)
 
 
 class BackbonePruning(PruneStrategy):
@@ -120,16 +124,16 @@ class BackbonePruning(PruneStrategy):
         return model.get_submodule(self.attribute)
 
     def rewind(self, model: nn.Module, weights: dict) -> None:
-        masks = pruning_utils.extract_mask(self.target(model))
-        pruning_utils.remove_prune(model)
-        model.load_state_dict(pruning_utils.dense_state_dict(weights), strict=True)
+        masks = pruning.extract_mask(self.target(model))
+        pruning.remove_prune(model)
+        model.load_state_dict(pruning.dense_state_dict(weights), strict=True)
         if masks:
             self.apply_ticket(model, masks)
 
     def restore(self, model: nn.Module, state_dict: dict) -> None:
         prefix = self.attribute + "."
-        masks = {key[len(prefix):]: value for key, value in pruning_utils.strip_prefixes(state_dict).items()
-                 if key.startswith(prefix) and key.endswith(pruning_utils.MASK_SUFFIX)}
+        masks = {key[len(prefix):]: value for key, value in pruning.strip_prefixes(state_dict).items()
+                 if key.startswith(prefix) and key.endswith(pruning.MASK_SUFFIX)}
         if masks:
             self.apply_ticket(model, masks)
 
@@ -140,13 +144,9 @@ def examples_checkpoint_keys(imp: ImpRun) -> dict:
     Pass ``lambda: examples_checkpoint_keys(imp)`` as ``extra_state``; ``arch`` and ``init_weight``
     are already there. ``mask`` is None before the first prune, as in the original.
     """
-    pruned = any(pruning_utils.is_pruned(module) for module in imp.strategy.target(imp.model).modules())
+    pruned = any(pruning.is_pruned(module) for module in imp.strategy.target(imp.model).modules())
     return {"best_acc1": max(imp.progress.best_val, 0.0), "if_pruned": pruned,
-            "mask": pruning_utils.extract_mask(imp.strategy.target(imp.model)) if pruned else None}
-
-
-def ticket_name(round_index: int) -> str:
-    return f"ticket_{round_index:02d}.pt"
+            "mask": pruning.extract_mask(imp.strategy.target(imp.model)) if pruned else None}
 
 
 class ImpRun:
@@ -226,7 +226,7 @@ class ImpRun:
             # As the original: after k = rewind_epoch epochs (0-based epoch k - 1), file epoch_{k}_...
             trained = epoch + 1
             if self.cfg.prune_type == "rewind_lt" and stage == 0 and trained == self.cfg.rewind_epoch:
-                self.set_rewind_point(pruning_utils.dense_state_dict(self.model))
+                self.set_rewind_point(pruning.dense_state_dict(self.model))
                 if self.ctx.is_main:
                     atomic_save(self.rewind_weights, self.run.file(f"epoch_{trained}_rewind_weight.pt"))
             if self.early_bird is not None:
@@ -279,7 +279,7 @@ class ImpRun:
         its pre-trained checkpoint provided).
         """
         if self.rewind_weights is None and self.cfg.prune_type in ("lt", "pt_trans"):
-            self.rewind_weights = pruning_utils.dense_state_dict(self.model)
+            self.rewind_weights = pruning.dense_state_dict(self.model)
         self.set_rewind_point(self.rewind_weights)
         if first_round:  # lines a killed earlier attempt at this round left before its first checkpoint
             self.run.rewind_logs(first_round, 0)
@@ -335,7 +335,7 @@ class ImpRun:
         if stage == 0 and self.cfg.prune_type == "pt":
             distributed.barrier()
             best = load_file(self.run.file(self.cfg.files.best_of(0)), "best round-0 model")
-            self.set_rewind_point(pruning_utils.dense_state_dict(best["state_dict"]))
+            self.set_rewind_point(pruning.dense_state_dict(best["state_dict"]))
         if self.rewind_weights is None and self.cfg.prune_type != LRR:
             raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must lie "
                             "in [1, --epochs])")
@@ -352,6 +352,11 @@ class ImpRun:
             atomic_save({"state": stage + 1, "state_dict": self.model.state_dict(),
                          **self.progress.to_checkpoint(), **self._extra()},
                         self.run.file(self.cfg.files.checkpoint_of(stage + 1)))
+        if not self.cfg.keep_finished and self.ctx.is_main:
+            # Only now: a kill before the next round's checkpoint still resumes from this one.
+            for name in (self.cfg.files.checkpoint_of(stage), self.cfg.files.best_of(stage)):
+                if os.path.isfile(self.run.file(name)):
+                    os.remove(self.run.file(name))
 
     def _prune(self, stage: int) -> None:
         rate = self._prune_rate(stage)
@@ -364,7 +369,7 @@ class ImpRun:
     def _write_ticket(self, stage: int) -> None:
         if not self.ctx.is_main:
             return
-        pruning_utils.save_ticket(self.run.file(ticket_name(stage)), self.strategy.masks(self.model),
+        tickets.save_ticket(self.run.file(ticket_name(stage)), self.strategy.masks(self.model),
                                   round=stage, prune_type=self.cfg.prune_type,
                                   random_prune=self.cfg.random_prune, conv1=self.cfg.conv1,
                                   seed=self.cfg.seed, source=os.path.abspath(self.run.path), **self.cfg.meta)

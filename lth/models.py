@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-import pruning_utils
+from lth import pruning
 from lth.checkpoint import load_file
 from lth.errors import UserError
 
@@ -78,11 +78,14 @@ class LoadReport:
     path: str
     loaded: list[str] = field(default_factory=list)
     left_at_init: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # the file's tensors outside the model (a projection head)
 
     def summary(self) -> str:
         kept = ", ".join(self.left_at_init[:6]) + (" ..." if len(self.left_at_init) > 6 else "")
+        skipped = ", ".join(self.skipped[:4]) + (" ..." if len(self.skipped) > 4 else "")
         return (f"loaded {len(self.loaded)} tensors from {self.path}; "
-                f"{len(self.left_at_init)} model tensors left at init" + (f" ({kept})" if kept else ""))
+                f"{len(self.left_at_init)} model tensors left at init" + (f" ({kept})" if kept else "")
+                + (f"; {len(self.skipped)} tensors outside the ResNet skipped ({skipped})" if skipped else ""))
 
 
 def select_state_dict(obj, path: str, dict_key: str | None) -> Mapping[str, torch.Tensor]:
@@ -107,19 +110,59 @@ def select_state_dict(obj, path: str, dict_key: str | None) -> Mapping[str, torc
     return obj
 
 
+MOCO_ENCODERS = ("q", "k")
+MOCO_ENCODER_HELP = (
+    "which encoder of a MoCo v2 checkpoint (module.encoder_q.* / module.encoder_k.*) the backbone takes. "
+    "k: the key (momentum) encoder, what the original's detection and segmentation loaders ended with "
+    "(they stripped 17 characters from every key, so encoder_k's tensors, stored after encoder_q's, "
+    "overwrote them): the paper's dense runs used it. q: the query encoder, what MoCo's own linear "
+    "evaluation and our classification scripts use. Files without encoder_k take encoder_q either way")
+
+
+def select_moco_encoder(state: Mapping[str, torch.Tensor], encoder: str = "q") -> Mapping[str, torch.Tensor]:
+    """A MoCo v2 checkpoint's state_dict with encoder ``k``'s tensors under encoder_q's names.
+
+    ``encoder="k"`` is what the original's dense loaders computed, ``{key[17:]: value for key in
+    state}`` over the checkpoint's order (``module.encoder_q.`` and ``module.encoder_k.`` are both
+    17 characters and encoder_k comes last, so its tensors win). ``q``, or a file without
+    encoder_k, is returned unchanged (``strip_prefixes`` then keeps encoder_q and drops the rest).
+    """
+    if encoder not in MOCO_ENCODERS:
+        raise UserError(f"unknown MoCo encoder '{encoder}': choose one of {', '.join(MOCO_ENCODERS)}")
+    if encoder == "q":
+        return state
+    renamed = {}
+    for key, value in state.items():
+        for prefix in ("module.encoder_k.", "encoder_k."):
+            if key.startswith(prefix):
+                renamed[prefix.replace("encoder_k.", "encoder_q.") + key[len(prefix):]] = value
+                break
+    if not renamed:
+        return state
+    kept = {key: value for key, value in state.items()
+            if not key.startswith(("module.encoder_q.", "encoder_q.", "module.encoder_k.", "encoder_k."))}
+    return {**kept, **renamed}
+
+
 def load_pretrained(model: nn.Module, path: str, dict_key: str | None = None, fc: bool = False,
-                    conv1: bool = False, quiet: bool = False) -> LoadReport:
+                    conv1: bool = False, quiet: bool = False, moco_encoder: str = "q") -> LoadReport:
     """Load the transferable weights of any released format into ``model`` (in place).
 
     Accepts torchvision state_dicts (``imagenet_weight.pt``, ``moco.pt``), ``simclr_weight.pt``
-    (``state_dict``), MoCo v2 checkpoints (``module.encoder_q.*``, with ``encoder_k`` and the
-    queue ignored) and IMP checkpoints (``*.weight_orig``). fc and conv1 are skipped unless asked
-    for. Every remaining key must exist in the model with the same shape, otherwise a
-    ``UserError`` names the first key that does not fit.
+    (``state_dict``), MoCo v2 checkpoints (``module.encoder_q.*``, or ``encoder_k`` with
+    ``moco_encoder="k"``; the other encoder and the queue ignored) and IMP checkpoints
+    (``*.weight_orig``). fc and conv1 are skipped unless asked for, and so is every tensor outside
+    the model's own top-level modules (a SimCLR or BYOL ``projector.*``/``head.*``: the original's
+    loaders kept only the keys the ResNet has), said in the report. Every remaining key must exist
+    in the model with the same shape, otherwise a ``UserError`` names the first key that does not fit.
     """
     state = select_state_dict(load_file(path, "pre-trained weight"), path, dict_key)
-    weights = pruning_utils.transferable_weights(state, fc=fc, conv1=conv1)
-    target = pruning_utils.dense_state_dict(model)
+    state = select_moco_encoder(state, moco_encoder)
+    weights = pruning.transferable_weights(state, fc=fc, conv1=conv1)
+    target = pruning.dense_state_dict(model)
+    modules = {key.split(".")[0] for key in target} | {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"}
+    outside = sorted(key for key in weights if key.split(".")[0] not in modules)
+    weights = {key: value for key, value in weights.items() if key not in outside}
     for key, value in weights.items():
         if key not in target:
             raise UserError(f"'{path}' has weight '{key}' that this {type(model).__name__} does not "
@@ -133,7 +176,7 @@ def load_pretrained(model: nn.Module, path: str, dict_key: str | None = None, fc
         raise UserError(f"'{path}' holds no weights that fit a {type(model).__name__}")
     _copy_into(model, weights)
     report = LoadReport(path=path, loaded=sorted(weights),
-                        left_at_init=[key for key in target if key not in weights])
+                        left_at_init=[key for key in target if key not in weights], skipped=outside)
     if not quiet:
         print(report.summary(), file=sys.stderr)
     return report

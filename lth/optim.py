@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 # Optimizers whose update of an element reads only that element (and its gradient and state). For
-# them, masking the weights in place after each step (``pruning_utils.masks_in_place``) gives bit
+# them, masking the weights in place after each step (``pruning.masks_in_place``) gives bit
 # for bit the update through ``torch.nn.utils.prune``'s hooks, where the optimizer steps the dense
 # ``weight_orig`` with the masked gradient. LARS is not one: its trust ratio takes whole-tensor
 # norms, which the original computed on the dense ``weight_orig``, so it trains through the hooks.

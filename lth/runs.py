@@ -11,9 +11,12 @@ import time
 from lth.checkpoint import append_jsonl, atomic_write_text, jsonl_text, read_jsonl, run_record, write_json
 from lth.errors import UserError
 
+# The names of a run's files, for every writer and reader (scripts, report, demos).
 RUN_RECORD = "run.json"
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.jsonl"
+METRICS = "metrics.jsonl"  # one line per evaluation (or trained epoch)
+SUMMARY = "summary.jsonl"  # one line per finished round
+ONE_OFF_SUMMARY = "summary.json"  # the one row of a single training (main_eval_downstream/visda)
+TICKET_GLOB = "ticket_*.pt"
 _CHECKPOINT_RE = re.compile(r"^(\d*)checkpoint\.pth\.tar$")
 
 
@@ -25,6 +28,9 @@ class RunDir:
             raise UserError("--save_dir is required: the folder where this run writes its results")
         self.path = path
         self.is_main = is_main
+        # Facts of the run written into run.json and into every summary row that lacks them
+        # (the session sets the precision that trains and the one that evaluates).
+        self.stamp: dict = {}
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -63,9 +69,9 @@ class RunDir:
         if resume and os.path.exists(record_path):
             with open(record_path) as handle:
                 record = json.load(handle)
-            record.setdefault("resumed", []).append({**run_record(args), "time": _now()})
+            record.setdefault("resumed", []).append({**run_record(args), **self.stamp, "time": _now()})
         else:
-            record = {**run_record(args), "time": _now()}
+            record = {**run_record(args), **self.stamp, "time": _now()}
         write_json(record, record_path)
 
     def recorded_seed(self, given: int | None) -> int | None:
@@ -81,7 +87,8 @@ class RunDir:
 
     def log_round(self, row: dict) -> None:
         if self.is_main:
-            append_jsonl(row, self.file(SUMMARY))
+            append_jsonl({**row, **{key: value for key, value in self.stamp.items() if key not in row}},
+                         self.file(SUMMARY))
 
     def metrics(self) -> list[dict]:
         return read_jsonl(self.file(METRICS))
@@ -103,6 +110,11 @@ class RunDir:
     def remove_stale(self, pattern: str) -> None:
         for path in glob.glob(self.file(pattern)):
             os.remove(path)
+
+
+def ticket_name(round_index: int) -> str:
+    """The ticket file of a round: its masks, the ones round ``round_index`` trains with."""
+    return f"ticket_{round_index:02d}.pt"
 
 
 def _rewrite_jsonl(rows: list[dict], path: str) -> None:

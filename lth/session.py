@@ -72,7 +72,9 @@ def open_session(args: argparse.Namespace, run: RunDir, resume_file: str | None 
     if seed is None:
         seed = default_seed
     args.seed = resolve_seed(seed, ctx)
-    precision = Precision.choose(args.precision, ctx.device, args.channels_last)
+    precision = Precision.choose(args.precision, ctx.device, args.channels_last,
+                                 getattr(args, "eval_precision", "fp32"))
+    run.stamp = precision.describe()
     return Session(run=run, ctx=ctx, precision=precision, resume_file=resume_file, seed=args.seed)
 
 
@@ -86,7 +88,8 @@ def check_same_experiment(run: RunDir, args: argparse.Namespace, flags: Sequence
         saved = json.load(handle).get("args", {})
     for flag in flags:
         if flag in saved and saved[flag] != getattr(args, flag):
-            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}")
+            raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}; "
+                            f"a resume keeps the run's flags: to change it, start a new run in another folder")
 
 
 def resolve_seed(seed: int | None, ctx: Context) -> int:

@@ -12,10 +12,13 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-import pruning_utils
+from lth import plots, pruning
 from lth.errors import UserError
+from lth.models import ARCHS, build_model
+from lth.runs import TICKET_GLOB
+from lth.tickets import read_masks
 
-MASK_SUFFIX = pruning_utils.MASK_SUFFIX
+MASK_SUFFIX = pruning.MASK_SUFFIX
 # Input sizes and stems by data set (the CIFAR stem for the small data sets, as the scripts build them).
 _INPUTS = {"cifar10": (3, 32, 10, "cifar"), "cifar100": (3, 32, 100, "cifar"), "svhn": (3, 32, 10, "cifar"),
            "fmnist": (1, 28, 10, "cifar"), "digits": (1, 8, 10, "cifar")}
@@ -31,7 +34,7 @@ class Ticket:
 
     @property
     def remaining(self) -> float:
-        return pruning_utils.mask_remaining(self.masks)
+        return pruning.mask_remaining(self.masks)
 
 
 def find_tickets(specs: Sequence[str]) -> list[tuple[str | None, str]]:
@@ -46,7 +49,7 @@ def find_tickets(specs: Sequence[str]) -> list[tuple[str | None, str]]:
             raise UserError(f"--tickets '{path}' matches no file")
         for item in paths:
             if os.path.isdir(item):
-                inside = sorted(glob.glob(os.path.join(item, "ticket_*.pt")))
+                inside = sorted(glob.glob(os.path.join(item, TICKET_GLOB)))
                 if not inside:
                     raise UserError(f"--tickets folder '{item}' holds no ticket_XX.pt")
                 found.extend((f"{label} r{_round_of(p)}" if label else None, p) for p in inside)
@@ -65,7 +68,7 @@ def _round_of(path: str) -> str:
 def load_tickets(specs: Sequence[str]) -> list[Ticket]:
     tickets = []
     for label, path in find_tickets(specs):
-        masks, meta = pruning_utils.read_masks(path, "ticket")
+        masks, meta = read_masks(path, "ticket")
         if label is None:
             run = os.path.basename(os.path.dirname(os.path.abspath(path)))
             label = f"{run}/{os.path.splitext(os.path.basename(path))[0]}"
@@ -109,6 +112,25 @@ def pruned_kernel_share(masks: Mapping[str, torch.Tensor], spatial_only: bool = 
         pruned[block] = pruned.get(block, 0) + empty
         total[block] = total.get(block, 0) + mask.shape[0] * mask.shape[1]
     return {block: 100.0 * pruned[block] / total[block] for block in sorted(total, key=_block_order)}
+
+
+def kernel_keep_maps(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per kxk conv (k > 1), the share of each kernel's weights kept: an (out, in) map, 0 where the
+    kernel is pruned entirely (the paper's Fig. 7 shows these maps)."""
+    return {layer_name(key): mask.flatten(2).float().mean(dim=2) for key, mask in masks.items()
+            if mask.dim() == 4 and mask.shape[2] * mask.shape[3] > 1}
+
+
+def shown_layers(layers: Sequence[str]) -> list[str]:
+    """The layers a kernel figure shows: the first and the last kxk conv of each block."""
+    by_block: dict[str, list[str]] = {}
+    for layer in layers:
+        by_block.setdefault(block_of(layer), []).append(layer)
+    shown = []
+    for block in sorted(by_block, key=_block_order):
+        members = by_block[block]
+        shown += [members[0]] + ([members[-1]] if len(members) > 1 else [])
+    return shown
 
 
 def _block_order(block: str) -> tuple[int, int]:
@@ -174,7 +196,7 @@ def layer_costs(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape
     FLOPs; batch norms, activations, pooling and additions are not counted. A layer without a mask
     is dense.
     """
-    masks = {layer_name(k): v for k, v in pruning_utils.strip_prefixes(masks).items()}
+    masks = {layer_name(k): v for k, v in pruning.strip_prefixes(masks).items()}
     modules = dict(model.named_modules())
     unknown = [name for name in masks if name not in modules]
     if unknown:
@@ -195,7 +217,7 @@ def layer_costs(model: nn.Module, masks: Mapping[str, torch.Tensor], input_shape
     for name, module in model.named_modules():
         if not isinstance(module, (nn.Conv2d, nn.Linear)) or name not in outputs:
             continue
-        weight = module.weight_orig if pruning_utils.is_pruned(module) else module.weight
+        weight = module.weight_orig if pruning.is_pruned(module) else module.weight
         mask = masks.get(name)
         if mask is not None and tuple(mask.shape) != tuple(weight.shape):
             raise UserError(f"mask for '{name}' has shape {tuple(mask.shape)}, the layer {tuple(weight.shape)}")
@@ -221,8 +243,6 @@ def model_for(ticket: Ticket, arch: str | None, input_size: int | None, stem: st
               num_classes: int | None) -> tuple[nn.Module, tuple[int, int, int]]:
     """The network a ticket belongs to, from its metadata (arch, data set) or the given overrides;
     an unknown architecture is found by trying each one the toolkit builds."""
-    from lth.models import ARCHS, build_model
-
     dataset = str(ticket.meta.get("dataset", ""))
     channels, size, classes, default_stem = _INPUTS.get(dataset, _IMAGENET_INPUT)
     size, stem, classes = input_size or size, stem or default_stem, num_classes or classes
@@ -230,7 +250,7 @@ def model_for(ticket: Ticket, arch: str | None, input_size: int | None, stem: st
     for name in candidates:
         model = build_model(name, classes, channels, stem)
         try:
-            pruning_utils.fit_masks(model, ticket.masks, conv1="conv1" + MASK_SUFFIX in ticket.masks)
+            pruning.fit_masks(model, ticket.masks, conv1="conv1" + MASK_SUFFIX in ticket.masks)
         except UserError:
             if len(candidates) == 1:
                 raise
@@ -246,8 +266,6 @@ def model_for(ticket: Ticket, arch: str | None, input_size: int | None, stem: st
 def analyse_tickets(tickets: Sequence[Ticket], out: str, arch: str | None = None, input_size: int | None = None,
                     stem: str | None = None, num_classes: int | None = None) -> list[str]:
     """Write the CSVs and plots of the ticket analysis into ``out``; returns report.md lines."""
-    from lth import plots
-
     os.makedirs(out, exist_ok=True)
     rel = os.path.basename(os.path.normpath(out))
     lines = ["## Ticket analysis", "",
@@ -266,7 +284,7 @@ def analyse_tickets(tickets: Sequence[Ticket], out: str, arch: str | None = None
     plots.plot_block_bars(kernels, os.path.join(out, "pruned_kernels.png"),
                           ylabel="fully pruned 3x3 kernels (%)")
     blocks = sorted({b for s in kernels.values() for b in s}, key=_block_order)
-    lines += ["### Fully pruned kernels per block (the paper's Fig. 7)", "",
+    lines += ["### Fully pruned kernels per block", "",
               "Share of the kxk kernels (k > 1; one input-output channel pair of a conv) whose weights are "
               "all pruned, per stage (layer1-layer4 are the paper's B1-B4).", ""]
     spread = [t.remaining for t in tickets]
@@ -277,6 +295,22 @@ def analyse_tickets(tickets: Sequence[Ticket], out: str, arch: str | None = None
     for label, s in kernels.items():
         lines.append(f"| {label} | " + " | ".join(f"{s[b]:.1f}" if b in s else "-" for b in blocks) + " |")
     lines += ["", f"![fully pruned kernels]({rel}/pruned_kernels.png)", ""]
+
+    maps = {t.label: kernel_keep_maps(t.masks) for t in tickets}
+    per_layer = {label: {layer: 100.0 * float((grid == 0).float().mean()) for layer, grid in m.items()}
+                 for label, m in maps.items()}
+    _write_table(os.path.join(out, "pruned_kernels_per_layer.csv"), ["ticket", "layer", "fully_pruned_kernels_pct"],
+                 [[label, layer, f"{v:.4f}"] for label, s in per_layer.items() for layer, v in s.items()])
+    layers = shown_layers(list(dict.fromkeys(layer for m in maps.values() for layer in m)))
+    if layers:
+        plots.plot_kernel_maps({label: {layer: m[layer].numpy() for layer in layers if layer in m}
+                                for label, m in maps.items()}, os.path.join(out, "kernel_maps.png"), per_layer)
+        lines += ["### Kernels kept and pruned per layer (the paper's Fig. 7)", "",
+                  "Each map is one conv layer (the first and the last kxk conv of each block): output channels "
+                  "down, input channels across, each pixel the share of that kernel's weights the ticket keeps; "
+                  "white = the kernel is pruned entirely. Every layer's share of fully pruned kernels is in "
+                  f"`{rel}/pruned_kernels_per_layer.csv`.", "",
+                  f"![kernel maps]({rel}/kernel_maps.png)", ""]
 
     if len(tickets) > 1:
         labels = [t.label for t in tickets]
@@ -293,7 +327,7 @@ def analyse_tickets(tickets: Sequence[Ticket], out: str, arch: str | None = None
                   "|---|" + "---:|" * len(labels)]
         for i, label in enumerate(labels):
             lines.append(f"| {i + 1}. {label} | " + " | ".join(
-                f"{iou[i][j]:.3f} ({chance[i][j]:.3f})" for j in range(len(labels))) + " |")
+                f"{_share(iou[i][j])} ({_share(chance[i][j])})" for j in range(len(labels))) + " |")
         lines += ["", f"![mask overlap]({rel}/overlap.png)", ""]
 
     lines += ["### FLOPs and parameters", "",
@@ -317,6 +351,13 @@ def analyse_tickets(tickets: Sequence[Ticket], out: str, arch: str | None = None
                                                   "dense_flops", "nonzero_flops"], table)
     lines += ["", "Batch-norm parameters (never pruned) are not in these sums.", ""]
     return lines
+
+
+def _share(value: float) -> str:
+    """An IoU with the digits it needs (0.0031, not 0.000)."""
+    if value == 0 or value == 1:
+        return f"{value:.0f}"
+    return f"{value:.3f}" if value >= 0.01 else f"{value:.2g}"
 
 
 def _big(value: int) -> str:

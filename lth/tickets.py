@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 from typing import Mapping
 
 import numpy as np
 import torch
 
-import pruning_utils
+from lth import cli, pruning
 from lth.checkpoint import atomic_save, load_file
 from lth.errors import UserError
+from lth.models import select_state_dict
 
 TICKET_FORMAT = "lth-ticket"
 TICKET_VERSION = 1
@@ -52,7 +54,7 @@ def unpack_masks(packed: Mapping) -> dict[str, torch.Tensor]:
 def save_ticket(path: str, masks: Mapping[str, torch.Tensor], **meta) -> None:
     """Write a ticket file: packed masks plus metadata (remaining % is computed here)."""
     meta = dict(meta)
-    meta["remaining"] = pruning_utils.mask_remaining(masks)
+    meta["remaining"] = pruning.mask_remaining(masks)
     meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     atomic_save({"format": TICKET_FORMAT, "version": TICKET_VERSION, "meta": meta, **pack_masks(masks)}, path)
 
@@ -66,8 +68,11 @@ def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dic
 
     ``source`` is a path or an already loaded object: a ticket file of this toolkit, a checkpoint
     of this toolkit or of the original code (``state_dict`` holding ``*.weight_mask``), or a plain
-    ``{layer.weight_mask: tensor}`` dict (the original's ``mask-{i}.pt``, or ``export``'s output).
-    ``module.``, ``encoder_q.`` and ``module.encoder_q.`` prefixes are stripped.
+    ``{layer.weight_mask: tensor}`` dict (the original's ``mask-{i}.pt``, or ``export``'s output),
+    or a dense task's round file, whose ``backbone`` entry holds the masks (segmentation's
+    ``seg_backbone_imp{n}.pth``, detection's ``backbone_imp{n}.pth`` and ``backbone_random{n}.pth``;
+    ``round`` n read from the name). ``module.``, ``encoder_q.`` and ``module.encoder_q.`` prefixes
+    are stripped.
     """
     name = source if isinstance(source, (str, os.PathLike)) else "the given object"
     obj = load_file(source, what) if isinstance(source, (str, os.PathLike)) else source
@@ -76,11 +81,15 @@ def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dic
             raise UserError(f"{name} is a ticket of format version {obj['version']}, newer than this "
                             f"toolkit reads ({TICKET_VERSION})")
         return unpack_masks(obj), dict(obj.get("meta", {}))
+    dense_round = (isinstance(obj, Mapping) and "state_dict" not in obj and isinstance(obj.get("backbone"), Mapping)
+                   and ({"first_conv", "classifier"} <= set(obj) or {"all_state_dict", "first_conv1"} <= set(obj)))
+    if dense_round:
+        obj = {"state_dict": obj["backbone"], **_round_in_name(name)}
     state = obj.get("state_dict", obj) if isinstance(obj, Mapping) else None
     if not isinstance(state, Mapping):
         raise UserError(f"{name} holds no mask: expected a ticket file, a checkpoint with a "
                         f"'state_dict', or a dict of '*.weight_mask' tensors")
-    masks = {k: v.float() for k, v in pruning_utils.extract_mask(state).items() if isinstance(v, torch.Tensor)}
+    masks = {k: v.float() for k, v in pruning.extract_mask(state).items() if isinstance(v, torch.Tensor)}
     if not masks:
         raise UserError(f"{name} holds no '*.weight_mask' tensor: it is not a pruned checkpoint "
                         f"or mask file")
@@ -89,6 +98,29 @@ def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dic
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], (int, str, float)):
             meta[key] = obj[key]
     return masks, meta
+
+
+def _round_in_name(name) -> dict:
+    match = re.fullmatch(r"(?:seg_)?backbone_(?:imp|random)(\d+)\.pth", os.path.basename(str(name)))
+    return {"round": int(match.group(1))} if match else {}
+
+
+def apply_ticket_args(model, args, is_main: bool) -> tuple[dict, float]:
+    """Put the mask of --mask_dir (reversed with --reverse_mask) on ``model``; report what trains.
+
+    Returns the mask's metadata and the remaining percentage of conv weights.
+    """
+    mask_meta = {}
+    if args.mask_dir:
+        masks, mask_meta = read_masks(args.mask_dir)
+        if args.reverse_mask:
+            masks = pruning.reverse_mask(masks)
+        pruning.apply_mask(model, masks, conv1=args.conv1)
+    remaining = pruning.sparsity(model, args.conv1)["remaining"]
+    if is_main:
+        print(f"training {'the reverse of ' if args.reverse_mask else ''}"
+              f"{args.mask_dir or 'a dense network'}: {remaining:.2f}% of conv weights remain", file=sys.stderr)
+    return mask_meta, remaining
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,7 +132,7 @@ def layer_table(masks: Mapping[str, torch.Tensor]) -> list[dict]:
     rows = []
     for key, mask in masks.items():
         kept, total = int(mask.ne(0).sum()), mask.numel()
-        rows.append({"layer": key[: -len(pruning_utils.MASK_SUFFIX)], "shape": tuple(mask.shape),
+        rows.append({"layer": key[: -len(pruning.MASK_SUFFIX)], "shape": tuple(mask.shape),
                      "kept": kept, "total": total, "remaining": 100.0 * kept / max(total, 1)})
     return rows
 
@@ -145,21 +177,19 @@ def apply_ticket(ticket: str, weights: str, out: str, dict_key: str | None = Non
     Every mask must meet a weight of its shape, and every conv weight but the stem a mask.
     Returns the state_dict written and the conv weights left dense.
     """
-    from lth.models import select_state_dict  # lth.models imports pruning_utils; keep this module light
-
     masks, _ = read_masks(ticket, "ticket")
     state = select_state_dict(load_file(weights, "weight"), weights, dict_key)
-    state = pruning_utils.strip_prefixes(state)
+    state = pruning.strip_prefixes(state)
     tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
     for key in tensors:
-        if key.endswith(pruning_utils.ORIG_SUFFIX):
-            mask_key = key[: -len(pruning_utils.ORIG_SUFFIX)] + pruning_utils.MASK_SUFFIX
+        if key.endswith(pruning.ORIG_SUFFIX):
+            mask_key = key[: -len(pruning.ORIG_SUFFIX)] + pruning.MASK_SUFFIX
             if mask_key not in tensors:
                 raise UserError(f"'{weights}' has '{key}' without its '{mask_key}': not a readable checkpoint")
-    dense = pruning_utils.dense_state_dict(tensors)
+    dense = pruning.dense_state_dict(tensors)
     pruned = {}
     for key, mask in masks.items():
-        weight_key = key[: -len(pruning_utils.MASK_SUFFIX)] + ".weight"
+        weight_key = key[: -len(pruning.MASK_SUFFIX)] + ".weight"
         if weight_key not in dense:
             raise UserError(f"the ticket masks '{weight_key}' (shape {tuple(mask.shape)}), which "
                             f"'{weights}' does not have; are the weights of another architecture?")
@@ -195,8 +225,6 @@ def _check_output(out: str, force: bool, inputs: list[str]) -> None:
 # --------------------------------------------------------------------------------------------
 
 def get_args_parser():
-    from lth import cli
-
     parser = cli.ArgumentParser(
         prog="python -m lth.tickets",
         description="Inspect a ticket and turn it into files other pruning tools read. TICKET is a "
@@ -245,7 +273,7 @@ def main(args) -> None:
         print(format_show(masks, meta))
     elif args.command == "export":
         masks = export_masks(args.ticket, args.out, force=args.force)
-        print(f"wrote {len(masks)} masks ({pruning_utils.mask_remaining(masks):.2f}% of their weights "
+        print(f"wrote {len(masks)} masks ({pruning.mask_remaining(masks):.2f}% of their weights "
               f"remain) to {args.out}")
     else:
         state, unmasked = apply_ticket(args.ticket, args.weights, args.out, args.dict_key, force=args.force)
@@ -254,6 +282,4 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    from lth import cli
-
     cli.run_main(main, get_args_parser())

@@ -21,11 +21,10 @@ from typing import Callable, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-import pruning_utils
-from lth import cost
+from lth import cost, pruning
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
-from lth.errors import UserError
+from lth.errors import TrainingDiverged, UserError
 from lth.engine import (LR_POLICIES, Precision, classification_step, evaluate, make_optimizer, make_scheduler,
                         param_groups, train_one_epoch)
 from lth.loaders import Loaders  # noqa: F401  (scripts and tasks used to import it from here)
@@ -46,6 +45,10 @@ class Objective:
     higher_is_better: bool = True
     lists: tuple[str, ...] = ()
     val_prefix: str = "val_"
+    # True where the validation split is the test split (VOC detection: VOC07 test is the only
+    # evaluation set): choosing the best of several evaluations would select on the test set, so
+    # the last evaluation is the one reported and no best-model copy is kept.
+    select_last: bool = False
 
     def improves(self, value: float, best: float) -> bool:
         """True when ``value`` beats ``best`` (``-inf``: nothing measured yet)."""
@@ -204,7 +207,7 @@ class StageProgress:
             self.next_epoch = epoch + 1
         else:
             self.next_epoch += 1  # evaluations done
-        improved = objective.improves(val_acc, self.best_val)
+        improved = objective.select_last or objective.improves(val_acc, self.best_val)
         if improved:
             self.best_val, self.best_epoch, self.test_at_best = val_acc, epoch, test_acc
             self.at_best = dict(figures or {})
@@ -265,6 +268,8 @@ class StageProgress:
                         if key.startswith(split + "_")})
         row.update({"primary_metric": name, "higher_is_better": objective.higher_is_better,
                     "reported": self.reported, "final": self.final})
+        if objective.select_last:  # best_* then hold the last evaluation's figures
+            row["reported_at"] = "last evaluation (the validation split is the test split)"
         row.update(cost.columns(spent_before, cost.of_stage(self), self.next_itr is not None))
         if self.stopped:
             row["early_stopped"] = True
@@ -317,7 +322,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     evaluator = evaluator or classification_evaluator(ctx, precision, loaders.num_classes)
     objective = cfg.objective
     if remaining is None:
-        remaining = pruning_utils.sparsity(model, conv1)["remaining"]
+        remaining = pruning.sparsity(model, conv1)["remaining"]
     if not cfg.trains:
         return _evaluate_only(model, loaders, evaluator, ctx, run, stage, progress, remaining, objective)
     if cfg.by_iterations and progress.next_itr is None:
@@ -345,7 +350,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     # Masks multiplied into the weights after each step instead of prune's forward pre-hooks:
     # the same numbers for element-wise optimizers, a little faster (docs/PERFORMANCE.md); the
     # hooks are back afterwards. LARS's whole-tensor norms need the hooks' dense weight_orig.
-    in_place = (pruning_utils.masks_in_place(model) if cfg.inplace_masks and masks_in_place_exact(cfg.optimizer)
+    in_place = (pruning.masks_in_place(model) if cfg.inplace_masks and masks_in_place_exact(cfg.optimizer)
                 else contextlib.nullcontext(None))
     with in_place as reapply_masks:
         train_model = wrap_for_training(model, ctx, cfg.compile)
@@ -362,6 +367,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                 train = train_one_epoch(train_model, stream.take(count), optimizer, scheduler, ctx, precision,
                                         desc=f"round {stage} itr {position}/{cfg.total_itrs}", total=count,
                                         **common)
+                stop_if_diverged(train, model, f"round {stage} iterations {progress.next_itr + 1}-{position}")
                 progress.next_itr = position
                 progress.images += train["images"]
                 where = {"itr": position}
@@ -370,6 +376,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                 loaders.train.set_epoch(stage * cfg.epochs + position)
                 train = train_one_epoch(train_model, loaders.train, optimizer, scheduler, ctx, precision,
                                         desc=f"round {stage} epoch {position + 1}/{cfg.epochs}", **common)
+                stop_if_diverged(train, model, f"round {stage} epoch {position}")
                 progress.images += train["images"]
                 where = {"epoch": position}
                 if (position + 1) % cfg.eval_every and position + 1 < cfg.epochs:
@@ -401,7 +408,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
             seconds = time.perf_counter() - start
             progress.seconds += seconds
             if ctx.is_main:
-                if improved and save_best:
+                if improved and save_best and not objective.select_last:
                     atomic_save({"state": stage, **where, "state_dict": model.state_dict(),
                                  "best_sa": val[name], "test_ta": test[name] if test else None,
                                  **_meta(checkpoint_extra())}, run.file(files.best_of(stage)))
@@ -420,6 +427,34 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
                 print(f"round {stage} {at}: lr {lr:.4g}{trained} val{metric} {val[name]:.2f}{shown} "
                       f"remaining {remaining:.2f}% ({row['seconds']:.1f}s)", flush=True)
     return progress
+
+
+def stop_if_diverged(train: dict, model: nn.Module, where: str) -> None:
+    """Stop the run when the stretch just trained (``where``) ended with a non-finite mean loss, or
+    with non-finite weights (a last step can blow them up after a finite loss).
+
+    Runs before anything of the stretch is logged or saved, so the run's files keep its last finite
+    state: no checkpoint, best model, ticket or plot is written from what diverged. The loss is
+    summed over ranks and the weights are equal on every rank, so all ranks stop together.
+    """
+    loss = train["loss"]
+    if math.isfinite(loss) and finite_weights(model):
+        return
+    what = (f"the mean training loss is {loss}" if not math.isfinite(loss)
+            else f"its weights hold NaN or infinite values (mean training loss {loss:.4g})")
+    raise TrainingDiverged(f"training diverged in {where}: {what}; nothing of it was saved, the run's files "
+                           f"hold its last finite state. Lower the learning rate and start a new run in another "
+                           f"folder (a resume keeps this run's learning rate)")
+
+
+@torch.no_grad()
+def finite_weights(model: nn.Module) -> bool:
+    """True when every parameter of ``model`` is finite: the largest magnitude of each tensor (NaN or
+    inf where one entry is) in one multi-tensor pass, read once on the host."""
+    parameters = [parameter.detach() for parameter in model.parameters()]
+    if not parameters:
+        return True
+    return bool(torch.stack(torch._foreach_norm(parameters, math.inf)).isfinite().all())
 
 
 class _BatchStream:
@@ -470,7 +505,7 @@ def evaluate_and_print(model: nn.Module, loaders: Loaders, precision: Precision,
     if checkpoint is not None:
         load_checkpoint_into(model, checkpoint, fmt, {}, conv1)
     result = evaluate(model, loaders.val, ctx, precision, loaders.num_classes, desc="val")
-    remaining = pruning_utils.sparsity(model, conv1)["remaining"]
+    remaining = pruning.sparsity(model, conv1)["remaining"]
     if ctx.is_main:
         top5 = f" top-5 {result['top5']:.2f}" if "top5" in result else ""
         print(f"val top-1 {result['acc']:.2f}{top5} mean class accuracy {result['mean_class_acc']:.2f} "
@@ -625,9 +660,9 @@ MaskRestorer = Callable[[nn.Module, Mapping], None]
 
 def apply_checkpoint_masks(model: nn.Module, state_dict: Mapping, conv1: bool = False) -> None:
     """Prune ``model`` with the masks of ``state_dict`` (prefixes stripped), so that it loads strictly."""
-    masks = pruning_utils.extract_mask(state_dict)
+    masks = pruning.extract_mask(state_dict)
     if masks:
-        pruning_utils.apply_mask(model, masks, conv1=conv1)
+        pruning.apply_mask(model, masks, conv1=conv1)
 
 
 def load_checkpoint_into(model: nn.Module, path: str, fmt: str, args: dict, conv1: bool,
@@ -659,4 +694,5 @@ def check_resumable(checkpoint: Mapping, path: str, fmt: str, args: dict) -> Non
     saved = checkpoint.get("args", {})
     for flag in IDENTITY_FLAGS:
         if flag in saved and flag in args and saved[flag] != args[flag]:
-            raise UserError(f"--{flag} is {args[flag]!r} but the run being resumed used {saved[flag]!r}")
+            raise UserError(f"--{flag} is {args[flag]!r} but the run being resumed used {saved[flag]!r}; "
+                            f"a resume keeps the run's flags: to change it, start a new run in another folder")

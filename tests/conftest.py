@@ -1,9 +1,21 @@
 """Shared test fixtures."""
 
+import os
 import shutil
 
 import pytest
 import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (sweep scripts end to end) keep the suite within its budget by running
+    only when LTH_SLOW_TESTS=1."""
+    if os.environ.get("LTH_SLOW_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow (a sweep end to end): set LTH_SLOW_TESTS=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lth import distributed  # noqa: E402
-from lth.engine import Precision, StepResult, train_one_epoch  # noqa: E402
+from lth import distributed
+from lth.engine import Precision, StepResult, train_one_epoch
 
 
 def regression_step(model, batch):

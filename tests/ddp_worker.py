@@ -5,10 +5,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import main_imp_downstream  # noqa: E402
-import pruning_utils  # noqa: E402
+import main_imp_downstream
+import pruning_utils
 
 if __name__ == "__main__":
     out, flags = sys.argv[1], sys.argv[2:]

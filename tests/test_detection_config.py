@@ -50,3 +50,23 @@ def test_the_documented_finding_on_voc():
 
 def test_accumulation_rule():
     assert [i for i in range(7) if accumulation_steps_here(i, 2)] == [0, 2, 4, 6]
+
+
+def test_the_originals_flags_are_accepted_and_say_what_they_do(capsys):
+    """train_imp.py/train_random.py/train_transfer.py of the original took --weight_path, --log_path,
+    --fp_16 (type=bool: any non-empty value was True) and, for IMP and random pruning, an unused
+    --mask_dir. Here each is accepted; the ones without a job are said ignored on one line, and
+    --fp_16 true trains in bf16 autocast (mixed precision; evaluation stays fp32)."""
+    from Detection import runner, train_imp, train_random, train_transfer
+
+    line = ["--weight_path", "weight/mobilenetv2.pth", "--log_path", "log/", "--fp_16", "true"]
+    for module in (train_imp, train_random):
+        args = module.get_args_parser().parse_args([*line, "--mask_dir", ""])
+        notices = runner.original_flag_notices(args)
+        assert [n.split()[1] for n in notices] == ["--weight_path", "--log_path", "--mask_dir", "--fp_16:"]
+        assert args.precision == "bf16" and args.eval_precision == "fp32"
+    args = train_transfer.get_args_parser().parse_args([*line[:4], "--fp_16", "False", "--mask_dir", "m.pt"])
+    assert len(runner.original_flag_notices(args)) == 2 and args.precision == "auto"  # false: nothing changes
+    with pytest.raises(SystemExit):
+        train_imp.get_args_parser().parse_args(["--fp_16", "maybe"])
+    assert "expected true or false" in capsys.readouterr().err

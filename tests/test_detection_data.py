@@ -183,6 +183,57 @@ def test_letterbox_grey_padding_and_scaling():
     assert np.allclose(moved[0, :4], boxes[0, :4] * ratio + [dw, dh, dw, dh])
 
 
+def opencv_inter_linear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """OpenCV's cv2.resize(float32 image, (width, height)) with INTER_LINEAR, written out
+    (imgproc/src/resize.cpp, resizeGeneric's coefficients): for output pixel d the source
+    coordinate is f = (d + 0.5) * in / out - 0.5, s = floor(f), a = f - s; where s < 0 it uses
+    s = 0, a = 0, where s >= in - 1 it uses s = in - 1, a = 0 (the border replicated); the value is
+    (1 - a) * src[s] + a * src[s + 1], rows then columns, in floating point: no antialiasing."""
+    def axis(n_in: int, n_out: int):
+        f = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        s = np.floor(f).astype(int)
+        a = f - s
+        low, high = s < 0, s >= n_in - 1
+        a[low], s[low] = 0.0, 0
+        a[high], s[high] = 0.0, n_in - 1
+        return s, np.minimum(s + 1, n_in - 1), a
+    src = image.astype(np.float64)
+    s0, s1, a = axis(src.shape[0], height)
+    rows = src[s0] * (1 - a)[:, None, None] + src[s1] * a[:, None, None]
+    s0, s1, a = axis(src.shape[1], width)
+    return rows[:, s0] * (1 - a)[None, :, None] + rows[:, s1] * a[None, :, None]
+
+
+def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Sharp edges and fine texture: what antialiasing would blur."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, size=(height, width, 3)).astype(np.uint8)
+    image[height // 3: 2 * height // 3, width // 4: width // 2] = 255
+    return image
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (333, 500), (500, 281), (120, 90)])
+def test_letterbox_resizes_as_opencv_inter_linear(shape):
+    """The original's Resize: cv2.resize of the float32 image (INTER_LINEAR), grey 128 around,
+    /255. Downscaling (VOC photos to 416) and upscaling both follow OpenCV's rule to float
+    rounding; Pillow's antialiased bilinear resize (used before) does not."""
+    from PIL import Image
+
+    image = _photo(*shape)
+    size = 416
+    out, _ = D.letterbox(image, None, size)
+    _, new_w, new_h, dw, dh = D.letterbox_geometry(shape[0], shape[1], size)
+    expected = np.full((size, size, 3), 128.0)
+    expected[dh:dh + new_h, dw:dw + new_w] = opencv_inter_linear(image, new_h, new_w)
+    diff = np.abs(out.transpose(1, 2, 0) * 255.0 - expected)                # in 0..255 units
+    # Only float32 rounding of the source coordinate (OpenCV computes it in float32 too) remains:
+    # at most ~5e-5 px, times this noise image's steepest step (255 per pixel).
+    assert diff.max() < 0.05 and diff.mean() < 0.002
+    if new_w < shape[1]:  # shrinking: the antialiased resize differs by far more
+        pillow = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR), np.float64)
+        assert np.abs(pillow - expected[dh:dh + new_h, dw:dw + new_w]).mean() > 5.0
+
+
 def test_mixup_weights_and_probability():
     a, b = np.zeros((3, 4, 4), np.float32), np.ones((3, 4, 4), np.float32)
     boxes_a, boxes_b = np.array([[0, 0, 1, 1, 0.0]]), np.array([[1, 1, 2, 2, 1.0], [0, 0, 3, 3, 2.0]])
@@ -249,3 +300,31 @@ def test_digits_detection_set():
                 tight = big[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
                 matches += tight.shape == crop.shape and np.array_equal(np.maximum(tight, crop), crop)
             assert matches >= 1
+
+
+def test_annotation_lists_are_scored_against_the_voc_xml(voc_root, tmp_path):
+    """The original's evaluator read VOC2007's XML (difficult flagged, then ignored), never the
+    test_annotation.txt it trained beside, which lacks difficult objects: a list's test images are
+    scored against the XML where the devkit is there, and said on one line where it is not."""
+    jpeg = os.path.join(voc_root, "VOCdevkit", "VOC2007", "JPEGImages")
+    listing = tmp_path / "test_annotation.txt"
+    listing.write_text(f"{jpeg}/000001.jpg 3,4,40,44,11\n")          # the difficult person left out
+    records, note = D.with_voc_ground_truth(D.read_annotation_list(str(listing)), str(listing))
+    assert note is None and len(records) == 1
+    record = records[0]
+    assert record.image_path == f"{jpeg}/000001.jpg"
+    assert record.labels.tolist() == [D.VOC_CLASSES.index("dog"), D.VOC_CLASSES.index("person")]
+    assert record.difficult.tolist() == [False, True]
+    assert np.allclose(record.boxes, [[2, 3, 39, 43], [41, 4, 59, 29]])   # XML's 1-based minus 1
+    # no devkit beside the images: the list's boxes, and a line saying so
+    plain = tmp_path / "images"
+    plain.mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(plain / "000001.jpg")
+    listing.write_text(f"{plain}/000001.jpg 3,4,40,44,11\n")
+    records, note = D.with_voc_ground_truth(D.read_annotation_list(str(listing)), str(listing))
+    assert len(records[0].boxes) == 1 and "scoring against the list's own boxes" in note
+    assert "\n" not in note
+    # some images with XML, some without: refused
+    listing.write_text(f"{jpeg}/000001.jpg 3,4,40,44,11\n{plain}/000001.jpg 3,4,40,44,11\n")
+    with pytest.raises(UserError, match="1 images have a VOC XML"):
+        D.with_voc_ground_truth(D.read_annotation_list(str(listing)), str(listing))

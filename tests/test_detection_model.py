@@ -13,9 +13,9 @@ import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 
 import pruning_utils as pu
-from Detection.model import (ORIGINAL_PREFIX, DOConv2d, YOLOv4, backbone_imp_state, decode, flatten_decoded,
-                             fold_do_convs, parameter_counts, read_backbone_imp, rewind_pruned_convs,
-                             save_backbone_imp, start_round_from)
+from Detection.imp_files import (ORIGINAL_PREFIX, backbone_imp_state, read_backbone_imp, rewind_pruned_convs,
+                                 save_backbone_imp, start_round_from)
+from Detection.model import DOConv2d, YOLOv4, decode, flatten_decoded, fold_do_convs, parameter_counts
 from lth.errors import UserError
 from lth.models import build_model, load_pretrained
 

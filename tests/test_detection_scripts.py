@@ -15,7 +15,8 @@ import torch
 import pruning_utils
 from Detection import eval as det_eval
 from Detection import train_imp, train_random, train_transfer
-from Detection.model import BACKBONE_IMP_KEYS
+from Detection.imp_files import BACKBONE_IMP_KEYS
+from Detection.model import YOLOv4
 from lth import cli, imp as lth_imp, trainer
 from lth.models import build_model
 from test_detection_data import write_voc
@@ -141,11 +142,25 @@ def test_one_process_per_round_equals_all_rounds_in_one(whole, weights, tmp_path
     path, _ = whole
     folder = tmp_path / "rounds"
     for k in range(3):
-        run(train_imp, "--imp_num", str(k), "--pretrained", weights, "--save_dir", str(folder))
+        run(train_imp, "--imp_num", str(k), "--pretrained", weights, "--save_dir", str(folder), "--keep_checkpoints")
     for k in (1, 2, 3):
         mine, theirs = masks_of(folder / f"ticket_{k:02d}.pt"), masks_of(path / f"ticket_{k:02d}.pt")
         assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
     assert [numbers(r) for r in rows(folder, "summary.jsonl")] == [numbers(r) for r in rows(path, "summary.jsonl")]
+    # Disk: a finished round keeps its backbone_imp{k+1}.pth and ticket (plus the run's logs and the
+    # rewind point), no checkpoint or best-model copy; --keep_checkpoints keeps them all.
+    assert not [name for name in os.listdir(path) if name.endswith(".pth.tar") and name != "rewind_point.pth.tar"]
+    assert {f"{k}checkpoint.pth.tar" for k in range(3)} <= set(os.listdir(folder))
+    # and the model each round trained is rebuilt exactly from the files kept: backbone_imp{k+1}.pth's
+    # weights with round k's masks (eval.py's default) equal that round's final checkpoint
+    for k in range(3):
+        rebuilt, _ = det_eval.imp_round_state(str(path), k)
+        checkpoint = torch.load(folder / f"{k}checkpoint.pth.tar", weights_only=False)["state_dict"]
+        assert rebuilt.keys() == checkpoint.keys(), k
+        assert all(torch.equal(rebuilt[key], checkpoint[key]) for key in checkpoint), k
+    # backbone tensors are stored once in backbone_imp{k}.pth: its size is that of the whole model alone
+    torch.save(torch.load(path / "backbone_imp1.pth", weights_only=False)["all_state_dict"], tmp_path / "alone.pth")
+    assert os.path.getsize(path / "backbone_imp1.pth") < 1.01 * os.path.getsize(tmp_path / "alone.pth")
 
 
 class Killed(Exception):
@@ -184,9 +199,22 @@ def test_random_pruning_one_shot_to_0_8_power_k(weights, tmp_path):
     assert set(saved) == set(BACKBONE_IMP_KEYS)
     assert row["remaining"] == pytest.approx(64, abs=0.01) and row["round"] == 2
     assert (folder / "model2" / "summary.jsonl").exists() and (folder / "ap_vs_remaining.png").exists()
+    # backbone_random2.pth is the trained model (written after training, as the original's file was),
+    # and the finished run keeps no checkpoint beside it
+    assert not (folder / "model2" / "2checkpoint.pth.tar").exists()
+    kept = tmp_path / "kept"
+    run(train_random, "--imp_num", "2", "--pretrained", weights, "--save_dir", str(kept), "--epochs", "1",
+        "--keep_checkpoints")
+    trained = torch.load(kept / "model2" / "2checkpoint.pth.tar", weights_only=False)["state_dict"]
+    saved_state = saved["all_state_dict"]
+    assert trained.keys() == saved_state.keys()
+    assert all(torch.equal(trained[key], saved_state[key]) for key in trained)
+    neck = [key for key in trained if key.startswith("panet.")]
+    fresh = YOLOv4(10, "resnet18").state_dict()
+    assert any(not torch.equal(fresh[key], saved_state[key]) for key in neck)  # not the untrained model
     # evaluation of the saved trained model reproduces the run's last figures
     metrics = det_eval.main(det_eval.get_args_parser().parse_args(
-        [*TINY, "--checkpoint", str(folder / "model2" / "2checkpoint.pth.tar")]))
+        [*TINY, "--checkpoint", str(folder / "backbone_random2.pth")]))
     last = rows(folder / "model2", "metrics.jsonl")[-1]
     assert metrics["ap"] == pytest.approx(last["test_ap"], abs=1e-3)
     assert metrics["ap50"] == pytest.approx(last["test_ap50"], abs=1e-3)
@@ -272,7 +300,7 @@ def test_bad_input_is_one_line_and_overwrites_nothing(tmp_path, capsys, weights,
     before = os.path.getmtime(finished / "backbone_imp2.pth")
     message = one_line_error(capsys, train_imp, *TINY, "--imp_num", "1", "--pretrained", weights,
                              "--save_dir", str(finished))
-    assert "round 1 was started already" in message and os.path.getmtime(finished / "backbone_imp2.pth") == before
+    assert "round 1 is finished already" in message and os.path.getmtime(finished / "backbone_imp2.pth") == before
 
 
 def test_accumulation_and_learning_rate_follow_the_original_loop():
@@ -342,23 +370,30 @@ def test_two_gloo_ranks_gather_every_detection_before_the_ap(tmp_path, weights):
     ticket, meta = pruning_utils.read_masks(str(tmp_path / "ddp" / "ticket_02.pt"))
     assert meta["remaining"] == pytest.approx(64, abs=0.01)
     alone = det_eval.main(det_eval.get_args_parser().parse_args(
-        [*TINY, "--digits_counts", "24,8,9", "--checkpoint", str(tmp_path / "ddp" / "1checkpoint.pth.tar")]))
+        [*TINY, "--digits_counts", "24,8,9", "--save_dir", str(tmp_path / "ddp"), "--imp_num", "1"]))
     assert alone["detections"] == logged[1]["test_detections"] and alone["detections"] > 0
     # The same boxes up to float rounding (the shards' batches differ in size from the single
     # process's, and near-equal scores of a barely trained model may then swap ranks, so the AP is
     # compared through the files): every image of every class file, scores and boxes within 1e-3.
     from Detection.evaluate import read_comp4
 
+    counts = [0, 0]
     for name in map(str, range(10)):
         ranks = read_comp4(str(tmp_path / "ddp" / "model1" / "pred_result_test" / f"comp4_det_test_{name}.txt"))
-        single = read_comp4(str(tmp_path / "ddp" / "eval_1checkpoint" / "pred_result_test" /
+        single = read_comp4(str(tmp_path / "ddp" / "eval_round1" / "pred_result_test" /
                                 f"comp4_det_test_{name}.txt"))
-        assert sorted(ranks[0]) == sorted(single[0])
-        for ids, scores, boxes in (ranks, single):
-            order = sorted(range(len(ids)), key=lambda i: (ids[i], *boxes[i].round(1)))
-            ids[:], scores[:], boxes[:] = [ids[i] for i in order], scores[order], boxes[order]
-        assert torch.allclose(torch.tensor(ranks[1]), torch.tensor(single[1]), atol=1e-3)
-        assert torch.allclose(torch.tensor(ranks[2]), torch.tensor(single[2]), atol=1e-2)
+        # Detections of the ranks meet the single process's on the same image (matched by the nearest
+        # box, not by a sort order that rounding can swap). NMS and the class argmax among near-tied
+        # scores of this barely trained model may keep another box or class, so a few may differ; a
+        # rank's missing or doubled shard would leave about half unmatched.
+        matched = 0
+        for i, image in enumerate(ranks[0]):
+            gaps = [max(abs(ranks[1][i] - single[1][j]) * 10, abs(ranks[2][i] - single[2][j]).max())
+                    for j, other in enumerate(single[0]) if other == image]
+            matched += bool(gaps) and min(gaps) < 1e-2
+        counts[0] += matched
+        counts[1] += len(ranks[0])
+    assert counts[1] > 0 and counts[0] >= 0.9 * counts[1], counts
     assert alone["ap"] == pytest.approx(logged[1]["test_ap"], abs=0.05)
 
 
@@ -412,7 +447,7 @@ def test_flip_and_multi_scale_test_reach_the_detector_through_eval(whole, tmp_pa
     def evaluate(name, *flags):
         seen.clear()
         metrics = det_eval.main(det_eval.get_args_parser().parse_args(
-            [*TINY, "--checkpoint", str(path / "1checkpoint.pth.tar"), "--result_dir", str(tmp_path / name), *flags]))
+            [*TINY, "--save_dir", str(path), "--imp_num", "1", "--result_dir", str(tmp_path / name), *flags]))
         files = {digit: read_comp4(str(tmp_path / name / "pred_result_test" / f"comp4_det_test_{digit}.txt"))
                  for digit in map(str, range(10))}
         return metrics, list(seen), files
@@ -433,3 +468,69 @@ def test_flip_and_multi_scale_test_reach_the_detector_through_eval(whole, tmp_pa
         assert any(files[d][1].tolist() != plain_files[d][1].tolist() for d in files)
     for metrics in (plain, flipped, multi):
         assert 0 <= metrics["ap"] <= 100 and metrics["detections"] > 0
+
+
+def test_voc_reports_the_last_evaluation_not_the_best_of_several_test_evaluations(tmp_path, weights, capsys):
+    """VOC07 test is VOC detection's only evaluation split: with --eval_interval the round reports
+    the last evaluation (choosing the best would select on the test set), says so, and keeps no
+    best-model copy (it would be the last model)."""
+    root = str(tmp_path / "voc")
+    write_voc(root, "VOC2007", "trainval", {"000005": (60, 40, [("dog", (5, 6, 30, 35), False)])})
+    write_voc(root, "VOC2012", "trainval", {"2008_000002": (48, 64, [("cat", (10, 12, 40, 60), False)])})
+    write_voc(root, "VOC2007", "test", {"000001": (64, 48, [("dog", (3, 4, 40, 44), False)]),
+                                        "000002": (40, 40, [("cat", (2, 2, 38, 30), False)])})
+    save = tmp_path / "run"
+    from Detection import runner
+
+    real, scores = runner.Evaluation.__call__, iter([30.0, 50.0, 20.0])  # the best is not the last
+
+    def scored(self, model, loader, desc):
+        return {**real(self, model, loader, desc), "ap": next(scores)}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner.Evaluation, "__call__", scored)
+        run(train_imp, "--dataset", "voc", "--data_root", root, "--epochs", "3", "--eval_interval", "1",
+            "--pretrained", weights, "--save_dir", str(save))
+    assert "reports its last evaluation" in capsys.readouterr().err
+    evaluated = [row for row in rows(save, "metrics.jsonl") if row.get("evaluated", True)]
+    assert [(row["epoch"], row["ap"]) for row in evaluated] == [(0, 30.0), (1, 50.0), (2, 20.0)]
+    summary = rows(save, "summary.jsonl")[0]
+    assert summary["reported"] == summary["final"] == summary["best_val_ap"] == 20.0
+    assert summary["best_itr" if "best_itr" in summary else "best_epoch"] == 2
+    assert summary["reported_at"].startswith("last evaluation")
+    assert not any(name.endswith("model_SA_best.pth.tar") for name in os.listdir(save))
+
+
+def test_sweep_sh_keeps_the_callers_relative_paths(tmp_path, weights):
+    """Detection/sweep.sh runs the scripts in the caller's folder: relative --save_dir and
+    --pretrained given from elsewhere (here a temporary folder) land where the caller means."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copy(weights, tmp_path / "w.pth")
+    flags = [flag for flag in TINY if flag != "--epochs" and flag != "2"]
+    result = subprocess.run(["sh", os.path.join(root, "Detection", "sweep.sh"), "random", "imagenet", "1", "1", "",
+                             *flags, "--epochs", "1", "--pretrained", "w.pth", "--save_dir", "mine"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                            env=dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", SEED="0",
+                                     PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "mine" / "backbone_random1.pth").is_file() and (tmp_path / "mine" / "ticket_01.pt").is_file()
+    assert not os.path.exists(os.path.join(root, "Detection", "mine"))
+
+
+def test_lth_tickets_reads_detection_round_files_when_run_from_detection(whole):
+    """`python -m lth.tickets show backbone_imp{n}.pth` from Detection/ (where the original's users
+    work; the repository importable, as installed with `pip install -e .`): the masks of the file's
+    backbone, round n."""
+    import subprocess
+    import sys
+
+    path, _ = whole
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shown = subprocess.run([sys.executable, "-m", "lth.tickets", "show", str(path / "backbone_imp2.pth")],
+                           capture_output=True, text=True, cwd=os.path.join(root, "Detection"), timeout=300,
+                           env=dict(os.environ, PYTHONPATH=root))
+    assert shown.returncode == 0, shown.stderr
+    assert "64.00" in shown.stdout and "round" in shown.stdout

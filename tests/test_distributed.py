@@ -30,7 +30,9 @@ def test_two_gloo_ranks_hold_the_same_masks(tmp_path, random_prune):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                os.path.join(ROOT, "tests", "ddp_worker.py"), str(tmp_path), *flags]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # The worker imports main_imp_downstream, a script of the repository root (not an installed module).
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "masks_rank0.pt")
@@ -77,3 +79,30 @@ def test_gradient_accumulation_under_ddp_reduces_once_per_optimizer_step(tmp_pat
     for r in ranks:
         assert torch.allclose(r["state"]["weight"], weight, atol=1e-6)
         assert torch.allclose(r["state"]["bias"], bias, atol=1e-6)
+
+
+def test_batch_size_is_the_global_batch_under_torchrun_in_every_script(tmp_path):
+    """The originals ran one process (DataParallel): --batch_size B was the batch of a step. Under
+    torchrun with 2 gloo ranks every script's training loader gives each process B / 2, and a B
+    that does not divide is refused on one line (the run would train another experiment)."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (images / split / name).mkdir(parents=True)
+            for index in range(6):
+                Image.new("RGB", (36, 36), (40 * index, 90, 200)).save(images / split / name / f"{index}.png")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+               os.path.join(ROOT, "tests", "ddp_batch_worker.py"), str(tmp_path), str(images)]
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))  # the worker is not a module
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in range(2):
+        batches = json.loads((tmp_path / f"batches_rank{rank}.json").read_text())
+        assert set(batches) == {"classification", "detection", "segmentation", "simclr", "moco"}
+        for name, sizes in batches.items():
+            assert sizes["even"] == 2, (name, sizes)  # --batch_size 4 over 2 processes
+            assert "3" in sizes["odd"] and "divide equally" in sizes["odd"] and "\n" not in sizes["odd"], name

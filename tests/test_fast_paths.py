@@ -96,7 +96,7 @@ def test_imp_gives_the_same_masks_and_metrics_with_and_without_the_fast_paths(tm
         return torch.optim.SGD(list(params), lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=False)
 
     monkeypatch.setattr(trainer, "make_optimizer", for_loop_sgd)
-    monkeypatch.setattr(trainer.pruning_utils, "masks_in_place", lambda model: contextlib.nullcontext(None))
+    monkeypatch.setattr(trainer.pruning, "masks_in_place", lambda model: contextlib.nullcontext(None))
     reference_masks, reference_metrics = run("reference")
     monkeypatch.setattr(trainer, "make_optimizer", real_optimizer)
     assert fast_metrics == reference_metrics

@@ -146,14 +146,9 @@ def test_every_entry_script_has_the_trust_flag():
     import main_imp_imagenet
     import main_imp_visda
 
-    sys.path.insert(0, os.path.join(ROOT, "MoCo"))
-    sys.path.insert(0, os.path.join(ROOT, "SimCLR"))
-    try:
-        import main_moco_imp
-        from SimCLR import main as simclr_main
-    finally:
-        sys.path.remove(os.path.join(ROOT, "MoCo"))
-        sys.path.remove(os.path.join(ROOT, "SimCLR"))
+    from MoCo import main_moco_imp
+    from SimCLR import main as simclr_main
+
     for module in (main_imp_downstream, main_eval_downstream, main_imp_imagenet, main_imp_visda,
                    main_eval_visda, main_moco_imp, simclr_main):
         parser = module.get_args_parser()

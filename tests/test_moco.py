@@ -18,7 +18,8 @@ from lth.checkpoint import load_file
 from lth.errors import UserError
 from lth.models import build_model, load_pretrained
 from MoCo import main_moco_imp
-from MoCo.builder import MoCo, load_moco_weights, make_encoder
+from MoCo.builder import MoCo, make_encoder
+from MoCo.weights import load_moco_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "MoCo", "main_moco_imp.py")

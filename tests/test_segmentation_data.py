@@ -113,24 +113,33 @@ def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
     assert mask.shape == label_ids.shape
 
 
-def test_train_transform_scales_crops_flips_and_pads_labels_with_255():
+@pytest.mark.parametrize("label_pad", [None, 0, 255])
+def test_train_transform_scales_crops_flips_and_pads_labels(label_pad):
+    """Padded pixels: image 0 before normalisation; label 0 by default (the original's pad_if_needed
+    used F.pad's default fill, background), 255 (ignored) with --label_pad 255."""
     torch.manual_seed(0)
-    labels = np.zeros((20, 30), dtype=np.uint8)
+    labels = np.full((20, 30), 3, dtype=np.uint8)
     labels[5:15, 5:25] = 7
     labels[5, 5:25] = 255
     image = Image.fromarray(np.full((20, 30, 3), 200, dtype=np.uint8))
-    transform = data.train_transform("voc", crop_size=48)
+    transform = (data.train_transform("voc", crop_size=48) if label_pad is None else
+                 data.train_transform("voc", crop_size=48, label_pad=label_pad))
     padded_seen = False
     for _ in range(20):
         out_image, out_label = transform(image, Image.fromarray(labels))
         assert out_image.shape == (3, 48, 48) and out_label.shape == (48, 48)
-        assert set(out_label.unique().tolist()) <= {0, 7, 255}
-        # padded pixels: image 0 before normalisation, label 255
+        assert set(out_label.unique().tolist()) <= {0, 3, 7, 255}
         black = ((out_image * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1))
                  .abs() < 1e-4).all(0)
-        assert torch.all(out_label[black] == 255)
+        assert torch.all(out_label[black] == (0 if label_pad is None else label_pad))
+        if label_pad != 255:  # no 0 in the image's own labels: every 0 is padding
+            assert not torch.any(out_label[~black] == 0)
         padded_seen |= bool(black.any())
     assert padded_seen
+    from Segmentation import run
+
+    parser = run.get_args_parser("imp", run.SOURCES["imagenet"])
+    assert parser.parse_args(["exp"]).label_pad == 0 and parser.parse_args(["exp", "--label_pad", "255"]).label_pad == 255
 
 
 def test_crop_and_flip_keep_image_and_label_aligned():
@@ -265,6 +274,35 @@ def test_prediction_writer_writes_voc_palette_pngs_at_the_targets_size(tmp_path)
     assert cityscapes_palette()[0].tolist() == [128, 64, 128] and cityscapes_palette()[255].tolist() == [0, 0, 0]
 
 
+def test_save_val_results_writes_image_target_prediction_and_overlay_as_the_original(tmp_path):
+    """The original's validate(): image = (denorm(x) * 255).astype(uint8) with ImageNet's mean/std,
+    target and prediction in the VOC colours, overlay = the prediction at alpha 0.7 over the image
+    (matplotlib's compositing: 0.7 * colour + 0.3 * image), written out here."""
+    from Segmentation.visual import colorize
+
+    torch.manual_seed(0)
+    pixels = torch.rand(1, 3, 5, 7) * 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    images = (pixels / 255 - mean[:, None, None]) / std[:, None, None]
+    predictions = torch.randint(0, 21, (1, 5, 7))
+    mask = torch.randint(0, 21, (1, 5, 7))
+    mask[0, 0, 0] = 255
+    writer = PredictionWriter(str(tmp_path), ["2007_000033"], voc_palette())
+    writer.write(predictions, {"index": torch.tensor([0]), "size": torch.tensor([[5, 7]]), "mask": mask}, images)
+    palette = voc_palette()
+    image = np.array(Image.open(tmp_path / "2007_000033_image.png"))
+    expected_image = (((images[0] * std[:, None, None] + mean[:, None, None]) * 255).numpy()
+                      .transpose(1, 2, 0).astype(np.uint8))
+    assert image.shape == (5, 7, 3) and np.abs(image.astype(int) - expected_image.astype(int)).max() <= 1
+    target = Image.open(tmp_path / "2007_000033_target.png")
+    assert target.mode == "P" and np.array_equal(np.array(target), mask[0].numpy())
+    assert np.array_equal(np.array(target.convert("RGB")), palette[mask[0].numpy()])
+    assert np.array_equal(np.array(Image.open(tmp_path / "2007_000033_pred.png")), predictions[0].numpy())
+    overlay = np.array(Image.open(tmp_path / "2007_000033_overlay.png")).astype(float)
+    reference = 0.7 * colorize(predictions[0].numpy(), palette) + 0.3 * image
+    assert overlay.shape == (5, 7, 3) and np.abs(overlay - reference).max() <= 0.5 + 1e-9
+
+
 def test_load_segmentation_builds_each_data_set_with_its_transforms(tmp_path):
     make_voc(tmp_path / "voc")
     voc = data.load_segmentation("voc", str(tmp_path / "voc"), crop_size=12, crop_val=True)
@@ -303,3 +341,19 @@ def test_a_bad_label_found_in_a_loader_worker_is_one_line(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: label '") and "a.png' is 28x21" in err
+
+
+def test_one_training_image_per_process_is_refused_on_one_line():
+    """DeepLabV3+'s batch norm after ASPP's image pooling sees one value per channel per image:
+    the original crashed there with --batch_size 1; here it is refused before anything runs."""
+    from lth.distributed import Context
+
+    one = Context(torch.device("cpu"))
+    assert data.process_batches(2, 3, one) == (2, 3)
+    with pytest.raises(UserError, match="--batch_size 1 gives 1 image per process") as info:
+        data.process_batches(1, 4, one)
+    assert "\n" not in str(info.value)
+    two = Context(torch.device("cpu"), rank=1, world_size=2)
+    assert data.process_batches(8, 3, two) == (4, 2)
+    with pytest.raises(UserError, match="at least 2"):
+        data.process_batches(2, 4, two)

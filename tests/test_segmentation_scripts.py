@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from Segmentation.imp_files import read_imp_file
 from test_segmentation_data import _label_png, _voc_labels, make_voc
 
 pytestmark = pytest.mark.usefixtures("one_thread", "digits_built_once")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAST = ["--dataset", "digits", "--model", "deeplabv3plus_resnet18", "--pretrained", "none", "--total_itrs", "4",
         "--val_interval", "2", "--batch_size", "8", "--val_batch_size", "135", "--random_seed", "3",
@@ -99,7 +101,9 @@ def test_backbone_masks_shrink_by_0_8_per_round_and_are_nested(three_rounds):
         assert row["last_miou"] == pytest.approx(metrics[-1]["miou"], abs=1e-3)
         assert row["primary_metric"] == "miou" and "reported" in row and "final" in row
     assert (save_dir / "miou_vs_remaining.png").exists() and (save_dir / "r1" / "net_train.png").exists()
-    assert (save_dir / "r2" / "latest_deeplabv3plus_resnet18_digits_os16.pth").exists()
+    # a finished round keeps seg_backbone_imp{k+1}.pth, its ticket and its best model, not the resumable
+    # checkpoint (model and optimizer) unless --keep_checkpoints
+    assert not (save_dir / "r2" / "latest_deeplabv3plus_resnet18_digits_os16.pth").exists()
     assert (save_dir / "r2" / "best_deeplabv3plus_resnet18_digits_os16.pth").exists()
 
 
@@ -159,7 +163,8 @@ def test_a_kill_mid_round_resumes_to_the_same_masks(three_rounds, tmp_path, monk
         imp(tmp_path, 0)
     monkeypatch.setattr(trainer, "train_one_epoch", real)
     assert not (tmp_path / "seg_backbone_imp1.pth").exists()
-    imp(tmp_path, 0, "--resume")
+    imp(tmp_path, 0, "--resume", "--keep_checkpoints")
+    assert (tmp_path / "r0" / "latest_deeplabv3plus_resnet18_digits_os16.pth").exists()  # kept, as asked
     whole, cut = masks_of(save_dir / "ticket_01.pt"), masks_of(tmp_path / "ticket_01.pt")
     assert all(torch.equal(whole[key], cut[key]) for key in whole)
 
@@ -261,7 +266,9 @@ def test_test_only_prints_the_scores_and_writes_only_predictions(tmp_path, capsy
     out = capsys.readouterr().out
     assert "mIoU" in out and "class IoU" in out
     written = sorted(os.listdir(tmp_path / "look"))
-    assert written == ["results"] and len(os.listdir(tmp_path / "look" / "results")) == 135
+    results = os.listdir(tmp_path / "look" / "results")
+    assert written == ["results"] and len(results) == 4 * 135  # image, target, prediction, overlay each
+    assert {name.rsplit("_", 1)[1] for name in results} == {"image.png", "target.png", "pred.png", "overlay.png"}
 
 
 @pytest.mark.parametrize("case", ["no_root", "no_list", "no_label", "size", "value"])
@@ -351,3 +358,29 @@ def test_the_sweep_scripts_run_the_original_command_lines(tmp_path, source):
     assert f"--mask_dir {masks}/ticket_05.pt --lr 0.02 seed10_{source}_05" in calls[5]
     _, calls = sweep(tmp_path, f"transfer_{source}.sh", "0", str(masks / "mask-1.pt"))
     assert len(calls) == 1 and f"--mask_dir {masks}/mask-1.pt seed10_{source}_01" in calls[0]
+
+
+def test_round_files_as_masks_a_pruned_ckpt_and_the_originals_flags(three_rounds, tmp_path, capsys):
+    """seg_backbone_imp{n}.pth transferred gives ticket_round n; --ckpt of a pruned model is not
+    labelled dense; the original's --mask_dir (IMP) and --imp_num (transfer) are accepted and said
+    ignored, as they did nothing there; python -m lth.tickets reads the round file."""
+    save_dir, _ = three_rounds
+    out = tmp_path / "out"
+    transfer(out, "from_round", "--mask_dir", str(save_dir / "seg_backbone_imp2.pth"), "--imp_num", "7")
+    assert "--imp_num is ignored" in capsys.readouterr().err
+    best = save_dir / "r2" / "best_deeplabv3plus_resnet18_digits_os16.pth"
+    transfer(out, "from_ckpt", "--ckpt", str(best))
+    summary = {row["exp"]: row for row in rows(out / "summary.jsonl")}
+    assert summary["from_round"]["ticket_round"] == 2 and summary["from_round"]["kind"] == "ticket"
+    assert summary["from_ckpt"]["kind"] == "pruned checkpoint"
+    assert summary["from_ckpt"]["remaining"] == pytest.approx(64, abs=0.01)
+    assert summary["from_ckpt"]["train_precision"] == "fp32" == summary["from_ckpt"]["eval_precision"]
+    parser = segrun.get_args_parser("imp", segrun.SOURCES["imagenet"])
+    args = parser.parse_args(["x", "--imp_num", "0", "--mask_dir", "../Maskall/img2-mask/mask-1.pt"])
+    assert "--mask_dir is ignored" in segrun.ignored_original_flags(args, "imp")[0]
+    shown = subprocess.run([sys.executable, "-m", "lth.tickets", "show", str(save_dir / "seg_backbone_imp2.pth")],
+                           capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert shown.returncode == 0, shown.stderr
+    assert "64.00" in shown.stdout and "round" in shown.stdout
+    masks, meta = pruning_utils.read_masks(str(save_dir / "seg_backbone_imp2.pth"))
+    assert meta["round"] == 2 and pruning_utils.mask_remaining(masks) == pytest.approx(64, abs=0.01)

@@ -89,6 +89,60 @@ def test_evaluate_on_padded_batches_is_one_confusion_matrix(batch_size, tmp_path
         assert np.array_equal(saved, image[0].round().numpy().astype(np.uint8))
 
 
+class Sizes(Dataset):
+    """Normalised photos of four sizes with labels: VOC's validation images without --crop_val."""
+
+    def __init__(self):
+        rng = np.random.default_rng(1)
+        self.items = []
+        for index, (height, width) in enumerate([(40, 56), (48, 32), (40, 56), (33, 47), (48, 32), (56, 40)]):
+            image = torch.from_numpy(rng.normal(0, 1, (3, height, width)).astype(np.float32))
+            label = torch.from_numpy(rng.integers(0, 21, (height, width))).long()
+            self.items.append((image, {"mask": label, "index": torch.tensor(index),
+                                       "size": torch.tensor([height, width])}))
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def test_deeplab_scores_do_not_depend_on_the_validation_batch_size(monkeypatch):
+    """A real DeepLabV3+ (ResNet-18): its ASPP image pooling averages over the whole input, so an
+    image padded into a batch with a larger one is predicted differently on its own pixels. Each
+    image is predicted at its own size: --val_batch_size 1 and 4 give the same confusion matrix."""
+    torch.manual_seed(0)
+    model = build_segmentation_model("deeplabv3plus_resnet18", 21, 16, False)
+    for module in model.modules():  # trained-looking batch-norm statistics, so the pooling branch matters
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    dataset = Sizes()
+    import Segmentation.task as segtask
+
+    made = []
+
+    class Recorded(ConfusionMatrix):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(segtask, "ConfusionMatrix", Recorded)
+    results = [evaluate(model, DataLoader(dataset, batch_size=size, collate_fn=pad_collate), CPU, FP32, 21)
+               for size in (1, 4)]
+    assert torch.equal(made[0].matrix, made[1].matrix) and made[0].matrix.sum() == sum(
+        h * w for h, w in [(40, 56), (48, 32), (40, 56), (33, 47), (48, 32), (56, 40)])
+    assert results[0]["miou"] == results[1]["miou"]
+    # what the padded batch used to give on the same images differs
+    images, target = pad_collate([dataset[i] for i in range(4)])
+    with torch.no_grad():
+        padded = model(images).argmax(1)[1, :48, :32]
+        alone = model(images[1:2, :, :48, :32]).argmax(1)[0]
+    assert (padded != alone).float().mean() > 0.01
+
+
 def _ddp_rank(rank, world_size, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -131,3 +185,22 @@ def test_step_trains_on_digits_and_counts_labelled_pixels():
     assert losses[-1] < 0.5 * losses[0]
     assert int(result.count) == int((target["mask"] != 255).sum())
     assert 0 <= int(result.correct) <= int(result.count)
+    assert result.images == 8
+
+
+def test_training_throughput_counts_images_not_pixels(monkeypatch):
+    """train_images_per_s: the segmentation step counts labelled pixels for its loss and accuracy,
+    and its images for the throughput (2 batches of 4 in 2 s: 4 images/s)."""
+    import lth.engine as engine
+    from lth.engine import train_one_epoch
+
+    digits = digits_segmentation(0)
+    batches = [pad_collate([digits.train[i] for i in range(start, start + 4)]) for start in (0, 4)]
+    model = build_segmentation_model("deeplabv3plus_resnet18", num_classes=digits.num_classes)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    clock = iter([100.0, 102.0])
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: next(clock))
+    out = train_one_epoch(model, batches, optimizer, None, CPU, FP32, print_freq=0,
+                          step=make_step(build_loss("cross_entropy")))
+    assert out["images_per_s"] == pytest.approx(4.0)
+    assert 0 <= out["acc"] <= 100

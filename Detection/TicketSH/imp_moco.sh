@@ -1,3 +1,3 @@
-# IMP tickets of YOLOv4 from the moco backbone, rounds 0..18, one process per round (the original's
-# TicketSH/imp_moco.sh). Usage: sh TicketSH/imp_moco.sh GPU [extra flags, e.g. --data_root PATH]
+# IMP tickets of YOLOv4 from the moco backbone, rounds 0..18 as one resumable job per seed (the original's
+# TicketSH/imp_moco.sh ran one process per round). Usage: sh TicketSH/imp_moco.sh GPU [extra flags, e.g. --data_root PATH]
 exec sh "$(dirname "$0")/../sweep.sh" imp moco 0 18 "$@"

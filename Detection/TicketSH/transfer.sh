@@ -1,6 +1,6 @@
 # Transfer mask i of each pre-training (ImageNet, SimCLR, MoCo) to YOLOv4 (the original's TicketSH/transfer.sh).
 # Mask folders: IMG_MASKROOT, SIMCLR_MASKROOT, MOCO_MASKROOT (defaults the original's ./Maskall/...,
-# relative to Detection/). Usage: sh TicketSH/transfer.sh GPU i [extra flags]
+# relative to the folder it runs from, Detection/ in the original). Usage: sh TicketSH/transfer.sh GPU i [extra flags]
 set -e
 GPU=$1; i=$2
 shift 2

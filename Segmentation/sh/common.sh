@@ -1,43 +1,45 @@
-# Sourced by the six sweep scripts: the original's fixed flags, the round loop, and mask lookup.
-# They set GPU and SEED first; these functions run from Segmentation/, as the original's scripts.
+# Sourced by the six sweep scripts: their job lists (the original's fixed flags, one job per seed
+# for IMP, one per round, kind and seed for transfers), then the jobs. They set GPU first; from the
+# environment: SEEDS (default SEED, default 10, the original's), PYTHON, ROUNDS (19: rounds 0..18),
+# KINDS (transfer: ticket, and the controls reversed and random), OUT (folder of the run folders and
+# the report, default Segmentation/), JOBS (the job list, default OUT/sweep_jobs/NAME.jsonl),
+# SWEEP_MODE=list (write the list and stop; run it with `python ../main_sweep.py run JOBS [--index I]`,
+# or on SLURM as `python ../main_sweep.py slurm JOBS` prints). Finished jobs are skipped, started ones resumed; each job's output is kept in JOBS.logs/.
+# Runs from Segmentation/, as the original's scripts.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python}"
+SEEDS="${SEEDS:-${SEED:-10}}"
+ROUNDS="${ROUNDS:-19}"
+OUT="${OUT:-.}"
 
-original_flags() {
-    echo --model deeplabv3plus_resnet50 --year 2012 --crop_val --batch_size 4 --gpu_id ${GPU} --random_seed ${SEED}
+run_list() {  # run_list JOBS: run it here, unless SWEEP_MODE=list
+    if [ "${SWEEP_MODE:-run}" = list ]; then
+        return 0
+    fi
+    "$PYTHON" ../main_sweep.py run "$1"
 }
 
-# imp_sweep SCRIPT NAME [flags]: rounds 0..18, round i in NAME_i (the original's seed10_imp_imagenet_${i})
+# imp_sweep SCRIPT NAME [flags]: rounds 0..ROUNDS-1, round i in NAME_i (the original's
+# seed10_imp_imagenet_${i}), one resumable job per seed; NAME may hold {seed}.
 imp_sweep() {
     local script=$1 name=$2
     shift 2
-    for i in {0..18}
-    do
-        python -u ${script} $(original_flags) --imp_num ${i} "$@" ${name}_${i}
-    done
+    local jobs="${JOBS:-$OUT/sweep_jobs/${name//\{seed\}/S}.jsonl}"
+    "$PYTHON" ../main_sweep.py make segmentation-imp --jobs "$jobs" --python "$PYTHON" --seeds "$SEEDS" \
+        --gpu "${GPU}" --rounds "$ROUNDS" --out "$OUT" "$script" "$name" -- "$@"
+    run_list "$jobs"
 }
 
 # transfer_sweep SCRIPT NAME MASK_DIR [flags]: a mask file is one run (NAME_01, as the original's);
-# a folder of IMP outputs is rounds 0..18 (round 0 dense; round i from seg_backbone_imp{i}.pth,
-# ticket_{ii}.pt or mask-{i}.pt found there), round i in NAME_{ii}.
+# a folder of IMP outputs is rounds 0..ROUNDS-1 (round 0 dense; round i from seg_backbone_imp{i}.pth,
+# ticket_{ii}.pt or mask-{i}.pt found there), round i in NAME_{ii}; KINDS="ticket reversed random"
+# adds the reversed masks (NAME_reversed_{ii}) and random pruning at each mask's sparsity
+# (NAME_random_{ii}, the control of the paper's Fig. 4).
 transfer_sweep() {
     local script=$1 name=$2 masks=$3
     shift 3
-    if [ -f "${masks}" ]; then
-        python -u ${script} $(original_flags) --mask_dir "${masks}" "$@" ${name}_01
-        return
-    fi
-    for i in {0..18}
-    do
-        local round mask=""
-        round=$(printf %02d ${i})
-        if [ ${i} -gt 0 ]; then
-            for file in seg_backbone_imp${i}.pth ticket_${round}.pt mask-${i}.pt; do
-                if [ -f "${masks}/${file}" ]; then mask="${masks}/${file}"; break; fi
-            done
-            if [ -z "${mask}" ]; then echo "error: no mask of round ${i} in ${masks}" >&2; return 2; fi
-            python -u ${script} $(original_flags) --mask_dir "${mask}" "$@" ${name}_${round}
-        else
-            python -u ${script} $(original_flags) "$@" ${name}_${round}
-        fi
-    done
+    local jobs="${JOBS:-$OUT/sweep_jobs/${name//\{seed\}/S}.jsonl}"
+    "$PYTHON" ../main_sweep.py make segmentation-transfer --jobs "$jobs" --python "$PYTHON" --seeds "$SEEDS" \
+        --gpu "${GPU}" --rounds "$ROUNDS" --out "$OUT" --kinds "${KINDS:-ticket}" "$script" "$name" "$masks" -- "$@"
+    run_list "$jobs"
 }

@@ -2,9 +2,9 @@
 # Transfer of backbone tickets to DeepLabV3+ from moco weights (the original's sh/transfer_moco.sh).
 # Usage: Segmentation/sh/transfer_moco.sh GPU MASK_DIR [more flags]   (or MASK_DIR=... as a variable)
 # MASK_DIR: a mask file (one run, e.g. the original's mask-1.pt) or a folder of IMP outputs (rounds 0..18).
+# KINDS="ticket reversed random" adds the controls; SEEDS, PYTHON, ROUNDS, JOBS, SWEEP_MODE: see common.sh.
 set -e
 GPU=$1
 MASK_DIR=$(realpath "${2:-${MASK_DIR:?give the mask file or folder as the second argument or as MASK_DIR}}")
-SEED=10
 source "$(dirname "$0")/common.sh"
-transfer_sweep main_transfer_moco.py seed${SEED}_moco "${MASK_DIR}" "${@:3}"
+transfer_sweep main_transfer_moco.py "seed{seed}_moco" "${MASK_DIR}" "${@:3}"
