@@ -16,7 +16,7 @@ import sys
 from lth import cli, cost_report, report, ticket_analysis
 from lth.errors import UserError
 from lth.plots import plot_groups
-from lth.runs import RUN_RECORD
+from lth.runs import RUN_RECORD, RunDir
 
 OUTPUTS = ("report.md", "levels.csv", "runs.csv", "metric_vs_remaining.png", "final_vs_remaining.png",
            cost_report.TABLE, cost_report.FIGURE)
@@ -61,6 +61,7 @@ def check_out(out: str) -> None:
     """--out may be new, empty, or hold an earlier report; nothing else is overwritten."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"--out '{out}' exists and is not a folder")
+    RunDir(out).check_location("--out")
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, "report.md")):
         raise UserError(f"--out '{out}' holds other files and no earlier report.md; choose another folder")
     if os.path.isfile(os.path.join(out, RUN_RECORD)):
@@ -103,7 +104,7 @@ def main(args) -> str:
 def _figures(results: report.Report, out: str, title: str | None) -> list[tuple[str, str]]:
     """The paper's figure (Fig. 3 for classification, Fig. 4 for detection and segmentation): every
     curve against remaining weights with the dense model(s) its verdict uses, at the best evaluation
-    and at the last epoch."""
+    (or the evaluation the runs' summary rows name) and at the last epoch."""
     first = results.groups[0].runs[0]
     title = title or first.task
     unit = report.metric_label(first.metric)
@@ -111,7 +112,8 @@ def _figures(results: report.Report, out: str, title: str | None) -> list[tuple[
     dense_of = {g.label: g.dense.label for g in results.groups if g.dense is not None}
     kinds = {g.label: g.kind for g in results.groups}
     figures = []
-    for key, name, what in (("reported", "metric_vs_remaining.png", "at the best evaluation"),
+    when = report.reported_when(run for group in results.groups for run in group.runs)
+    for key, name, what in (("reported", "metric_vs_remaining.png", when),
                             ("final", "final_vs_remaining.png", "at the last epoch")):
         curves = {}
         for group in results.groups:

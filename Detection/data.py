@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from lth.data import digits_pixels, digits_split, read_digits
-from lth.errors import UserError
+from lth.errors import IMAGE_READ_ERRORS, UserError
 from Detection.model import STRIDES, VOC_ANCHORS
 from Detection.targets import MAX_BOXES_PER_SCALE, build_targets
 
@@ -52,8 +52,9 @@ class DetectionRecord:
             try:
                 with Image.open(self.image_path) as handle:
                     image = np.asarray(handle.convert("RGB"))
-            except (OSError, ValueError) as error:
-                raise UserError(f"cannot read image '{self.image_path}': {str(error).splitlines()[0]}") from None
+            except IMAGE_READ_ERRORS as error:
+                reason = (str(error).splitlines() or [type(error).__name__])[0]
+                raise UserError(f"cannot read image '{self.image_path}': {reason}") from None
         height, width = image.shape[:2]
         if len(self.boxes) and (self.boxes[:, 2].max() > width - 1 or self.boxes[:, 3].max() > height - 1):
             raise UserError(f"{self.source or self.image_path}: a box of image '{self.image_id}' lies outside "

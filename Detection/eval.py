@@ -88,6 +88,7 @@ def main(args) -> dict:
                   f"evaluates the model round k trained", file=sys.stderr)
     result_dir = args.result_dir or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"eval_{name}")
     args.resume, args.pretrained = False, args.pretrained or "none"  # the file brings every weight
+    RunDir(result_dir).check_location("--result_dir")
     session = open_session(args, RunDir(result_dir), None, default_seed=runner.config.DEFAULTS["seed"])
     setup = runner.build(args, session.ctx, session.precision, args.imp_type, result_dir, weights_follow=True)
     model = setup.model

@@ -53,9 +53,15 @@ def read_backbone_imp(source) -> dict:
     name = source if isinstance(source, str) else "the given checkpoint"
     obj = load_file(source, "backbone_imp checkpoint") if isinstance(source, str) else source
     if not isinstance(obj, Mapping) or any(key not in obj for key in BACKBONE_IMP_KEYS):
-        found = ", ".join(list(obj)[:6]) if isinstance(obj, Mapping) else type(obj).__name__
+        found = ", ".join(map(str, list(obj)[:6])) if isinstance(obj, Mapping) else type(obj).__name__
         raise UserError(f"{name} is not a backbone_imp checkpoint: it needs the keys "
                         f"{', '.join(BACKBONE_IMP_KEYS)} (found: {found})")
+    for key in ("all_state_dict", "first_conv1", "backbone"):
+        if not isinstance(obj[key], Mapping) or not all(isinstance(k, str) for k in obj[key]):
+            raise UserError(f"{name} is a damaged backbone_imp checkpoint: its '{key}' is not a dict of "
+                            f"named tensors")
+    pruning.check_mask_values({key: value for key, value in pruning.strip_prefixes(obj["backbone"]).items()
+                               if key.endswith(pruning.MASK_SUFFIX)}, name)
     out = dict(obj)
     out["all_state_dict"] = convert_original_state_dict(obj["all_state_dict"])
     out["masks"] = pruning.extract_mask(obj["backbone"])

@@ -32,7 +32,8 @@ VOC_ANCHORS = (
 STRIDES = (8, 16, 32)
 ANCHORS_PER_SCALE = 3
 CONV_TYPES = ("general", "do_conv")
-BACKBONE_CHANNELS = {"resnet18": (128, 256, 512), "resnet50": (512, 1024, 2048), "resnet152": (512, 1024, 2048)}
+BACKBONE_CHANNELS = {"resnet18": (128, 256, 512), "resnet18_w16": (32, 64, 128), "resnet50": (512, 1024, 2048),
+                     "resnet152": (512, 1024, 2048)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ from Detection import config, task
 from Detection.data import (DetectionEvalSet, DetectionTrainSet, eval_collate, train_collate)
 from Detection.evaluate import DetectionEvaluator
 from Detection.model import BACKBONE_CHANNELS, CONV_TYPES, YOLOv4
-from lth import cli
-from lth.checkpoint import append_jsonl
+from lth import cli, validate
+from lth.checkpoint import append_jsonl, read_jsonl
 from lth.distributed import Context, per_process_batch, per_process_eval_batch
 from lth.engine import Precision, StepResult, unwrap
 from lth.errors import UserError
@@ -198,8 +197,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--img_size must be a multiple of 32, got {args.img_size}")
     if args.eval_interval < 0:
         raise UserError(f"--eval_interval must be 0 or more, got {args.eval_interval}")
-    if args.lr_init <= 0:
-        raise UserError(f"--lr_init must be positive, got {args.lr_init}")
+    validate.check_shared(args)
+    validate.check_positive("lr_init", args.lr_init)
+    validate.check_nonneg("lr_end", args.lr_end)
+    validate.check_nonneg("warmup_epochs", args.warmup_epochs)
+    validate.check_fraction("conf_thresh", args.conf_thresh)
+    validate.check_fraction("nms_thresh", args.nms_thresh)
     if args.eval_batch_size is not None and args.eval_batch_size < 1:
         raise UserError(f"--eval_batch_size must be at least 1, got {args.eval_batch_size}")
 
@@ -343,12 +346,7 @@ def record_sweep_point(sweep_dir: str, row: dict, label: str, title: str, is_mai
     os.makedirs(sweep_dir, exist_ok=True)
     path = os.path.join(sweep_dir, SUMMARY)
     append_jsonl(row, path)
-    latest = {}
-    with open(path) as handle:
-        for line in handle:
-            if line.strip():
-                item = json.loads(line)
-                latest[item["round"]] = item
+    latest = {item["round"]: item for item in read_jsonl(path) if "round" in item}
     points = sorted((item["remaining"], item["reported"]) for item in latest.values())
     plot_accuracy_vs_remaining({label: points}, os.path.join(sweep_dir, "ap_vs_remaining.png"), title=title,
                                ylabel="AP (%, IoU 0.50:0.95)")

@@ -46,6 +46,7 @@ def get_args_parser():
 def check_round_files(run: RunDir, first: int, last: int, resume: bool) -> tuple[int, str | None]:
     """The round to start or resume and, with ``--resume``, its checkpoint; a clear error where the
     folder does not fit the request (nothing is overwritten)."""
+    run.check_location()
     if resume:
         mine = {r: path for r, path in run.checkpoints().items() if first <= r <= last}
         # A finished round keeps its checkpoint; resuming it would rewind the logs (summary.jsonl,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import ImageFilter
 
-from lth import cli, distributed, pruning
+from lth import cli, distributed, pruning, validate
 from lth.checkpoint import atomic_save, trusted_checkpoints
 from lth.contrastive import TwoViews, contrastive_evaluate
 from lth.engine import StepResult
@@ -179,20 +179,15 @@ def check_args(args, launch: Launch) -> None:
                         ("moco-dim", args.moco_dim), ("moco-k", args.moco_k)):
         if value < 1:
             raise UserError(f"--{flag} must be at least 1, got {value}")
-    if args.lr <= 0:
-        raise UserError(f"--lr must be positive, got {args.lr}")
+    validate.check_shared(args)
     if not 0 <= args.retrain_epoch <= args.epochs:
         raise UserError(f"--retrain_epoch must lie in [0, --epochs {args.epochs}], got {args.retrain_epoch}")
     pruning.check_rate(args.prune_percent)
     cli.early_bird_config(args)
-    if not 0.0 <= args.moco_m <= 1.0:
-        raise UserError(f"--moco-m must lie in [0, 1], got {args.moco_m}")
-    if args.moco_t <= 0:
-        raise UserError(f"--moco-t must be positive, got {args.moco_t}")
+    validate.check_fraction("moco-m", args.moco_m)
+    validate.check_positive("moco-t", args.moco_t)
     if args.image_size < 32:
         raise UserError(f"--image_size must be at least 32, got {args.image_size}")
-    if args.workers < 0:
-        raise UserError(f"--workers must be 0 or more, got {args.workers}")
     if args.multiprocessing_distributed and args.world_size > 1 and args.rank < 0 and "WORLD_SIZE" not in os.environ:
         raise UserError("--world-size > 1 runs over several nodes: give each node its --rank")
     if args.batch_size % launch.world:
@@ -376,7 +371,7 @@ def _spawned(local_rank: int, launch: Launch, host: str, port: str, args, resume
         with trusted_checkpoints(args.trust_checkpoint):  # a fresh interpreter: run_main's setting is lost
             worker(args, launch, resume_file)
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {cli.user_message(error)}", file=sys.stderr)
         sys.exit(error.exit_status)
     except KeyboardInterrupt:
         sys.exit(130)

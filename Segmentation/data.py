@@ -11,12 +11,12 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from lth.data import DIGITS_MAX_VALUE, digits_split, read_digits
 from lth.distributed import Context, per_process_batch, per_process_eval_batch
-from lth.errors import UserError
+from lth.errors import IMAGE_READ_ERRORS, UserError
 from lth.imagedata import IMAGENET_MEAN, IMAGENET_STD
 
 IGNORE = 255
@@ -243,8 +243,9 @@ def _open(path: str, what: str) -> Image.Image:
             return handle.copy()
     except FileNotFoundError:
         raise UserError(f"{what} '{path}' does not exist") from None
-    except (OSError, UnidentifiedImageError) as error:
-        raise UserError(f"cannot read {what} '{path}': {str(error).splitlines()[0]}") from None
+    except IMAGE_READ_ERRORS as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(f"cannot read {what} '{path}': {reason}") from None
 
 
 def _read_label(path: str) -> np.ndarray:

@@ -68,10 +68,13 @@ def backbone_masks(source) -> tuple[dict[str, torch.Tensor], dict]:
     name = str(source) if isinstance(source, (str, os.PathLike)) else "the given object"
     obj = load_file(source, "mask") if isinstance(source, (str, os.PathLike)) else source
     if not is_imp_file(obj):
-        masks, meta = tickets.read_masks(obj)
+        masks, meta = tickets.read_masks(obj, name=name)
         meta.setdefault("source", name)
         return masks, meta
-    masks = {key: value.float() for key, value in pruning.extract_mask(obj["backbone"]).items()}
+    entries = {key: value for key, value in pruning.strip_prefixes(obj["backbone"]).items()
+               if isinstance(key, str) and key.endswith(pruning.MASK_SUFFIX)}
+    pruning.check_mask_values(entries, name)
+    masks = {key: value.float() for key, value in entries.items()}
     if not masks:
         raise UserError(f"{name} holds a dense backbone (no '*.weight_mask'): round 0 is saved before any "
                         f"pruning; use the file of round 1 or later")

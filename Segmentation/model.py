@@ -23,7 +23,7 @@ from lth.errors import UserError
 from lth.models import build_model
 
 HEADS = ("deeplabv3plus", "deeplabv3")
-BACKBONES = ("resnet50", "resnet101", "resnet18")  # resnet18: CPU demos and tests
+BACKBONES = ("resnet50", "resnet101", "resnet18", "resnet18_w16")  # resnet18(_w16): CPU demos and tests
 MODELS = tuple(f"{head}_{arch}" for head in HEADS for arch in BACKBONES)
 OUTPUT_STRIDES = (16, 8)
 
@@ -34,7 +34,10 @@ BACKBONE_BN_MOMENTUM = 0.01
 BACKBONE_LR_FACTOR = 0.1
 
 # (channels of layer4, channels of layer1) per backbone
-_FEATURE_CHANNELS = {"resnet18": (512, 64), "resnet50": (2048, 256), "resnet101": (2048, 256)}
+_FEATURE_CHANNELS = {"resnet18": (512, 64), "resnet18_w16": (128, 16), "resnet50": (2048, 256), "resnet101": (2048, 256)}
+# (ASPP and decoder channels, low-level projection channels): the original's 256 and 48, except for the
+# quarter-width demo backbone, whose head is a quarter as wide too (at 256 it took 3/4 of a step's time).
+_HEAD_CHANNELS = {"resnet18_w16": (ASPP_CHANNELS // 4, LOW_LEVEL_CHANNELS // 4)}
 
 
 def stride_settings(output_stride: int) -> tuple[list[bool], list[int]]:
@@ -63,19 +66,20 @@ class SegmentationModel(nn.Module):
 class DeepLabV3PlusHead(nn.Module):
     """ASPP on the last features, concatenated with a 48-channel projection of layer1, 3x3 conv, classifier."""
 
-    def __init__(self, in_channels: int, low_level_channels: int, num_classes: int, atrous_rates: Sequence[int]):
+    def __init__(self, in_channels: int, low_level_channels: int, num_classes: int, atrous_rates: Sequence[int],
+                 width: int = ASPP_CHANNELS, low_width: int = LOW_LEVEL_CHANNELS):
         super().__init__()
         self.project = nn.Sequential(
-            nn.Conv2d(low_level_channels, LOW_LEVEL_CHANNELS, 1, bias=False),
-            nn.BatchNorm2d(LOW_LEVEL_CHANNELS),
+            nn.Conv2d(low_level_channels, low_width, 1, bias=False),
+            nn.BatchNorm2d(low_width),
             nn.ReLU(inplace=True),
         )
-        self.aspp = _aspp(in_channels, atrous_rates)
+        self.aspp = _aspp(in_channels, atrous_rates, width)
         self.classifier = nn.Sequential(
-            nn.Conv2d(LOW_LEVEL_CHANNELS + ASPP_CHANNELS, 256, 3, padding=1, bias=False),
-            nn.BatchNorm2d(256),
+            nn.Conv2d(low_width + width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
-            nn.Conv2d(256, num_classes, 1),
+            nn.Conv2d(width, num_classes, 1),
         )
         init_head(self)
 
@@ -89,14 +93,14 @@ class DeepLabV3PlusHead(nn.Module):
 class DeepLabV3Head(nn.Module):
     """ASPP, 3x3 conv, classifier (the module names are the original's: everything under ``classifier``)."""
 
-    def __init__(self, in_channels: int, num_classes: int, atrous_rates: Sequence[int]):
+    def __init__(self, in_channels: int, num_classes: int, atrous_rates: Sequence[int], width: int = ASPP_CHANNELS):
         super().__init__()
         self.classifier = nn.Sequential(
-            _aspp(in_channels, atrous_rates),
-            nn.Conv2d(ASPP_CHANNELS, 256, 3, padding=1, bias=False),
-            nn.BatchNorm2d(256),
+            _aspp(in_channels, atrous_rates, width),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
-            nn.Conv2d(256, num_classes, 1),
+            nn.Conv2d(width, num_classes, 1),
         )
         init_head(self)
 
@@ -104,9 +108,9 @@ class DeepLabV3Head(nn.Module):
         return self.classifier(features["out"])
 
 
-def _aspp(in_channels: int, atrous_rates: Sequence[int]) -> ASPP:
+def _aspp(in_channels: int, atrous_rates: Sequence[int], width: int = ASPP_CHANNELS) -> ASPP:
     """torchvision's ASPP (same layers and names as the original's) with the original's dropout."""
-    aspp = ASPP(in_channels, list(atrous_rates), out_channels=ASPP_CHANNELS)
+    aspp = ASPP(in_channels, list(atrous_rates), out_channels=width)
     aspp.project[3] = nn.Dropout(ASPP_DROPOUT)
     return aspp
 
@@ -190,18 +194,19 @@ def build_segmentation_model(name: str = "deeplabv3plus_resnet50", num_classes: 
         raise UserError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
     if num_classes < 1:
         raise UserError(f"the number of classes must be positive, got {num_classes}")
-    head_name, arch = name.split("_")
+    head_name, arch = name.split("_", 1)
     dilation, rates = stride_settings(output_stride)
     resnet = dilate_resnet(build_model(arch, num_classes=1000, stem="imagenet"), dilation)
     high_channels, low_channels = _FEATURE_CHANNELS[arch]
+    width, low_width = _HEAD_CHANNELS.get(arch, (ASPP_CHANNELS, LOW_LEVEL_CHANNELS))
     if head_name == "deeplabv3plus":
         backbone = IntermediateLayerGetter(resnet, return_layers={"layer4": "out", "layer1": "low_level"})
-        classifier = DeepLabV3PlusHead(high_channels, low_channels, num_classes, rates)
+        classifier = DeepLabV3PlusHead(high_channels, low_channels, num_classes, rates, width, low_width)
         if separable_conv:
             convert_to_separable(classifier)
     else:
         backbone = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
-        classifier = DeepLabV3Head(high_channels, num_classes, rates)
+        classifier = DeepLabV3Head(high_channels, num_classes, rates, width)
     set_bn_momentum(backbone, BACKBONE_BN_MOMENTUM)
     return SegmentationModel(backbone, classifier)
 

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from lth import cli, distributed, pruning
+from lth import cli, distributed, pruning, validate
 from lth.checkpoint import atomic_write_text, jsonl_text, load_file, locked, read_jsonl
 from lth.errors import UserError
 from lth.imp import BackbonePruning, training_curve_labels
@@ -73,7 +73,10 @@ SOURCES = {
 def default_weights(source: Source, model: str) -> str:
     if source.weights is not None:
         return source.weights
-    return os.path.join(torch.hub.get_dir(), "checkpoints", TORCHVISION_FILES[model.split("_")[1]])
+    arch = model.split("_", 1)[1]
+    if arch not in TORCHVISION_FILES:
+        raise UserError(f"torchvision has no pre-trained {arch}: give its weights with --pretrained (or 'none')")
+    return os.path.join(torch.hub.get_dir(), "checkpoints", TORCHVISION_FILES[arch])
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,8 +228,11 @@ def check_args(args: argparse.Namespace, mode: str) -> None:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.total_itrs < 1:
         raise UserError(f"--total_itrs must be at least 1, got {args.total_itrs}")
-    if args.lr <= 0:
-        raise UserError(f"--lr must be positive, got {args.lr}")
+    validate.check_shared(args)
+    if args.batch_size < 2:
+        raise UserError("--batch_size must be at least 2: the ASPP's image-pooling branch keeps one value "
+                        "per channel and image, and BatchNorm cannot train on a batch of one")
+    validate.check_run_name(args.exp, "EXP")
     if args.download:
         raise UserError("--download: data sets are never downloaded here; place them under --data_root "
                         "(VOCdevkit/VOC2012, or leftImg8bit and gtFine)")
@@ -387,6 +393,7 @@ def resume_file_of(run: RunDir, args: argparse.Namespace, files: StageFiles) -> 
     """The checkpoint a run continues from (--continue_training --ckpt, or --resume), or None for a
     fresh start, which must not overwrite another run."""
     latest = run.file(files.checkpoint_of(0))
+    run.check_location()
     if args.continue_training:
         return args.ckpt
     if args.resume:
@@ -584,7 +591,7 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
     if ctx.is_main:
         save_ticket(os.path.join(save_dir, ticket_name(round_index + 1)), strategy.masks(model),
                     round=round_index + 1, prune_type="pt_trans", random_prune=False, conv1=False, seed=args.seed,
-                    source=os.path.abspath(save_dir), arch=args.model.split("_")[1], dataset=args.dataset,
+                    source=os.path.abspath(save_dir), arch=args.model.split("_", 1)[1], dataset=args.dataset,
                     pretraining=task.source.name, model=args.model)
         save_imp_file(imp_file_path(save_dir, round_index + 1), model)  # written last: the round is done
         if not args.keep_checkpoints:
@@ -597,6 +604,7 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
 def imp_sweep(args: argparse.Namespace, source: Source) -> None:
     """Rounds 0..imp_rounds-1 in one command; with --resume, finished rounds are skipped and the
     interrupted one continues from its latest checkpoint."""
+    RunDir(args.save_dir).check_location()
     started = os.path.isfile(imp_file_path(args.save_dir, 0))
     if started and not args.resume:
         raise UserError(f"'{args.save_dir}' already holds an IMP run; pass --resume to continue it or "

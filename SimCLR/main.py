@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.nn as nn
 
-from lth import cli, distributed, pruning
+from lth import cli, distributed, pruning, validate
 from lth.checkpoint import atomic_save
 from lth.contrastive import contrastive_evaluate
 from lth.errors import UserError
@@ -126,16 +126,12 @@ def relaunch_command(script: str, argv: list[str], nproc: int, python: str = sys
 
 
 def check_args(args) -> None:
-    if not args.experiment.strip():
-        raise UserError("the experiment name is empty: give a name for SAVE_DIR/EXPERIMENT")
     for name in ("epochs", "batch_size", "prun_epoch", "mlpout", "image_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for name in ("lr", "temperature"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name} must be positive, got {getattr(args, name)}")
-    if args.weight_decay < 0 or args.workers < 0:
-        raise UserError("--weight_decay and --workers must not be negative")
+    validate.check_shared(args)
+    validate.check_positive("temperature", args.temperature)
+    validate.check_run_name(args.experiment, "EXPERIMENT")
     if args.prun_percent != 0:
         pruning.check_rate(args.prun_percent)
         if args.epochs % args.prun_epoch:

@@ -20,14 +20,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_print_lock = threading.Lock()
-_cpu = {"seconds": 0.0}
+from common import ROOT, Clock, run
+
 METHODS = ("imp", "lrr", "random", "eb")
 
 
@@ -49,31 +45,15 @@ def get_args_parser():
     return parser
 
 
-def run(script: str, *flags: str) -> None:
-    """Run an entry script with one thread, as a user would; its own CPU time (user + sys) is added up.
-    Its checkpoints are removed afterwards: the report reads summaries, tickets and logs only."""
-    command = [sys.executable, "-u", os.path.join(ROOT, script), *flags]
-    env = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    start = time.time()
-    with tempfile.TemporaryFile("w+") as output:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(process.pid, 0)  # this child's own CPU time
-        returncode = os.waitstatus_to_exitcode(status)
-        process.returncode = returncode
-        output.seek(0)
-        tail = output.read()[-3000:] if returncode else ""
-    cpu = usage.ru_utime + usage.ru_stime
-    with _print_lock:
-        _cpu["seconds"] += cpu
-        print(f"$ {' '.join(command[1:])}  ({time.time() - start:.0f} s, CPU {cpu:.0f} s)", flush=True)
-        if returncode != 0:
-            print(tail, flush=True)
-    if returncode != 0:
-        raise SystemExit(f"error: {script} failed (exit {returncode})")
+def run_then_tidy(script: str, *flags: str) -> float:
+    """One run (``common.run``: one thread, its CPU time); then its checkpoints go: the report reads
+    summaries, tickets and logs only."""
+    cpu = run(script, *flags)
     save_dir = flags[flags.index("--save_dir") + 1]
     for name in os.listdir(save_dir):
         if name.endswith(".pth.tar"):
             os.remove(os.path.join(save_dir, name))
+    return cpu
 
 
 def sparsities(rounds: int, rate: float) -> list[float]:
@@ -81,7 +61,7 @@ def sparsities(rounds: int, rate: float) -> list[float]:
 
 
 def main(args) -> None:
-    start = time.time()
+    clock = Clock()
     runs, report = os.path.join(args.out, "runs"), os.path.join(args.out, "report")
     earlier = [path for path in (runs, report) if os.path.exists(path)]
     if earlier:
@@ -112,20 +92,17 @@ def main(args) -> None:
                          "--early_bird_sparsity", str(sparsity), *s,
                          "--save_dir", os.path.join(runs, f"eb{k}_s{seed}")))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for job in [pool.submit(run, *job) for job in jobs]:
+        for job in [pool.submit(run_then_tidy, *job) for job in jobs]:
             job.result()
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, os.path.join(ROOT, "main_report.py"), runs, "--out", report,
                     "--title", f"{args.arch} on digits, {len(seeds)} seeds"], check=True, cwd=ROOT, env=env)
     answer = demo_answer(os.path.join(report, "cost.csv"), args)
-    minutes, cpu = (time.time() - start) / 60, _cpu["seconds"]
-    lines = answer + ["", f"Demo wall time {minutes:.1f} min; the runs' CPU time {cpu / 60:.1f} min "
-                          f"({os.cpu_count()} CPUs, {args.jobs} runs at a time, one thread each).", ""]
+    closing = clock.summary("make demo-cost") + f"; {args.jobs} runs at a time, one thread each"
     with open(os.path.join(report, "report.md"), "a") as handle:
-        handle.write("\n".join(lines))
+        handle.write("\n".join(answer + ["", closing + ".", ""]))
     print("\n".join(answer))
-    print(f"cost demo finished in {minutes:.1f} min (runs' CPU {cpu / 60:.1f} min); report: "
-          f"{os.path.join(report, 'report.md')}")
+    print(f"{closing}; report: {os.path.join(report, 'report.md')}")
 
 
 RULES = (("within_std", "1 std"), ("at_least", "≥ mean"), ("welch", "Welch"))

@@ -1,14 +1,19 @@
-"""The pre-training demo: SimCLR and MoCo on the embedded digits, their tickets, and their transfer.
+"""The pre-training demo: SimCLR and MoCo on the embedded digits, their tickets, and their transfer, 3 seeds.
 
-For a user without released weights, as the paper's pipeline end to end, on a CPU in minutes:
+For a user without released weights, as the paper's pipeline end to end, on a CPU in minutes, with the
+real entry scripts, two at a time (one thread each):
   1. writes the digits as an ImageFolder of 32x32 PNGs (the layout SimCLR/ and MoCo/ read);
-  2. pre-trains SimCLR and MoCo v2 densely from scratch (--prun_percent 0 / --retrain_epoch 0);
-  3. finds tickets on each pre-training task (IMP on the contrastive loss, rewinding to the
-     pre-trained weights);
-  4. transfers each ticket (pre-trained weights + mask) to digits classification with
-     main_eval_downstream.py, beside the dense pre-trained network;
-then writes results/demo/pretrain/pretrain_report.md and adds its table to results/demo/report/report.md
-(the report of `make demo`, when there is one).
+  2. pre-trains SimCLR and MoCo v2 densely from scratch (--prun_percent 0 / --retrain_epoch 0), one run
+     each (they stand in for the released pre-trained weights), the two side by side;
+  3. finds tickets on each pre-training task (IMP on the contrastive loss, rewinding to the pre-trained
+     weights);
+  4. transfers to digits classification (main_eval_downstream.py), for each seed: the dense pre-trained
+     network and its sparsest ticket (pre-trained weights + mask), the same epochs for both;
+then writes results/demo/pretrain/pretrain_report.md (mean ± std over the seeds, the convergence table)
+with main_report.py's report of the transfer runs in results/demo/pretrain/report/, and adds its table to
+results/demo/report/report.md (the report of `make demo`, when there is one).
+
+The network is resnet18_w16 (ResNet-18 at a quarter of the width), as in `make demo`.
 """
 
 import argparse
@@ -17,16 +22,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-from PIL import Image
+from lth.runs import METRICS, ONE_OFF_SUMMARY
 
-from lth import data
-from lth.checkpoint import code_version
-from lth.runs import ONE_OFF_SUMMARY
+from common import ROOT, Clock, convergence_table, mean_std, run, write_digits_image_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("simclr", "moco")
+METHOD_NAMES = {"simclr": "SimCLR", "moco": "MoCo v2"}
 
 
 def get_args_parser():
@@ -34,101 +38,163 @@ def get_args_parser():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "demo", "pretrain"),
                         help="output folder (replaced if it holds an earlier pre-training demo)")
-    parser.add_argument("--arch", default="resnet18", help="the ResNet to pre-train and prune (resnet18, resnet50, ...)")
-    parser.add_argument("--pretrain_epochs", type=int, default=4, help="dense pre-training epochs")
-    parser.add_argument("--imp_rounds", type=int, default=3, help="IMP rounds on the pre-training task")
+    parser.add_argument("--arch", default="resnet18_w16",
+                        help="the ResNet to pre-train and prune (resnet18_w16: ResNet-18 at a quarter of the "
+                             "width; resnet18, resnet50, ...)")
+    parser.add_argument("--pretrain_epochs", type=int, default=6, help="dense pre-training epochs")
+    parser.add_argument("--imp_rounds", type=int, default=3,
+                        help="IMP rounds on the pre-training task (one epoch of retraining between prunes)")
     parser.add_argument("--rate", type=float, default=0.5,
-                        help="fraction of remaining conv weights pruned per round (paper: 0.2)")
-    parser.add_argument("--transfer_epochs", type=int, default=4, help="downstream training epochs")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every run")
+                        help="fraction of remaining conv weights pruned per round (paper: 0.2; 0.5 reaches "
+                             "12.5 %% in 3 rounds)")
+    parser.add_argument("--transfer_epochs", type=int, default=8,
+                        help="downstream training epochs (as `make demo`'s rounds: validation plateaus)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the transfer runs")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the pre-training and IMP runs")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     return parser
 
 
-def run(script: str, *flags: str) -> None:
-    command = [sys.executable, "-u", os.path.join(ROOT, script), *flags]
-    print("$ " + " ".join(command[1:]), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
+class Method:
+    """One pre-training method's dense run and IMP run; ``dense_ready`` / ``imp_done`` are set when each ends."""
+
+    def __init__(self, name: str, args, images: str):
+        self.name, self.args, self.images = name, args, images
+        self.folder = os.path.join(args.out, name)
+        self.dense_ready, self.imp_done = threading.Event(), threading.Event()
+        if name == "simclr":
+            self.weights = os.path.join(self.folder, "dense", "simclr_weight.pt")
+            self.imp_dir = os.path.join(self.folder, "imp")
+        else:
+            self.weights = os.path.join(self.folder, "dense", "moco_pretrain.pth.tar")
+            self.imp_dir = os.path.join(self.folder, "imp")
+        self.ticket = os.path.join(self.imp_dir, f"ticket_{args.imp_rounds:02d}.pt")
+
+    def common(self) -> list[str]:
+        return ["--arch", self.args.arch, "--image_size", "32", "--seed", str(self.args.seed), "--cpu", "-j", "0",
+                "--print_freq", "0"]
+
+    def pretrain(self) -> None:
+        args, imp_epochs = self.args, self.args.imp_rounds - 1  # round 0 prunes one-shot, then one epoch per round
+        log = os.path.join(args.out, "logs", f"{self.name}_%s.log")
+        try:
+            if self.name == "simclr":
+                run("SimCLR/main.py", "dense", "--data", self.images, "--save_dir", self.folder, "--sim_model", "",
+                    "--prun_percent", "0", "--epochs", str(args.pretrain_epochs), "--batch_size", "128",
+                    "--optimizer", "sgd", "--lr", "0.1", *self.common(), log=log % "dense")
+            else:
+                run("MoCo/main_moco_imp.py", self.images, "--save_dir", os.path.join(self.folder, "dense"),
+                    "--pretrained_path", "none", "--retrain_epoch", "0", "--epochs", str(args.pretrain_epochs),
+                    "--lr", "0.03", *self.moco_flags(), log=log % "dense")
+        finally:
+            self.dense_ready.set()
+        try:
+            if self.name == "simclr":
+                run("SimCLR/main.py", "imp", "--data", self.images, "--save_dir", self.folder, "--sim_model",
+                    self.weights, "--prun_percent", str(args.rate), "--epochs", str(imp_epochs), "--prun_epoch", "1",
+                    "--batch_size", "128", "--optimizer", "sgd", "--lr", "0.01", *self.common(), log=log % "imp")
+            else:
+                run("MoCo/main_moco_imp.py", self.images, "--save_dir", self.imp_dir, "--pretrained_path",
+                    self.weights, "--retrain_epoch", "1", "--epochs", str(imp_epochs), "--prune_percent",
+                    str(args.rate), "--lr", "0.003", *self.moco_flags(), log=log % "imp")
+        finally:
+            self.imp_done.set()
+
+    def moco_flags(self) -> list[str]:
+        return ["--mlp", "--aug-plus", "--moco-k", "1024", "--moco-dim", "64", "--moco-t", "0.2", "-b", "128",
+                *self.common()]
 
 
-def write_digits_image_folder(folder: str) -> None:
-    """The digits training split as train/ and its validation split as val/, 32x32 RGB PNGs."""
-    splits = data.load_splits("digits", None)
-    for split, images, labels in (("train", splits.train_x, splits.train_y), ("val", splits.val_x, splits.val_y)):
-        for index, (image, label) in enumerate(zip(images, labels.tolist())):
-            target = os.path.join(folder, split, str(label))
-            os.makedirs(target, exist_ok=True)
-            grey = Image.fromarray(image[0].numpy()).resize((32, 32), Image.NEAREST)
-            grey.convert("RGB").save(os.path.join(target, f"{index:05d}.png"))
-
-
-def transfer(args, name: str, weights: str, mask: str | None) -> dict:
-    out = os.path.join(args.out, "transfer", name)
-    flags = ["--dataset", "digits", "--arch", args.arch, "--epochs", str(args.transfer_epochs),
-             "--batch_size", "128", "--lr", "0.1", "--decreasing_lr",
-             f"{args.transfer_epochs // 2},{args.transfer_epochs * 3 // 4}", "--seed", str(args.seed),
-             "--save_dir", out, "--pretrained", weights]
-    run("main_eval_downstream.py", *flags, *(["--mask_dir", mask] if mask else []))
-    with open(os.path.join(out, ONE_OFF_SUMMARY)) as handle:
-        return json.load(handle)
+def transfer(args, method: Method, arm: str, seed: int) -> str:
+    (method.dense_ready if arm == "dense" else method.imp_done).wait()
+    name = f"{method.name}_{arm}_s{seed}"
+    out = os.path.join(args.out, "runs", name)
+    # make demo's schedule: lr 0.05 after a one-epoch warm-up, x0.1 for the last 2 epochs
+    run("main_eval_downstream.py", "--dataset", "digits", "--arch", args.arch, "--epochs", str(args.transfer_epochs),
+        "--batch_size", "64", "--lr", "0.05", "--warmup", "1", "--decreasing_lr", str(max(1, args.transfer_epochs - 2)),
+        "--print_freq", "0", "--seed", str(seed), "--save_dir", out, "--pretrained", method.weights,
+        *(["--mask_dir", method.ticket] if arm == "ticket" else []),
+        log=os.path.join(args.out, "logs", f"{name}.log"))
+    return out
 
 
 def main(args) -> None:
-    start = time.time()
+    clock = Clock()
+    seeds = [int(part) for part in args.seeds.split(",") if part.strip()]
+    if args.imp_rounds < 1:
+        sys.exit(f"error: --imp_rounds must be at least 1, got {args.imp_rounds}")
     if os.path.exists(args.out):
+        if os.listdir(args.out) and not os.path.exists(os.path.join(args.out, "pretrain_report.md")) and \
+                not os.path.isdir(os.path.join(args.out, "digits_imagefolder")):
+            sys.exit(f"error: {args.out} exists and does not hold a pre-training demo; move it away or pass --out")
         print(f"replacing the earlier pre-training demo in {args.out}")
         shutil.rmtree(args.out)
+    os.makedirs(os.path.join(args.out, "logs"))
     images = os.path.join(args.out, "digits_imagefolder")
     write_digits_image_folder(images)
-    common = ["--arch", args.arch, "--image_size", "32", "--seed", str(args.seed), "--cpu", "-j", "2",
-              "--print_freq", "0"]
-    imp_epochs = args.imp_rounds - 1  # round 0 only evaluates, then one epoch per round
-    simclr_dir, moco_dir = os.path.join(args.out, "simclr"), os.path.join(args.out, "moco")
-
-    run("SimCLR/main.py", "dense", "--data", images, "--save_dir", simclr_dir, "--sim_model", "",
-        "--prun_percent", "0", "--epochs", str(args.pretrain_epochs), "--batch_size", "128",
-        "--optimizer", "sgd", "--lr", "0.1", *common)
-    simclr_weights = os.path.join(simclr_dir, "dense", "simclr_weight.pt")
-    run("SimCLR/main.py", "imp", "--data", images, "--save_dir", simclr_dir, "--sim_model", simclr_weights,
-        "--prun_percent", str(args.rate), "--epochs", str(imp_epochs), "--prun_epoch", "1",
-        "--batch_size", "128", "--optimizer", "sgd", "--lr", "0.01", *common)
-
-    moco_flags = ["--mlp", "--aug-plus", "--moco-k", "1024", "--moco-dim", "64", "--moco-t", "0.2",
-                  "-b", "128", *common]
-    run("MoCo/main_moco_imp.py", images, "--save_dir", os.path.join(moco_dir, "dense"),
-        "--pretrained_path", "none", "--retrain_epoch", "0", "--epochs", str(args.pretrain_epochs),
-        "--lr", "0.03", *moco_flags)
-    moco_weights = os.path.join(moco_dir, "dense", "moco_pretrain.pth.tar")
-    run("MoCo/main_moco_imp.py", images, "--save_dir", os.path.join(moco_dir, "imp"),
-        "--pretrained_path", moco_weights, "--retrain_epoch", "1", "--epochs", str(imp_epochs),
-        "--prune_percent", str(args.rate), "--lr", "0.003", *moco_flags)
-
-    rows = []
-    for method, weights, imp_dir in (("SimCLR", simclr_weights, os.path.join(simclr_dir, "imp")),
-                                     ("MoCo v2", moco_weights, os.path.join(moco_dir, "imp"))):
-        for k in range(args.imp_rounds + 1):
-            mask = os.path.join(imp_dir, f"ticket_{k:02d}.pt") if k else None
-            summary = transfer(args, f"{method.split()[0].lower()}_{k:02d}", weights, mask)
-            rows.append((method, k, summary["remaining"], summary["test_acc_at_best_val"]))
-    write_report(args, rows, time.time() - start)
+    methods = {name: Method(name, args, images) for name in METHODS}
+    # The two pre-trainings run side by side; each transfer starts as soon as the weights it needs exist.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        jobs = [pool.submit(method.pretrain) for method in methods.values()]
+        transfers = {(name, arm, seed): pool.submit(transfer, args, methods[name], arm, seed)
+                     for arm in ("dense", "ticket") for name in METHODS for seed in seeds}
+        for job in jobs:
+            job.result()
+        folders = {key: job.result() for key, job in transfers.items()}
+    report_status = main_report(args, sorted(folders.values()))
+    write_report(args, methods, folders, seeds, report_status, clock)
 
 
-def write_report(args, rows, seconds: float) -> None:
+def main_report(args, runs: list[str]) -> str:
+    """main_report.py over the transfer runs; where to read it, or the one line saying why it could not."""
+    out = os.path.join(args.out, "report")
+    command = [sys.executable, os.path.join(ROOT, "main_report.py"), *runs, "--out", out,
+               "--title", f"{args.arch}: SimCLR and MoCo v2 tickets transferred to digits"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if result.returncode != 0:
+        error = (result.stderr.strip().splitlines() or ["(no message)"])[-1]
+        return f"main_report.py could not report these runs (exit {result.returncode}): {error}"
+    return "main_report.py: `report/report.md` (groups, verdicts against each pre-training's dense transfer)."
+
+
+def write_report(args, methods: dict, folders: dict, seeds: list[int], report_status: str, clock: Clock) -> None:
+    summaries, curves = {}, {}
+    for key, folder in folders.items():
+        with open(os.path.join(folder, ONE_OFF_SUMMARY)) as handle:
+            summaries[key] = json.load(handle)
+        with open(os.path.join(folder, METRICS)) as handle:
+            curves[key] = [json.loads(line)["val_acc"] for line in handle if line.strip()]
     lines = [
         "## Pre-training tickets (SimCLR, MoCo v2) transferred to digits",
         "",
         f"{args.arch} pre-trained densely from scratch for {args.pretrain_epochs} epochs on the digits "
-        f"training images (32x32, no labels), then {args.imp_rounds} IMP rounds on the contrastive task "
-        f"pruning {args.rate:g} of the remaining conv weights each and rewinding to the pre-trained "
-        f"weights. Each ticket (pre-trained weights + its mask) then trains {args.transfer_epochs} "
-        f"epochs on digits classification; test accuracy (%) at the best validation epoch, seed "
-        f"{args.seed}. Round 0 is the dense pre-trained network.",
+        f"training images (32x32, no labels), one run per method (seed {args.seed}), then {args.imp_rounds} IMP "
+        f"rounds on the contrastive task pruning {args.rate:g} of the remaining conv weights each and rewinding "
+        f"to the pre-trained weights. The dense pre-trained network and its round-{args.imp_rounds} ticket "
+        f"(pre-trained weights + mask) then train {args.transfer_epochs} epochs on digits classification, seeds "
+        f"{', '.join(map(str, seeds))}; test accuracy (%) at the best validation epoch, mean ± sample std over "
+        f"the seeds.",
         "",
-        "| pre-training | ticket round | remaining (%) | downstream test accuracy |",
-        "|---|---:|---:|---:|",
+        "| pre-training | transferred | conv weights remaining (%) | downstream test accuracy | per seed |",
+        "|---|---|---:|---:|---|",
     ]
-    lines += [f"| {method} | {k} | {remaining:.2f} | {'-' if accuracy is None else f'{accuracy:.2f}'} |"
-              for method, k, remaining, accuracy in rows]  # None: null (NaN) in summary.json
-    lines += ["", f"Wall time {seconds / 60:.1f} min; code {code_version()}. Runs: `{args.out}`.", ""]
+    for name in METHODS:
+        for arm in ("dense", "ticket"):
+            rows = [summaries[name, arm, seed] for seed in seeds]
+            # test_acc_at_best_val is null (NaN in summary.json) when validation never gave a number
+            values = [row["test_acc_at_best_val"] for row in rows if row["test_acc_at_best_val"] is not None]
+            shown = mean_std(values) if values else "-"
+            label = "dense pre-trained network" if arm == "dense" else f"ticket of round {args.imp_rounds}"
+            lines.append(f"| {METHOD_NAMES[name]} | {label} | {rows[0]['remaining']:.2f} | {shown} | "
+                         f"{', '.join(f'{v:.2f}' for v in values)} |")
+    lines += ["", report_status, ""]
+    lines.append(convergence_table(
+        "accuracy (%)", "epoch", list(range(1, args.transfer_epochs + 1)),
+        {f"{METHOD_NAMES[name]}, {arm}": [curves[name, arm, seed] for seed in seeds]
+         for name in METHODS for arm in ("dense", "ticket")}))
+    lines += [clock.summary("demo-pretrain") + f"; {args.jobs} runs at a time, one thread each.",
+              f"Runs: `{args.out}`.", ""]
     text = "\n".join(lines)
     with open(os.path.join(args.out, "pretrain_report.md"), "w") as handle:
         handle.write(text)
@@ -144,5 +210,4 @@ def write_report(args, rows, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main(get_args_parser().parse_args())

@@ -21,24 +21,20 @@ from lth.errors import UserError
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+TEMP_PREFIX = ".tmp-"  # what an interrupted atomic write leaves behind (``remove_stale_temp_files``)
+
+
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it into place.
 
-    A kill or a full disk mid-write leaves the previous file intact instead of a corrupt one.
+    A kill or a full disk mid-write leaves the previous file intact instead of a corrupt one; a
+    write the system refuses (full disk, read-only or missing folder) is a one-line ``UserError``.
     """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def write(handle) -> None:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _atomic_write(path, "wb", write, suffix=".pt")
 
 
 @contextlib.contextmanager
@@ -60,17 +56,57 @@ def locked(path: str):
 
 
 def atomic_write_text(text: str, path: str) -> None:
+    _atomic_write(path, "w", lambda handle: handle.write(text))
+
+
+def _atomic_write(path: str, mode: str, write, suffix: str = "") -> None:
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    tmp = None
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=directory)
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
         _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
+        reason = _os_reason(error)
+        if reason is None:
+            raise
+        raise UserError(f"cannot write '{path}': {reason}; the previous version of the file, if any, "
+                        f"is intact") from None
+
+
+def _os_reason(error: BaseException) -> str | None:
+    """What the system said when refusing a write (torch.save re-raises OSError as RuntimeError),
+    or None for any other failure (a bug, an interrupt), which is raised as it is."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    text = str(error)
+    if isinstance(error, RuntimeError) and ("errno" in text.lower() or "No space left" in text
+                                            or "file write failed" in text or "Read-only" in text):
+        return _first_line(error)
+    return None
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+    """Delete what interrupted atomic writes left in ``directory`` (a killed checkpoint write leaves
+    a partial copy as large as the checkpoint); returns their names. Call it only where no other
+    process is writing (a run's own folder, once its resume has been accepted)."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if name.startswith(TEMP_PREFIX) and os.path.isfile(path) and not os.path.islink(path):
+            try:
+                size = os.path.getsize(path)
+                os.remove(path)
+            except OSError:
+                continue
+            removed.append(f"{name} ({size / 2**20:.1f} MB)")
+    return removed
 
 
 def _publish(tmp: str, path: str) -> None:
@@ -106,9 +142,114 @@ def _safe_globals() -> list:
         from numpy.core.multiarray import scalar
     # A scalar is rebuilt from its dtype, whose class (numpy.dtypes.Float64DType, ...) must be
     # allowed too: those of booleans, integers and floats, the numbers a training script computes.
+    # Both are given through checked wrappers: ``numpy.dtype("S2000000000")`` and a scalar of it
+    # built without data would make a 441-byte file allocate 2 GB.
     dtype_classes = {type(numpy.dtype(name)) for name in _NUMPY_SCALAR_TYPES}
-    return [argparse.Namespace, numpy.dtype, *sorted(dtype_classes, key=str),
-            (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar")]
+
+    def checked_scalar(dtype, *data):
+        _check_numeric_dtype(dtype)
+        if len(data) != 1 or not isinstance(data[0], bytes) or len(data[0]) != dtype.itemsize:
+            raise pickle.UnpicklingError(f"a numpy {dtype} scalar needs exactly {dtype.itemsize} bytes of data")
+        return scalar(dtype, data[0])
+
+    def checked_dtype(spec, *flags):
+        return _check_numeric_dtype(numpy.dtype(spec, *flags))
+
+    return [argparse.Namespace, (checked_dtype, "numpy.dtype"), *sorted(dtype_classes, key=str),
+            (checked_scalar, "numpy.core.multiarray.scalar"), (checked_scalar, "numpy._core.multiarray.scalar")]
+
+
+def _check_numeric_dtype(dtype):
+    """Booleans, integers and floats of at most 16 bytes: the numbers a training script saves."""
+    import numpy
+
+    if not isinstance(dtype, numpy.dtype) or dtype.kind not in "biuf" or dtype.itemsize > 16 \
+            or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"numpy dtype {dtype!r} is not a plain number type")
+    return dtype
+
+
+# A checkpoint may make its loader allocate at most this much more than its size on disk: stored
+# tensors take their size in the file; views that share storage (tied weights, the same tensor
+# under two keys) count once per view. Zero-stride tensors and deflated zip records that claim
+# gigabytes from a few hundred bytes are refused before they are materialised.
+ALLOC_FACTOR = 4
+ALLOC_SLACK = 64 * 2**20
+
+
+def allocation_budget(file_size: int) -> int:
+    return ALLOC_FACTOR * file_size + ALLOC_SLACK
+
+
+class _TooLarge(Exception):
+    """Raised inside a load when the file asks for more memory than ``allocation_budget``."""
+
+
+def _check_zip_records(path: str, size: int) -> int | None:
+    """The bytes a zip checkpoint's records declare once decompressed, when over the budget."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None  # torch.load names what is wrong with it
+    return declared if declared > allocation_budget(size) else None
+
+
+def _loaded_bytes(obj: Any) -> int:
+    """Memory the loaded objects address: every tensor view's numel x element size (a zero-stride
+    view of one byte counts its whole shape: that is what ``.float()`` or ``.clone()`` costs), and
+    every bytes/str. Shared objects count once."""
+    seen: set[int] = set()
+    total = 0
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * item.element_size()
+        elif isinstance(item, (bytes, bytearray, str)):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif hasattr(item, "__dict__") and not isinstance(item, type):
+            stack.extend(vars(item).values())
+    return total
+
+
+@contextlib.contextmanager
+def _bounded_bytearray(budget: int):
+    """torch's own allow-list has ``bytearray``, and ``bytearray(10**10)`` from a tiny file
+    allocates 10 GB; within the block it refuses sizes over ``budget``."""
+    import torch._weights_only_unpickler as unpickler
+
+    try:
+        allowed = unpickler._get_allowed_globals()
+    except AttributeError:  # another torch: its allow-list is left as it is
+        yield
+        return
+    original = allowed.get("builtins.bytearray")
+
+    def checked(*args):
+        if args and isinstance(args[0], int) and args[0] > budget:
+            raise _TooLarge(args[0])
+        return bytearray(*args)
+
+    if original is not None:
+        allowed["builtins.bytearray"] = checked
+    try:
+        yield
+    finally:
+        if original is not None:
+            allowed["builtins.bytearray"] = original
 
 
 def safe_global_names() -> list[str]:
@@ -142,17 +283,29 @@ def load_file(path: str, what: str = "checkpoint", trust: bool | None = None) ->
         raise UserError(f"no {what} file given")
     if not os.path.isfile(path):
         raise UserError(f"{what} file '{path}' does not exist")
-    if os.path.getsize(path) == 0:
+    size = os.path.getsize(path)
+    if size == 0:
         raise UserError(f"{what} file '{path}' is empty")
+    declared = _check_zip_records(path, size)
+    if declared is not None:
+        raise _too_large(what, path, size, declared)
     try:
-        with torch.serialization.safe_globals(_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_safe_globals()), _bounded_bytearray(allocation_budget(size)):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        loaded = _loaded_bytes(obj)
+        if loaded > allocation_budget(size):
+            raise _too_large(what, path, size, loaded)
+        return obj
+    except _TooLarge as error:
+        raise _too_large(what, path, size, int(error.args[0])) from None
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
             raise UserError(f"cannot read {what} file '{path}': not a PyTorch file or corrupt "
                             f"({_first_line(error)})") from None
         wanted = _unsafe_global(error, path)
         refused = error
+    except UserError:
+        raise
     except Exception as error:  # noqa: BLE001 - corrupt bytes fail in many ways (KeyError, IndexError)
         raise UserError(f"cannot read {what} file '{path}': truncated, corrupt or not a PyTorch "
                         f"file ({_first_line(error)})") from None
@@ -170,6 +323,12 @@ def load_file(path: str, what: str = "checkpoint", trust: bool | None = None) ->
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any failure here means the file is unusable
         raise UserError(f"cannot read {what} file '{path}': {_first_line(error)}") from None
+
+
+def _too_large(what: str, path: str, size: int, wanted: int) -> UserError:
+    return UserError(f"refusing to load {what} file '{path}': its {size:,} bytes would take "
+                     f"{wanted / 2**20:,.0f} MB of memory (at most {ALLOC_FACTOR}x the file size + "
+                     f"{ALLOC_SLACK // 2**20} MB is allowed): a corrupt or crafted file")
 
 
 def _unsafe_global(error: pickle.UnpicklingError, path: str) -> str | None:
@@ -235,9 +394,53 @@ def write_json(obj: Any, path: str) -> None:
 
 
 def append_jsonl(obj: dict, path: str) -> None:
-    """Append ``obj`` as one strict JSON line."""
-    with open(path, "a") as handle:
-        handle.write(json_text(obj) + "\n")
+    """Append ``obj`` as one strict JSON line, after dropping a half-written last line (a run
+    killed mid-append leaves one), which would otherwise merge with this one."""
+    line = json_text(obj) + "\n"
+    try:
+        prefix = _repair_tail(path)
+        with open(path, "a") as handle:
+            handle.write(prefix + line)
+    except OSError as error:
+        raise UserError(f"cannot write '{path}': {error.strerror or error}") from None
+
+
+def _repair_tail(path: str) -> str:
+    """Make ``path`` end at a line break: a complete last line without one gets it (returned, to be
+    written first); an incomplete one is cut off, with a notice."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return ""
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return ""
+        handle.seek(0)
+        text = handle.read()  # a log of JSON lines: small
+        cut = text.rfind(b"\n")
+        if _parses(text[cut + 1:]):
+            return "\n"
+        handle.truncate(cut + 1)
+    _notice_partial(path)
+    return ""
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+_NOTICED: set[str] = set()
+
+
+def _notice_partial(path: str) -> None:
+    key = os.path.abspath(path)
+    if key not in _NOTICED:
+        _NOTICED.add(key)
+        print(f"notice: the last line of '{path}' was half-written (the run stopped while writing it); "
+              f"it is dropped", file=sys.stderr)
 
 
 def jsonl_text(rows: list[dict]) -> str:
@@ -281,8 +484,30 @@ def _json_key(key: Any) -> str:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """The rows of a ``.jsonl`` file (``null`` where a figure was NaN; older files' bare NaN read too)."""
+    """The rows of a ``.jsonl`` file (``null`` where a figure was NaN; older files' bare NaN read too).
+
+    A half-written last line (a run killed mid-append) is left out with a notice; any other line
+    that is not a JSON object is a one-line ``UserError`` naming the file and line.
+    """
     if not os.path.exists(path):
         return []
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().split("\n")
+    except OSError as error:
+        raise UserError(f"cannot read '{path}': {error.strerror or error}") from None
+    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    rows = []
+    for index, (number, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif index == len(numbered) - 1:
+            _notice_partial(path)  # the last line: cut short by a kill while it was appended
+        else:
+            raise UserError(f"'{path}' line {number} is not a JSON object: the file is damaged; "
+                            f"remove that line to continue")
+    return rows

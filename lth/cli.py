@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Callable, Mapping, Sequence
 
+from lth import validate
 from lth.checkpoint import trusted_checkpoints
 from lth.errors import UserError
 
@@ -39,10 +41,28 @@ def run_main(main: Callable[[argparse.Namespace], None], parser: argparse.Argume
     except UserError as error:
         print(f"error: {user_message(error)}", file=sys.stderr)
         sys.exit(error.exit_status)
+    except OSError as error:
+        if error.errno not in SYSTEM_ERRNOS:
+            raise
+        # A write the system refused where no reader or writer of ours turned it into a UserError
+        # (a plot, a prediction image): still one line, naming the file.
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        sys.exit(UserError.exit_status)
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch's checkpoint is intact; continue with --resume",
               file=sys.stderr)
         sys.exit(130)
+
+
+# What the system says when it cannot read or write a file: not a bug of the toolkit.
+SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                 errno.EISDIR, errno.EIO, errno.ENAMETOOLONG, errno.ENOENT}
+
+
+def os_error_message(error: OSError) -> str:
+    where = f"'{error.filename}'" if error.filename else "a file"
+    return (f"cannot access {where}: {error.strerror or error}; the last checkpoint written, if any, "
+            f"is intact (continue with --resume once the cause is fixed)")
 
 
 def user_message(error: UserError) -> str:
@@ -306,10 +326,9 @@ def check_common(args: argparse.Namespace) -> None:
     for name in ("batch_size", "epochs"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if args.lr <= 0:
-        raise UserError(f"--lr must be positive, got {args.lr}")
     if args.eval_batch_size is not None and args.eval_batch_size < 1:
         raise UserError(f"--eval_batch_size must be at least 1, got {args.eval_batch_size}")
+    validate.check_shared(args)
 
 
 def check_save_dir(run, resume: bool | str) -> str | None:
@@ -321,6 +340,7 @@ def check_save_dir(run, resume: bool | str) -> str | None:
     if isinstance(resume, str):
         if not os.path.isfile(resume):
             raise UserError(f"--resume: checkpoint file '{resume}' does not exist")
+        run.check_location()
         return resume
     run.check(bool(resume))
     return None

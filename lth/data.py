@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lth.checkpoint import allocation_budget
 from lth.errors import UserError
 
 
@@ -194,11 +195,23 @@ def _missing_files(name: str, root: str) -> list[str]:
 
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 handwritten digits: ink (N, 8, 8) floats from 0 to ``DIGITS_MAX_VALUE``, labels int64."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's 1,797 handwritten digits: ink (N, 8, 8) floats from 0 to ``DIGITS_MAX_VALUE``, labels int64.
 
-    bunch = load_digits()
-    return bunch.images, bunch.target.astype(np.int64)
+    Read from the file ``sklearn.datasets.load_digits`` reads (``datasets/data/digits.csv.gz`` of the installed
+    scikit-learn: 64 pixel columns then the label), without importing scikit-learn, whose import (with SciPy's)
+    took about 1 s of CPU in every run on the digits; tests/test_demos.py checks that the arrays are
+    load_digits' own. Falls back to load_digits if the file is not where it was."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "digits.csv.gz") if spec else ""
+    if not os.path.isfile(path):
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target.astype(np.int64)
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
 def digits_pixels(ink: np.ndarray) -> np.ndarray:
@@ -241,36 +254,19 @@ def _read_digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
 def _read_torchvision(
     spec: DatasetSpec, root: str, download: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    train_x, train_y, train_verified = _read_split(spec, root, train=True, download=download)
-    test_x, test_y, test_verified = _read_split(spec, root, train=False, download=download)
-    if not (train_verified and test_verified):
+    """Both splits, read by this module's own readers (never torchvision's unpickling of whatever
+    lies in the folder); with ``download`` torchvision first fetches what is missing."""
+    if download:
+        _download(spec, root)
+    train_x, train_y = _read_files(spec, root, train=True)
+    test_x, test_y = _read_files(spec, root, train=False)
+    if not _checksums_match(spec.name, root):
         print(
             f"warning: {spec.name} files under '{root}' do not match torchvision's checksums "
             "(a subset or modified copy?); reading them anyway",
             file=sys.stderr,
         )
     return train_x, train_y, test_x, test_y
-
-
-def _read_split(
-    spec: DatasetSpec, root: str, *, train: bool, download: bool
-) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Returns images, labels and whether torchvision's checksum test passed."""
-    dataset_class = _torchvision_class(spec.name)
-    try:
-        dataset = _construct(dataset_class, spec.name, root, train=train, download=download)
-        return (*_to_tensors(spec.name, dataset), True)
-    except RuntimeError:
-        # torchvision's "not found or corrupted": when the files are there, their md5 differs.
-        if _missing_files(spec.name, root):
-            raise _not_found(spec, root) from None
-    except Exception as error:
-        raise _unreadable(spec, root, train, error, download) from error
-    try:
-        dataset = _construct(_without_integrity_check(dataset_class), spec.name, root, train=train, download=False)
-    except Exception as error:
-        raise _unreadable(spec, root, train, error, download=False) from error
-    return (*_to_tensors(spec.name, dataset), False)
 
 
 def _torchvision_class(name: str) -> type:
@@ -285,100 +281,225 @@ def _torchvision_class(name: str) -> type:
     return classes[name]
 
 
-def _construct(dataset_class: type, name: str, root: str, *, train: bool, download: bool):
-    if name == "svhn":
-        return dataset_class(root, split="train" if train else "test", download=download)
-    return dataset_class(root, train=train, download=download)
+def _download(spec: DatasetSpec, root: str) -> None:
+    """torchvision's download: it fetches and verifies what is missing (and reads only files whose
+    checksum matches the official one, as the original did)."""
+    dataset_class = _torchvision_class(spec.name)
+    for train in (True, False):
+        try:
+            if spec.name == "svhn":
+                dataset_class(root, split="train" if train else "test", download=True)
+            else:
+                dataset_class(root, train=train, download=True)
+        except Exception as error:  # noqa: BLE001 - network, disk and archive errors alike
+            raise UserError(f"could not download or read {spec.name} under '{root}': "
+                            f"{_one_line(f'{type(error).__name__}: {error}')}") from None
 
 
-def _without_integrity_check(dataset_class: type) -> type:
-    """A subclass of a torchvision data set that reads files whose md5 differs from the official one."""
+def _checksums_match(name: str, root: str) -> bool:
+    """True when every file matches torchvision's md5 (Fashion-MNIST's extracted files have none)."""
+    from torchvision.datasets.utils import check_integrity
 
-    def skip_meta(self) -> None:
-        # Class names are never used here; a meta file that is missing or differs must not block loading.
-        self.classes = []
-        self.class_to_idx = {}
-
-    overrides: dict[str, Callable] = {"_check_integrity": lambda self: True}
-    if hasattr(dataset_class, "_load_meta"):
-        overrides["_load_meta"] = skip_meta
-    # Same class name on purpose: FashionMNIST derives its folder name from type(self).__name__.
-    return type(dataset_class.__name__, (dataset_class,), overrides)
-
-
-def _to_tensors(name: str, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    dataset_class = _torchvision_class(name)
     if name in ("cifar10", "cifar100"):
-        images = torch.from_numpy(np.asarray(dataset.data)).permute(0, 3, 1, 2)  # stored NHWC
-        labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
+        pairs = [(os.path.join(root, dataset_class.base_folder, file), md5)
+                 for file, md5 in dataset_class.train_list + dataset_class.test_list]
     elif name == "svhn":
-        images = torch.from_numpy(np.ascontiguousarray(dataset.data))  # already NCHW
-        labels = torch.as_tensor(dataset.labels, dtype=torch.int64)
+        pairs = [(os.path.join(root, filename), md5) for _, filename, md5 in dataset_class.split_list.values()
+                 if filename in ("train_32x32.mat", "test_32x32.mat")]
     else:
-        images = torch.as_tensor(dataset.data).unsqueeze(1)  # (N, H, W) grey
-        labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
-    return images.to(torch.uint8).contiguous(), labels.reshape(-1)
+        return True
+    return all(check_integrity(path, md5) for path, md5 in pairs)
 
 
-def _unreadable(spec: DatasetSpec, root: str, train: bool, error: Exception, download: bool) -> UserError:
-    reason = _one_line(f"{type(error).__name__}: {error}")
-    if download:
-        return UserError(f"could not download or read {spec.name} under '{root}': {reason}")
-    bad_file = _first_unreadable_file(spec.name, root, train)
-    where = f"'{bad_file}'" if bad_file else f"the files under '{root}'"
-    return UserError(f"cannot read {spec.name} {where} (expected layout {spec.layout}): {reason}")
+def _read_files(spec: DatasetSpec, root: str, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, C, H, W) uint8 and labels of one split, every file read by a reader that cannot
+    run code; a file that cannot be read is a ``UserError`` naming it."""
+    parts = []
+    for path, reader in _split_files(spec.name, root, train):
+        try:
+            parts.append(reader(path))
+        except UserError as error:
+            raise UserError(f"cannot read {spec.name} file '{path}' (expected layout {spec.layout}): {error}") from None
+        except Exception as error:  # noqa: BLE001 - corrupt files fail in many ways
+            reason = _one_line(f"{type(error).__name__}: {error}")
+            raise UserError(f"cannot read {spec.name} file '{path}' (expected layout {spec.layout}): "
+                            f"{reason}") from None
+    if spec.name == "fmnist":
+        (images, _), (labels, _) = parts
+        return images, labels
+    return torch.cat([images for images, _ in parts]), torch.cat([labels for _, labels in parts])
+
+
+def _split_files(name: str, root: str, train: bool) -> list[tuple[str, Callable[[str], tuple]]]:
+    split_prefix = "train" if train else "t10k"
+    split_word = "train" if train else "test"
+    if name == "cifar10":
+        relative = list(_REQUIRED_FILES[name][:5] if train else _REQUIRED_FILES[name][5:])
+        return [(os.path.join(root, rel), lambda path: _read_cifar_batch(path, "labels")) for rel in relative]
+    if name == "cifar100":
+        path = os.path.join(root, "cifar-100-python", split_word)
+        return [(path, lambda path: _read_cifar_batch(path, "fine_labels"))]
+    if name == "svhn":
+        return [(os.path.join(root, f"{split_word}_32x32.mat"), _read_svhn_mat)]
+    raw = os.path.join(root, "FashionMNIST", "raw")
+    return [(os.path.join(raw, f"{split_prefix}-images-idx3-ubyte"), _read_idx_images),
+            (os.path.join(raw, f"{split_prefix}-labels-idx1-ubyte"), _read_idx_labels)]
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR batches: pickles read without running code
+# ---------------------------------------------------------------------------------------------
+
+# A CIFAR batch is a pickled dict of str/bytes keys, lists of ints and names, and one numpy array
+# of bytes. The unpickler below builds exactly that and refuses every other global, so a batch file
+# that would create a file or start a process when unpickled is an error, whatever its checksum
+# (torchvision unpickles it fully once its checksum fails and it is read "anyway"). Subsets and
+# modified copies, which fail the checksum, keep working without a trust flag.
+
+
+class _CheckedArray(np.ndarray):
+    """What a pickled ndarray is rebuilt into here: its state must be plain numbers in bytes."""
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("an array with an unexpected state")
+        dtype, raw = state[-3], state[-1]
+        _check_plain_dtype(dtype)
+        if not isinstance(raw, (bytes, bytearray, str)):
+            raise pickle.UnpicklingError("an array whose data are Python objects")
+        super().__setstate__(state)
+
+
+def _check_plain_dtype(dtype) -> np.dtype:
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize > 8 \
+            or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"an array of type {dtype!r} (only numbers are read)")
+    return dtype
+
+
+def _reconstruct(subtype, shape, typecode):
+    if subtype is not np.ndarray or math.prod(tuple(shape)) != 0:
+        raise pickle.UnpicklingError("an array rebuilt in an unexpected way")
+    return np.ndarray.__new__(_CheckedArray, (0,), np.uint8)
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    _check_plain_dtype(dtype)
+    if not isinstance(buffer, (bytes, bytearray)) or order not in ("C", "F"):
+        raise pickle.UnpicklingError("an array whose data are not plain bytes")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order=order).copy()
+
+
+def _dtype(spec, *flags):
+    return _check_plain_dtype(np.dtype(spec, *flags))
+
+
+def _latin1(text, encoding="latin1"):
+    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("an encoded string other than latin-1 text")
+    return text.encode("latin1")
+
+
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return _CIFAR_GLOBALS[(module, name)]
+        raise pickle.UnpicklingError(f"it holds the Python object '{module}.{name}', which a CIFAR batch "
+                                     f"never does; it is not read (loading it could run code)")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("it refers to external objects, which a CIFAR batch never does")
+
+
+def _read_cifar_batch(path: str, label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels of one CIFAR batch file."""
+    with open(path, "rb") as handle:
+        try:
+            entry = _CifarUnpickler(handle, encoding="latin1").load()
+        except pickle.UnpicklingError as error:
+            raise UserError(str(error)) from None
+    if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
+        found = ", ".join(map(str, list(entry)[:6])) if isinstance(entry, dict) else type(entry).__name__
+        raise UserError(f"expected a dict with 'data' and '{label_key}', found {found}")
+    images = np.asarray(entry["data"]).view(np.ndarray)
+    if images.dtype != np.uint8 or images.ndim != 2 or images.shape[1] != 3 * 32 * 32:
+        raise UserError(f"'data' is a {images.dtype} array of shape {images.shape}; expected uint8 (N, 3072)")
+    labels = entry[label_key]
+    if not isinstance(labels, (list, tuple, np.ndarray)) or len(labels) != len(images):
+        raise UserError(f"'{label_key}' does not give one label per image ({len(images)} images)")
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise UserError(f"'{label_key}' holds {labels.dtype} values, not integer labels")
+    return (torch.from_numpy(images.reshape(-1, 3, 32, 32).copy()),
+            torch.from_numpy(labels.astype(np.int64)).reshape(-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# SVHN .mat files and Fashion-MNIST idx files (plain parsers: neither can run code)
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_svhn_mat(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """X (32, 32, 3, N) uint8 and y (N, 1) of a MATLAB file, checked from its headers first: a
+    cell or struct array, or a compressed variable that would take more memory than its file
+    allows (``lth.checkpoint.allocation_budget``), is refused before it is read."""
+    import scipy.io
+
+    variables = {name: (shape, kind) for name, shape, kind in scipy.io.whosmat(path)}
+    for name in ("X", "y"):
+        if name not in variables:
+            raise UserError(f"it has no variable '{name}' (found {', '.join(variables) or 'none'})")
+        shape, kind = variables[name]
+        if kind in ("cell", "struct", "object", "function_handle", "opaque", "sparse", "char"):
+            raise UserError(f"variable '{name}' is a MATLAB {kind} array; expected numbers")
+    shape = variables["X"][0]
+    if len(shape) != 4 or tuple(shape[:3]) != (32, 32, 3):
+        raise UserError(f"variable 'X' has shape {shape}; expected (32, 32, 3, N)")
+    declared = 8 * (math.prod(shape) + math.prod(variables["y"][0]))
+    if declared > allocation_budget(os.path.getsize(path)):
+        raise UserError(f"its variables would take {declared / 2**20:,.0f} MB from a "
+                        f"{os.path.getsize(path):,}-byte file: a corrupt or crafted file")
+    contents = scipy.io.loadmat(path, variable_names=["X", "y"])
+    images, labels = contents["X"], contents["y"]
+    for name, array in (("X", images), ("y", labels)):
+        if not isinstance(array, np.ndarray) or array.dtype.hasobject or array.dtype.kind not in "biuf":
+            raise UserError(f"variable '{name}' holds {getattr(array, 'dtype', type(array).__name__)} values; "
+                            f"expected numbers")
+    if images.dtype != np.uint8:
+        raise UserError(f"variable 'X' is {images.dtype}; expected uint8 pixels")
+    labels = labels.astype(np.int64).reshape(-1)
+    if len(labels) != images.shape[3]:
+        raise UserError(f"{images.shape[3]} images but {len(labels)} labels")
+    labels[labels == 10] = 0  # SVHN stores the digit 0 as label 10 (torchvision's rule)
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(3, 2, 0, 1))), torch.from_numpy(labels)
+
+
+def _read_idx_images(path: str) -> tuple[torch.Tensor, None]:
+    from torchvision.datasets.mnist import read_image_file
+
+    return read_image_file(path).unsqueeze(1), None  # (N, H, W) grey
+
+
+def _read_idx_labels(path: str) -> tuple[torch.Tensor, None]:
+    from torchvision.datasets.mnist import read_label_file
+
+    return read_label_file(path).to(torch.int64).reshape(-1), None
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _first_unreadable_file(name: str, root: str, train: bool) -> str | None:
-    """Re-reads each file of the split on its own to name the one that torchvision choked on."""
-    for path, reader in _split_files(name, root, train):
-        try:
-            reader(path)
-        except Exception:
-            return path
-    return None
-
-
-def _split_files(name: str, root: str, train: bool) -> list[tuple[str, Callable[[str], object]]]:
-    split_prefix = "train" if train else "t10k"
-    split_word = "train" if train else "test"
-    relative: list[str]
-    if name == "cifar10":
-        relative = _REQUIRED_FILES[name][:5] if train else _REQUIRED_FILES[name][5:]
-        reader = _read_cifar_batch
-    elif name == "cifar100":
-        relative = [os.path.join("cifar-100-python", split_word)]
-        reader = _read_cifar_batch
-    elif name == "svhn":
-        relative = [f"{split_word}_32x32.mat"]
-        reader = _read_mat
-    else:
-        from torchvision.datasets.mnist import read_image_file, read_label_file
-
-        raw = os.path.join("FashionMNIST", "raw")
-        return [
-            (os.path.join(root, raw, f"{split_prefix}-images-idx3-ubyte"), read_image_file),
-            (os.path.join(root, raw, f"{split_prefix}-labels-idx1-ubyte"), read_label_file),
-        ]
-    return [(os.path.join(root, rel), reader) for rel in relative]
-
-
-def _read_cifar_batch(path: str) -> None:
-    with open(path, "rb") as handle:
-        entry = pickle.load(handle, encoding="latin1")
-    np.asarray(entry["data"]).reshape(-1, 3, 32, 32)
-    if "labels" not in entry and "fine_labels" not in entry:
-        raise KeyError("labels")
-
-
-def _read_mat(path: str) -> None:
-    import scipy.io
-
-    contents = scipy.io.loadmat(path)
-    contents["X"], contents["y"]
 
 
 def _check_images(spec: DatasetSpec, images: torch.Tensor, labels: torch.Tensor, what: str) -> None:

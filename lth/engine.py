@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from lth.distributed import Context, all_reduce_sum
+from lth.errors import UserError
 from lth.optim import LARS
 
 
@@ -173,6 +174,20 @@ def classification_step(model: nn.Module, batch) -> StepResult:
                       labels.size(0))
 
 
+@contextlib.contextmanager
+def _batch_norm_refusal():
+    """BatchNorm's refusal of a batch with one value per channel (one image reaching a 1x1 feature
+    map, a last batch of one) as one line saying which flag to change."""
+    try:
+        yield
+    except ValueError as error:
+        if "Expected more than 1 value per channel" not in str(error):
+            raise
+        raise UserError("a training batch reached a BatchNorm layer with a single value per channel (a "
+                        "batch of one image at a 1x1 feature map), which it cannot normalise: use a "
+                        "larger --batch_size (or larger images)") from None
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     scheduler, ctx: Context, precision: Precision, desc: str = "train",
                     print_freq: int = 50, after_step: Callable[[], None] | None = None,
@@ -208,7 +223,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         # Under DDP, a batch whose gradients are only summed locally skips the all-reduce: the
         # stepping batch's backward reduces the summed gradients once (the same mean).
         with contextlib.nullcontext() if steps or no_sync is None else no_sync():
-            with precision.autocast(device):
+            with precision.autocast(device), _batch_norm_refusal():
                 result = step(model, batch)
             result.loss.backward()
         if steps:

@@ -20,3 +20,8 @@ class TrainingDiverged(UserError):
     """
 
     exit_status = 3
+
+
+# What PIL raises for an empty, truncated or corrupt image file (its plugins use all of these); every
+# image reader turns them into a UserError naming the file.
+IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError)

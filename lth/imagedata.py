@@ -8,13 +8,13 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torchvision.transforms as T
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from lth.distributed import Context, per_process_batch, per_process_eval_batch
 from lth.engine import Precision
-from lth.errors import UserError
+from lth.errors import IMAGE_READ_ERRORS, UserError
 from lth.models import build_model
 from lth.loaders import DeviceLoader, Loaders  # noqa: F401  (DeviceLoader: imported from here by older code)
 
@@ -42,7 +42,7 @@ def image_folder(root: str, split: str, transform: Callable | None) -> ImageFold
     if not os.path.isdir(path):
         raise UserError(f"image folder '{path}' not found: expected {root}/{split}/<class>/<image files>")
     try:
-        return ImageFolder(path, transform=transform)
+        return ImageFolder(path, transform=transform, loader=read_rgb_image)
     except (FileNotFoundError, RuntimeError) as error:
         raise UserError(f"image folder '{path}' holds no usable images: expected "
                         f"{root}/{split}/<class>/<image files> ({str(error).splitlines()[0]})") from None
@@ -142,9 +142,20 @@ class ImageList(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as error:
-            raise UserError(f"cannot read image '{path}': {error}") from None
+        image = read_rgb_image(path)
         return (self.transform(image) if self.transform else image), label
+
+
+def read_rgb_image(path: str) -> Image.Image:
+    """An image file as RGB; an empty, truncated or corrupt file stops the run with one line naming
+    it (every image reader of the toolkit does so; none skips files, which would change the data
+    set a figure is computed on). The last checkpoint is intact: replace or remove the file and
+    continue with --resume."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except IMAGE_READ_ERRORS as error:
+        # PIL often names the file itself; once is enough
+        reason = " ".join(str(error).replace(f" '{path}'", "").split()) or type(error).__name__
+        raise UserError(f"cannot read image '{path}': {reason} (replace or remove the file and run again, "
+                        f"with --resume once a checkpoint exists)") from None

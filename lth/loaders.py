@@ -5,6 +5,7 @@ the training device, reproducibly per (seed, epoch)."""
 from __future__ import annotations
 
 import itertools
+import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -65,6 +66,14 @@ class DeviceLoader:
             self.sampler = RandomSampler(dataset, generator=self.generator)
         else:
             self.sampler = SequentialSampler(dataset)
+        if train and not drop_last and batch_size > 1 and len(self.sampler) % batch_size == 1:
+            # A last training batch of one image: BatchNorm cannot train on it (the original crashed
+            # there). Dropping it changes nothing else: every other batch is as it was.
+            drop_last = True
+            if ctx.is_main:
+                print(f"notice: the last training batch would hold 1 image ({len(self.sampler)} per process, "
+                      f"batches of {batch_size}); it is left out of every epoch, as BatchNorm cannot "
+                      f"train on one image", file=sys.stderr)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, num_workers=workers,
                                  pin_memory=ctx.device.type == "cuda", drop_last=drop_last,
                                  generator=self.generator, persistent_workers=False, collate_fn=collate_fn)

@@ -149,6 +149,27 @@ def extract_mask(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, to
     return masks
 
 
+def check_mask_values(masks: Mapping[str, torch.Tensor], source: str = "the mask") -> None:
+    """Every mask is a non-empty dense tensor of numbers holding only 0 and 1; otherwise a one-line
+    ``UserError`` naming ``source`` (the file) and the layer. A mask of 2, -1, 0.5 or NaN would
+    train silently on a scaled or negated network and report a wrong remaining share."""
+    for key, mask in masks.items():
+        if not isinstance(mask, torch.Tensor):
+            raise UserError(f"{source}: mask '{key}' is a {type(mask).__name__}, not a tensor")
+        if mask.layout != torch.strided or mask.device.type == "meta" or mask.is_complex() or mask.is_quantized:
+            raise UserError(f"{source}: mask '{key}' is a {mask.layout} {mask.dtype} tensor on {mask.device}; "
+                            f"expected a plain tensor of 0s and 1s")
+        if mask.numel() == 0:
+            raise UserError(f"{source}: mask '{key}' is empty (shape {tuple(mask.shape)})")
+        if mask.dtype == torch.bool:
+            continue
+        bad = ~((mask == 0) | (mask == 1))
+        if bool(bad.any()):
+            value = mask[bad].flatten()[0].item()
+            raise UserError(f"{source}: mask '{key}' holds the value {value} ({int(bad.sum())} of "
+                            f"{mask.numel()} entries are neither 0 nor 1); a mask holds only 0 and 1")
+
+
 def reverse_mask(masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The complement of each layer's mask (1 - mask): keeps exactly what the ticket removed."""
     return {key: 1 - mask for key, mask in masks.items()}
@@ -203,6 +224,7 @@ def fit_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], conv1: bool =
     model with the same shape, and every prunable conv must have a mask.
     """
     masks = strip_prefixes(masks)
+    check_mask_values({key: mask for key, mask in masks.items() if key.endswith(MASK_SUFFIX)})
     expected = {name + MASK_SUFFIX: module.weight.shape for name, module in prunable_convs(model, conv1)}
     stem = stem_conv_name(model)
     fitted = {}
@@ -350,8 +372,8 @@ def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     """Drop MoCo's momentum encoder and queue, and strip ``module.``/``encoder_q.`` prefixes."""
     out = {}
     for key, value in state.items():
-        if key.startswith(_FOREIGN_PREFIXES):
-            continue
+        if not isinstance(key, str) or key.startswith(_FOREIGN_PREFIXES):
+            continue  # a non-string key names no weight (a damaged file)
         for prefix in _WRAPPER_PREFIXES:
             if key.startswith(prefix):
                 key = key[len(prefix):]

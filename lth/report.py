@@ -95,7 +95,7 @@ class Point:
     round: int | None
     remaining: float  # the share of (conv) weights the trained network kept (%)
     level: float  # where the point is plotted and compared: its own remaining share
-    reported: float  # the primary metric at the best evaluation
+    reported: float  # the primary metric at the best evaluation (or where the run's rows say: Run.reported_at)
     final: float  # the primary metric at the last evaluation
     ticket_level: float | None = None  # a reversed mask: the level of the ticket it reverses
     source: str = ""  # the run folder
@@ -117,6 +117,7 @@ class Run:
     rule: str = ""  # what grouped it: "experiment id" or "flags"
     expected_rounds: int | None = None  # IMP: the rounds the run's commands asked for
     fingerprint: str = ""  # hash of its logs: two folders with one fingerprint are copies
+    reported_at: str = ""  # its rows' "reported_at" (detection on VOC: the last evaluation); "" = the best
 
     @property
     def seed(self):
@@ -229,6 +230,18 @@ KNOWN_SCRIPTS = ("main_imp_downstream.py", "main_eval_downstream.py", "main_imp_
                  "main_eval_visda.py", "main.py", "main_moco_imp.py")
 
 
+def _reads_mask(args: dict) -> bool:
+    """Whether a run's --mask_dir is one it reads: detection's IMP and random-pruning scripts accept
+    the original's --mask_dir and ignore it (their run.json says so with ``mask_dir_ignored``), so
+    there the flag says nothing about the run's kind or masks."""
+    return "mask_dir" in args and not args.get("mask_dir_ignored")
+
+
+def _mask_of(args: dict):
+    """The mask file or folder a run read (None for none, or an ignored --mask_dir)."""
+    return args.get("mask_dir") if _reads_mask(args) else None
+
+
 def script_of(argv0: str, args: dict) -> str:
     """The entry script of a run: argv[0]'s name, or, for a run started in-process (argv[0] is then
     the caller's, e.g. pytest), the downstream script its flags belong to. Used for labels and for
@@ -238,7 +251,7 @@ def script_of(argv0: str, args: dict) -> str:
         return name
     if "pruning_times" in args:
         return "main_imp_downstream.py"
-    if "mask_dir" in args and "dataset" in args:
+    if _reads_mask(args) and "dataset" in args:
         return "main_eval_downstream.py"
     return name
 
@@ -350,7 +363,7 @@ def read_run(path: str) -> Run:
     kind = _kind(args, rows, record)
     points = []
     for row in rows:
-        remaining = _number(row.get("remaining", DENSE_LEVEL if not args.get("mask_dir") else math.nan))
+        remaining = _number(row.get("remaining", DENSE_LEVEL if not _mask_of(args) else math.nan))
         if math.isnan(remaining):
             continue
         ticket = level_of(DENSE_LEVEL - remaining) if kind == "reversed" else None
@@ -363,7 +376,8 @@ def read_run(path: str) -> Run:
     return Run(path=os.path.normpath(path), script=script, args=args, record=record,
                task=task_of(script, args, metric), metric=metric, higher_is_better=higher, points=points,
                kind=kind, missing=missing, expected_rounds=_expected_rounds(script, args, record),
-               fingerprint=_fingerprint(path, rows))
+               fingerprint=_fingerprint(path, rows),
+               reported_at=str(rows[-1].get("reported_at") or "") if rows else "")
 
 
 def _round_number(value) -> int:
@@ -412,8 +426,8 @@ def _kind(args: dict, rows: Sequence[dict], record: dict) -> str:
         return "reinit" if kind == "transfer" and _no_weights(args) else kind
     if row.get("random_prune") is True or args.get("random_prune"):
         return "random"
-    if "mask_dir" in args and "pruning_times" not in args and "states" not in args:
-        if not args.get("mask_dir"):
+    if _reads_mask(args) and "pruning_times" not in args and "states" not in args:
+        if not _mask_of(args):
             return "dense"
         if args.get("reverse_mask") or row.get("reverse_mask") is True:
             return "reversed"
@@ -528,7 +542,7 @@ class _Keys:
         controls = run.controls or {}
         if controls.get("ticket_experiment"):
             return f"experiment {controls['ticket_experiment']}"
-        mask = run.args.get("mask_dir")
+        mask = _mask_of(run.args)
         if not isinstance(mask, str) or not mask:
             return None
         return self.describe_file(mask, strip_round=True)
@@ -607,7 +621,7 @@ def _base_label(group: Group) -> str:
     if run.kind in ("imp", "random"):
         what = "random pruning" if run.kind == "random" else "IMP"
         detail = str(args.get("prune_type") or "")
-        if run.kind == "random" and "mask_dir" in args and "pruning_times" not in args:
+        if run.kind == "random" and _reads_mask(args) and "pruning_times" not in args:
             detail = "one shot to the masks' sparsity"  # a transfer run pruned at random
         if detail == "pt_trans" or (not detail and not _no_weights(args)) or args.get("imp_type"):
             detail = f"{detail} from {_weights_name(run)}".strip()
@@ -626,7 +640,7 @@ def _base_label(group: Group) -> str:
 
 def _source_label(run: Run) -> str:
     controls = run.controls or {}
-    mask = run.args.get("mask_dir") or controls.get("ticket") or ""
+    mask = _mask_of(run.args) or controls.get("ticket") or ""
     folder = os.path.dirname(os.path.normpath(str(mask))) if os.path.splitext(str(mask))[1] else str(mask)
     record = os.path.join(folder, RUN_RECORD)
     if not os.path.isfile(record):
@@ -1188,6 +1202,7 @@ def write_report(report: Report, out: str, figures: Sequence[tuple[str, str]], c
     groups, stats = report.groups, report.stats
     first = groups[0].runs[0]
     metric = first.metric
+    when = reported_when(run for g in groups for run in g.runs)
     lines = [
         "# Report: " + first.task,
         "",
@@ -1196,7 +1211,7 @@ def write_report(report: Report, out: str, figures: Sequence[tuple[str, str]], c
         "## What was compared",
         "",
         f"{sum(len(g.runs) for g in groups)} runs in {len(groups)} groups (curves). The metric is "
-        f"{_metric_text(metric)}; mean ± sample standard deviation over seeds (n - 1 in the denominator; "
+        f"{_metric_text(metric, when)}; mean ± sample standard deviation over seeds (n - 1 in the denominator; "
         f"0 for one seed). Remaining = share of the pruned (conv) weights kept; a reversed mask is shown "
         f"at its own remaining share and compared with the ticket it reverses.",
         "",
@@ -1228,7 +1243,7 @@ def write_report(report: Report, out: str, figures: Sequence[tuple[str, str]], c
     lines += _control_lines(report)
     lines += list(extra_sections)
     lines += ["## Table", "",
-              "Per group and level: the metric at the best evaluation, and at the last epoch (they can part "
+              f"Per group and level: the metric {when}, and at the last epoch (they can part "
               "ways at extreme sparsity). Also in `levels.csv` (with each level's test against the dense "
               "model); every run's values in `runs.csv`.", "",
               f"| group | remaining (%) | n | mean ± std | final epoch: mean ± std |", "|---|---:|---:|---:|---:|"]
@@ -1352,11 +1367,19 @@ def _level_or_dash(level: float | None) -> str:
     return "-" if level is None else f"{fmt_level(level)} %"
 
 
-def _metric_text(metric: str) -> str:
-    if metric == "accuracy":
+def reported_when(runs: Iterable[Run]) -> str:
+    """Which evaluation the reported metric is: the best one, unless the runs' summary rows say
+    otherwise (``reported_at``: detection on VOC reports its last evaluation, as the original did)."""
+    said = sorted({run.reported_at for run in runs})
+    text = " or ".join(f"at the {what or 'best evaluation'}" for what in said) or "at the best evaluation"
+    return text + (" (as each run's summary rows say)" if len(said) > 1 else "")
+
+
+def _metric_text(metric: str, when: str = "at the best evaluation") -> str:
+    if metric == "accuracy" and when == "at the best evaluation":
         return ("accuracy (%) at the best validation epoch (test accuracy where the task has a test "
                 "split, else validation accuracy)")
-    return f"{metric_label(metric)} at the best evaluation"
+    return f"{metric_label(metric)} {when}"
 
 
 def _provenance(groups: Sequence[Group]) -> list[str]:

@@ -9,7 +9,6 @@ under torchrun, precision), builds its data and model, then ``Session.record`` (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import sys
@@ -22,7 +21,7 @@ from lth import cli, distributed
 from lth.distributed import Context
 from lth.engine import Precision
 from lth.errors import UserError
-from lth.runs import RUN_RECORD, RunDir
+from lth.runs import RunDir
 from lth.trainer import MaskRestorer, StageProgress, restore_stage
 
 
@@ -81,11 +80,10 @@ def open_session(args: argparse.Namespace, run: RunDir, resume_file: str | None 
 def check_same_experiment(run: RunDir, args: argparse.Namespace, flags: Sequence[str]) -> None:
     """A resumed run must keep the script's own identity ``flags`` (beyond the trainer's
     ``IDENTITY_FLAGS``, checked against the checkpoint) as its run.json recorded them."""
-    path = run.file(RUN_RECORD)
-    if not os.path.isfile(path):
+    record = run.record()
+    if record is None:
         return
-    with open(path) as handle:
-        saved = json.load(handle).get("args", {})
+    saved = record.get("args", {})
     for flag in flags:
         if flag in saved and saved[flag] != getattr(args, flag):
             raise UserError(f"--{flag} is {getattr(args, flag)!r} but the run being resumed used {saved[flag]!r}; "

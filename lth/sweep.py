@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
 
 from lth.errors import UserError
+from lth.runs import ONE_OFF_SUMMARY, RUN_RECORD, SUMMARY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN, REPORT = "train", "report"
@@ -85,22 +86,22 @@ def _has_checkpoint(folder: str) -> bool:
 
 def is_done(job: Job) -> bool:
     if job.type == "rounds":
-        return set(range(job.rounds)) <= _rounds_logged(job.path("summary.jsonl"))
+        return set(range(job.rounds)) <= _rounds_logged(job.path(SUMMARY))
     if job.type == "once":
-        return os.path.isfile(job.path("summary.json")) or bool(_rows(job.path("summary.jsonl")))
+        return os.path.isfile(job.path(ONE_OFF_SUMMARY)) or bool(_rows(job.path(SUMMARY)))
     if job.type == "det_imp":
         return os.path.isfile(job.path(f"backbone_imp{job.last + 1}.pth")) and \
-            set(range(job.first, job.last + 1)) <= _rounds_logged(job.path("summary.jsonl"))
+            set(range(job.first, job.last + 1)) <= _rounds_logged(job.path(SUMMARY))
     if job.type == "det_level":
-        return bool(_rows(job.path(f"model{job.level}", "summary.jsonl")))
+        return bool(_rows(job.path(f"model{job.level}", SUMMARY)))
     if job.type == "det_eval":
         return os.path.isfile(job.path(f"eval_{job.level}checkpoint", "eval.json"))
     if job.type == "seg_imp":
         return os.path.isfile(job.path(f"seg_backbone_imp{job.rounds}.pth")) and \
-            set(range(job.rounds)) <= {int(r.get("round", -1)) for r in _rows(job.path("summary.jsonl"))
+            set(range(job.rounds)) <= {int(r.get("round", -1)) for r in _rows(job.path(SUMMARY))
                                        if r.get("kind") == "imp"}
     if job.type == "seg_once":
-        return any(row.get("exp") == job.exp for row in _rows(job.path("summary.jsonl")))
+        return any(row.get("exp") == job.exp for row in _rows(job.path(SUMMARY)))
     if job.type == "report":
         return False
     raise UserError(f"job '{job.name}' has an unknown type '{job.type}'")
@@ -144,7 +145,7 @@ def command_now(job: Job) -> list[str]:
         inputs = [p for pattern in job.inputs
                   for p in (sorted(glob.glob(os.path.join(job.cwd, pattern))) if glob.has_magic(pattern)
                             else [os.path.join(job.cwd, pattern)])
-                  if glob.glob(os.path.join(glob.escape(p), "**", "run.json"), recursive=True)]
+                  if glob.glob(os.path.join(glob.escape(p), "**", RUN_RECORD), recursive=True)]
         return command[:2] + [_shown(p, job.cwd) for p in inputs] + command[2:] if inputs else []
     if is_started(job):
         command.append("--resume")

@@ -10,8 +10,10 @@ tensors as they are), or a pruned ``state_dict`` with the masked weights set to 
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import re
+import stat
 import sys
 from typing import Mapping
 
@@ -41,12 +43,42 @@ def pack_masks(masks: Mapping[str, torch.Tensor]) -> dict:
     return {"bits": packed, "shapes": shapes}
 
 
-def unpack_masks(packed: Mapping) -> dict[str, torch.Tensor]:
+def unpack_masks(packed: Mapping, name: str = "the ticket") -> dict[str, torch.Tensor]:
+    """The masks of a packed ticket, after checking every layer's bits against its shape: a
+    truncated, padded, empty or mistyped bit array is a one-line ``UserError`` naming ``name`` and
+    the layer (never zero-padded bits or uninitialised memory)."""
+    damaged = f"{name} is a damaged ticket"
+    bits_of, shapes = packed.get("bits"), packed.get("shapes")
+    if not isinstance(bits_of, Mapping) or not isinstance(shapes, Mapping):
+        raise UserError(f"{damaged}: its 'bits' and 'shapes' entries must both be dicts by layer "
+                        f"(got {type(bits_of).__name__} and {type(shapes).__name__})")
+    if not bits_of:
+        raise UserError(f"{damaged}: it holds no layer")
+    for key in list(bits_of) + list(shapes):
+        if key not in bits_of or key not in shapes:
+            raise UserError(f"{damaged}: layer '{key}' has {'bits' if key in bits_of else 'a shape'} but "
+                            f"no {'shape' if key in bits_of else 'bits'}")
     masks = {}
-    for key, bits in packed["bits"].items():
-        shape = packed["shapes"][key]
-        count = int(np.prod(shape))
-        flat = np.unpackbits(bits.numpy(), count=count)
+    for key, bits in bits_of.items():
+        if not isinstance(key, str) or not key.endswith(pruning.MASK_SUFFIX):
+            raise UserError(f"{damaged}: layer name {key!r} does not end in '{pruning.MASK_SUFFIX}'")
+        shape = shapes[key]
+        if (not isinstance(shape, (list, tuple)) or not shape
+                or not all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape)):
+            raise UserError(f"{damaged}: layer '{key}' has shape {shape!r}; expected a list of positive sizes")
+        if not isinstance(bits, torch.Tensor) or bits.dtype != torch.uint8 or bits.dim() != 1:
+            found = f"{bits.dim()}-D {bits.dtype} tensor" if isinstance(bits, torch.Tensor) else type(bits).__name__
+            raise UserError(f"{damaged}: layer '{key}' has bits of type {found}; expected a 1-D uint8 tensor")
+        count = math.prod(shape)
+        needed = (count + 7) // 8
+        if bits.numel() != needed:
+            raise UserError(f"{damaged}: layer '{key}' (shape {tuple(shape)}, {count} weights) needs "
+                            f"{needed} bytes of bits but has {bits.numel()} (truncated or padded)")
+        packed_bits = bits.contiguous().numpy()
+        spare = needed * 8 - count
+        if spare and int(packed_bits[-1]) & ((1 << spare) - 1):
+            raise UserError(f"{damaged}: layer '{key}' has bits set past its {count} weights")
+        flat = np.unpackbits(packed_bits, count=count)
         masks[key] = torch.from_numpy(flat.astype(np.float32)).reshape(shape)
     return masks
 
@@ -63,7 +95,7 @@ def is_ticket(obj) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == TICKET_FORMAT
 
 
-def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dict]:
+def read_masks(source, what: str = "mask", name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Masks and metadata from any mask source a user has.
 
     ``source`` is a path or an already loaded object: a ticket file of this toolkit, a checkpoint
@@ -72,15 +104,21 @@ def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dic
     or a dense task's round file, whose ``backbone`` entry holds the masks (segmentation's
     ``seg_backbone_imp{n}.pth``, detection's ``backbone_imp{n}.pth`` and ``backbone_random{n}.pth``;
     ``round`` n read from the name). ``module.``, ``encoder_q.`` and ``module.encoder_q.`` prefixes
-    are stripped.
+    are stripped. ``name`` is the file an already loaded object came from, for messages.
     """
-    name = source if isinstance(source, (str, os.PathLike)) else "the given object"
+    name = source if isinstance(source, (str, os.PathLike)) else (name or "the given object")
     obj = load_file(source, what) if isinstance(source, (str, os.PathLike)) else source
     if is_ticket(obj):
-        if obj.get("version", 0) > TICKET_VERSION:
-            raise UserError(f"{name} is a ticket of format version {obj['version']}, newer than this "
+        version, meta = obj.get("version"), obj.get("meta", {})
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise UserError(f"{name} is a damaged ticket: its format version is {version!r}, not a "
+                            f"positive integer")
+        if version > TICKET_VERSION:
+            raise UserError(f"{name} is a ticket of format version {version}, newer than this "
                             f"toolkit reads ({TICKET_VERSION})")
-        return unpack_masks(obj), dict(obj.get("meta", {}))
+        if not isinstance(meta, Mapping):
+            raise UserError(f"{name} is a damaged ticket: its 'meta' is a {type(meta).__name__}, not a dict")
+        return unpack_masks(obj, name), dict(meta)
     dense_round = (isinstance(obj, Mapping) and "state_dict" not in obj and isinstance(obj.get("backbone"), Mapping)
                    and ({"first_conv", "classifier"} <= set(obj) or {"all_state_dict", "first_conv1"} <= set(obj)))
     if dense_round:
@@ -89,7 +127,11 @@ def read_masks(source, what: str = "mask") -> tuple[dict[str, torch.Tensor], dic
     if not isinstance(state, Mapping):
         raise UserError(f"{name} holds no mask: expected a ticket file, a checkpoint with a "
                         f"'state_dict', or a dict of '*.weight_mask' tensors")
-    masks = {k: v.float() for k, v in pruning.extract_mask(state).items() if isinstance(v, torch.Tensor)}
+    state = {key: value for key, value in state.items() if isinstance(key, str)}
+    entries = {key: value for key, value in pruning.strip_prefixes(state).items()
+               if key.endswith(pruning.MASK_SUFFIX)}
+    pruning.check_mask_values(entries, name)
+    masks = {key: value.float() for key, value in pruning.extract_mask(entries).items()}
     if not masks:
         raise UserError(f"{name} holds no '*.weight_mask' tensor: it is not a pruned checkpoint "
                         f"or mask file")
@@ -214,10 +256,13 @@ def _check_output(out: str, force: bool, inputs: list[str]) -> None:
     """Never overwrite an input, nor (without --force) any existing file."""
     if any(os.path.exists(path) and os.path.exists(out) and os.path.samefile(path, out) for path in inputs):
         raise UserError(f"output '{out}' is one of the input files; choose another name")
-    if os.path.exists(out) and not force:
-        raise UserError(f"output '{out}' already exists; pass --force to replace it")
     if os.path.isdir(out):
         raise UserError(f"output '{out}' is a folder; give a file name")
+    if os.path.lexists(out) and not force:
+        raise UserError(f"output '{out}' already exists; pass --force to replace it")
+    if os.path.lexists(out) and not stat.S_ISREG(os.lstat(out).st_mode):
+        raise UserError(f"output '{out}' is not a regular file (a link, pipe or device); --force only "
+                        f"replaces regular files")
 
 
 # --------------------------------------------------------------------------------------------

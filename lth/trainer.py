@@ -321,6 +321,7 @@ def train_stage(model: nn.Module, loaders: Loaders, cfg: TrainConfig, precision:
     """
     evaluator = evaluator or classification_evaluator(ctx, precision, loaders.num_classes)
     objective = cfg.objective
+    run.flush_record()  # every check has passed: a resumed run's run.json entry is written now
     if remaining is None:
         remaining = pruning.sparsity(model, conv1)["remaining"]
     if not cfg.trains:
@@ -641,6 +642,7 @@ def restore_stage(model: nn.Module, run: RunDir, fmt: str, args: dict, conv1: bo
     checkpoints = run.checkpoints()
     path = path or checkpoints[max(checkpoints)]
     checkpoint = load_checkpoint_into(model, path, fmt, args, conv1, apply_masks)
+    run.accept_resume()
     progress = StageProgress.from_checkpoint(checkpoint)
     if progress.next_itr is None:
         run.rewind_logs(int(checkpoint["state"]), progress.next_epoch)

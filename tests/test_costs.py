@@ -547,3 +547,18 @@ def test_detection_lrr_one_process_per_round_starts_round_one_where_one_process_
                           for key in pruned)  # trained, not rewound to the pre-trained weights
     summaries = [rows(tmp_path / name, "summary.jsonl") for name in ("whole", "apart")]
     assert [measured(r) for r in summaries[1]] == [measured(r) for r in summaries[0]]
+
+
+def test_the_cost_demo_answers_with_the_share_of_imp_cost_and_the_rules_that_match(cost_report_out):
+    """demo/cost.py's table, from the cost.csv of the hand-made runs above."""
+    from test_demos import load_demo
+    demo = load_demo("cost")
+    args = demo.get_args_parser().parse_args(["--seeds", "0,1", "--rounds", "3"])
+    lines = demo.demo_answer(str(cost_report_out / "cost.csv"), args)
+    table = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| 20 ") or line.startswith("| 4 ")}
+    header = next(line for line in lines if line.startswith("| remaining"))
+    columns = [c.strip() for c in header.strip("|").split("|")][1:]
+    cells = {level: dict(zip(columns, [c.strip() for c in row.strip("|").split("|")][1:])) for level, row in table.items()}
+    assert cells["20"]["early-bird one-shot, IMP (lt)"].startswith("cost 0.75; matches: 1 std, ≥ mean, Welch")
+    assert cells["4"]["IMP (lt)"].startswith("cost 1.00; **no match**")
+    assert cells["4"]["random pruning (lt)"].startswith("cost 0.33; **no match**; 70.0 ± 0.7")

@@ -323,6 +323,29 @@ def test_detection_imp_and_its_random_control_are_one_task_and_a_missing_round_i
     assert "### random pruning (from moco) vs IMP (from moco)" in text
 
 
+def test_detection_runs_with_the_originals_ignored_mask_dir_and_last_evaluation_rows(tmp_path):
+    """Detection's IMP and random-pruning scripts accept the original's --mask_dir and ignore it
+    (run.json: mask_dir_ignored): that flag makes neither a dense/transfer run nor a mask source. On
+    VOC the rows report the last evaluation (reported_at), and the report says so."""
+    ignored = {**DET_ARGS, "mask_dir": "somewhere/backbone_imp3.pth", "mask_dir_ignored": True}
+    at = {"reported_at": "last evaluation (the validation split is the test split)"}
+    imp = raw_run(tmp_path / "seed10_moco_imp_ckpt", "pytest", {**ignored, "imp_num": 0, "rounds": 2},
+                  rows=[det_row(0, 30.0, **at), det_row(1, 29.5, **at)])
+    control = raw_run(tmp_path / "seed10_moco_random_ckpt" / "model1", "pytest", {**ignored, "imp_num": 1,
+                                                                                 "mask_dir": None},
+                      rows=[det_row(1, 25.0, random_prune=True, imp_num=1, **at)])
+    out = make_report(tmp_path, imp, str(tmp_path / "seed10_moco_random_ckpt"))
+    results = report.analyse(report.read_runs([imp, control]))
+    imp_group, random_group = results.groups
+    assert (imp_group.kind, random_group.kind) == ("imp", "random")
+    assert (imp_group.label, random_group.label) == ("IMP (from moco)", "random pruning (from moco)")
+    assert [s.level for s in results.stats[imp_group.label]] == [100.0, 80.0]
+    assert random_group.reference is imp_group and random_group.dense.label == imp_group.label
+    text = (out / "report.md").read_text()
+    assert "AP (%) at the last evaluation (the validation split is the test split)" in text
+    assert "at the best evaluation" not in text
+
+
 def test_segmentation_runs_are_read_from_the_rows_of_their_save_dir(tmp_path):
     """Segmentation keeps one summary.jsonl per --save_dir and each run (round) in SAVE_DIR/EXP
     with its run.json: per-round IMP runs are one curve, their random-pruning control another."""
