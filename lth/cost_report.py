@@ -317,8 +317,7 @@ def plot(section: CostSection, path: str, title: str = "") -> None:
         if dense.std > 0:
             ax.axhspan(dense.mean - dense.std, dense.mean + dense.std, color="black", alpha=0.08, linewidth=0)
     ax.set_xlabel(f"training {section.unit} needed for the ticket (cumulative over rounds)")
-    ax.set_ylabel(run_report._metric_text(section.metric).split(" (")[0] if section.metric == "accuracy"
-                  else section.metric)
+    ax.set_ylabel(run_report.metric_label(section.metric))
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
