@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from lth import cli, distributed, pruning, validate
 from lth.checkpoint import atomic_write_text, jsonl_text, load_file, locked, read_jsonl
+from lth.cost import Cost
 from lth.errors import UserError
 from lth.imp import BackbonePruning, training_curve_labels
 from lth.loaders import DeviceLoader, Loaders
@@ -442,9 +443,10 @@ def train_run(task: Task, model: nn.Module, run: RunDir, resume_file: str | None
     return progress
 
 
-def summary_row(progress: StageProgress, stage: int, remaining: float, **extra) -> dict:
-    """The core's summary row plus the original's two printed figures: best and last validation mIoU."""
-    row = progress.summary_row(stage, remaining, OBJECTIVE)
+def summary_row(progress: StageProgress, stage: int, remaining: float, spent_before: Cost = Cost(), **extra) -> dict:
+    """The core's summary row plus the original's two printed figures: best and last validation mIoU.
+    ``spent_before``: the training cost of the IMP rounds before (lth.cost)."""
+    row = progress.summary_row(stage, remaining, OBJECTIVE, spent_before=spent_before)
     row.update(best_miou=progress.best_val, last_miou=progress.history["ta"][-1], **extra)
     return row
 
@@ -584,8 +586,12 @@ def imp_round(task: Task, round_index: int, run: RunDir, resume_file: str | None
     progress = train_run(task, model, run, resume_file, strategy, round_index, {"imp_num": round_index})
     remaining = strategy.remaining(model)
     if ctx.is_main:
-        record_summary(save_dir, summary_row(progress, round_index, remaining, exp=args.exp, kind="imp",
-                                             **task.precision.describe()),
+        # Each round is its own run: the cost of the rounds before is in their summary rows.
+        earlier = [row for row in read_jsonl(os.path.join(save_dir, SUMMARY))
+                   if row.get("kind") == "imp" and row.get("round", 0) < round_index]
+        before = Cost.from_row(max(earlier, key=lambda row: row.get("round", 0))) if earlier else Cost()
+        record_summary(save_dir, summary_row(progress, round_index, remaining, spent_before=before, exp=args.exp,
+                                             kind="imp", **task.precision.describe()),
                        "round", lambda row: "IMP", f"{args.model} on {args.dataset}: IMP ({task.source.name})")
     strategy.prune(model, seed=args.seed * 7919 + round_index)
     if ctx.is_main:
