@@ -172,13 +172,16 @@ class Pretraining:
             return [json.loads(line)["val_acc"] for line in handle if line.strip()]
 
 
-def convergence_table(metric: str, x_name: str, xs: list, trainings: dict[str, list[list[float]]]) -> str:
+def convergence_table(metric: str, x_name: str, xs: list, trainings: dict[str, list[list[float]]],
+                      longer: str = "") -> str:
     """The validation curve of each kind of training, mean over its trainings, and how many of them had
     their best evaluation at their end. A training whose best evaluation is its last stopped while still
-    improving: where most are, the budget is too short for claims about trained networks."""
+    improving: where most are, the budget is too short for claims about trained networks, and the table
+    ends with a sentence saying so (``longer``: the flag that trains longer)."""
     lines = [f"## Convergence: validation {metric} at each evaluation (mean over the trainings of a row)", "",
              f"| trainings | n | " + " | ".join(f"{x_name} {x}" for x in xs) + " | best evaluation is the last |",
              "|---|---:|" + "---:|" * (len(xs) + 1)]
+    still_rising = []
     for label, curves in trainings.items():
         curves = [curve for curve in curves if len(curve) == len(xs)]
         if not curves:
@@ -187,4 +190,10 @@ def convergence_table(metric: str, x_name: str, xs: list, trainings: dict[str, l
         last_best = sum(curve.index(max(curve)) == len(curve) - 1 for curve in curves)
         lines.append(f"| {label} | {len(curves)} | " + " | ".join(f"{m:.2f}" for m in means) +
                      f" | {last_best} of {len(curves)} |")
+        if 2 * last_best > len(curves):
+            still_rising.append(label)
+    if still_rising:
+        lines += ["", f"Most trainings of {'; '.join(still_rising)} were still improving at their last evaluation: "
+                      f"their figures are of networks trained for this budget, not of converged ones"
+                      + (f" (a longer budget: {longer})." if longer else ".")]
     return "\n".join(lines + [""])

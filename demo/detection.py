@@ -175,7 +175,8 @@ def write_report(args, pre: Pretraining, results: dict, report_status: str, cloc
                      f"{mean_std([r['ap50'] for r in rows])} | {per_seed} |")
     lines += ["", "(std: sample standard deviation over the seeds.) " + report_status, ""]
     lines.append(convergence_table("AP (%)", "epoch", results[ARMS[0], seeds[0]]["epochs"],
-                                   {ARM_NAMES[arm]: [results[arm, seed]["val"] for seed in seeds] for arm in ARMS}))
+                                   {ARM_NAMES[arm]: [results[arm, seed]["val"] for seed in seeds] for arm in ARMS},
+                                   longer="--epochs"))
     lines += [clock.summary("demo-det") + f"; {args.jobs} runs at a time, one thread each.",
               "Files: runs/<arm>_s<seed>/model<k>/ (run.json, metrics.jsonl, summary.jsonl, comp4 files), "
               "pretrain_dense/, pretrain_imp/ (ticket_02.pt), logs/, main_report/.", ""]

@@ -192,7 +192,7 @@ def write_report(args, methods: dict, folders: dict, seeds: list[int], report_st
     lines.append(convergence_table(
         "accuracy (%)", "epoch", list(range(1, args.transfer_epochs + 1)),
         {f"{METHOD_NAMES[name]}, {arm}": [curves[name, arm, seed] for seed in seeds]
-         for name in METHODS for arm in ("dense", "ticket")}))
+         for name in METHODS for arm in ("dense", "ticket")}, longer="--transfer_epochs"))
     lines += [clock.summary("demo-pretrain") + f"; {args.jobs} runs at a time, one thread each.",
               f"Runs: `{args.out}`.", ""]
     text = "\n".join(lines)

@@ -55,7 +55,8 @@ def get_args_parser():
                         help="tickets (rounds) whose reversed mask is trained from the ticket's init")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--keep_checkpoints", action="store_true",
-                        help="keep every run's model checkpoints (about 8 GB in all); by default a run's "
+                        help="keep every run's model checkpoints (about 8 GB in all with --arch resnet18); by "
+                             "default a run's "
                              "are removed as soon as no other run needs them, keeping tickets, logs and "
                              "summaries (all that the report reads)")
     return parser
@@ -125,7 +126,7 @@ def main(args) -> None:
 
     # --jobs scripts at a time; an IMP job queues its seed's controls when it ends (without waiting for them).
     # Checkpoints go as soon as no run needs them (the reversed-mask control reads the IMP run's init), so
-    # the demo holds about two runs' worth of them at a time instead of all 8 GB.
+    # the demo holds about two runs' worth of them at a time instead of all of them.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         imp_jobs = [pool.submit(imp_then_controls, seed) for seed in seeds]
         random_jobs = [pool.submit(run_then_tidy, "main_imp_downstream.py", *common, *imp_flags, "--random_prune",
@@ -144,11 +145,11 @@ def main(args) -> None:
     if len(seeds) > 1:
         tickets.append(f"IMP s{seeds[1]}={os.path.join(runs, f'imp_lt_s{seeds[1]}', f'ticket_{sparsest:02d}.pt')}")
     tickets.append(f"random s{seeds[0]}={os.path.join(runs, f'random_s{seeds[0]}', f'ticket_{sparsest:02d}.pt')}")
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, os.path.join(ROOT, "main_report.py"), runs, "--out", report,
                     "--title", f"{args.arch} on digits, {len(seeds)} seeds", "--tickets", *tickets],
                    check=True, cwd=ROOT, env=env)
-    convergence = convergence_table("accuracy (%)", "epoch", *read_trainings(runs))
+    convergence = convergence_table("accuracy (%)", "epoch", *read_trainings(runs), longer="--epochs")
     line = clock.summary("demo")
     with open(os.path.join(report, "report.md"), "a") as handle:
         handle.write("\n" + convergence + f"\n{line}; {args.jobs} runs at a time, one thread each.\n")

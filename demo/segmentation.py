@@ -166,7 +166,8 @@ def write_report(args, pre: Pretraining, results: dict, report_status: str, cloc
                      f"{', '.join(f'{v:.2f}' for v in values)} |")
     lines += ["", "(std: sample standard deviation over the seeds.) " + report_status, ""]
     lines.append(convergence_table("mIoU (%)", "step", results[ARMS[0], seeds[0]]["itrs"],
-                                   {ARM_NAMES[arm]: [results[arm, seed]["val"] for seed in seeds] for arm in ARMS}))
+                                   {ARM_NAMES[arm]: [results[arm, seed]["val"] for seed in seeds] for arm in ARMS},
+                                   longer="--itrs"))
     lines += [clock.summary("demo-seg") + f"; {args.jobs} runs at a time, one thread each.",
               "Files: runs/<arm>_s<seed>/ (run.json, metrics.jsonl, summary.jsonl), pretrain_dense/, pretrain_imp/ "
               "(ticket_02.pt), logs/, main_report/.", ""]

@@ -147,3 +147,13 @@ def test_read_digits_gives_load_digits_arrays_without_importing_sklearn():
     probe = "import sys; from lth.data import read_digits; read_digits(); print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_convergence_table_says_when_most_trainings_were_still_improving():
+    text = common.convergence_table("mIoU (%)", "step", [100, 200], {
+        "dense": [[10.0, 20.0], [12.0, 22.0], [15.0, 14.0]],  # 2 of 3 best at the end
+        "ticket": [[10.0, 9.0], [12.0, 22.0]],  # 1 of 2: not most
+    }, longer="--itrs")
+    assert text.rstrip().endswith("Most trainings of dense were still improving at their last evaluation: "
+                                  "their figures are of networks trained for this budget, not of converged "
+                                  "ones (a longer budget: --itrs).")
