@@ -46,11 +46,11 @@ class EarlyBirdConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold < 1.0:
-            raise UserError(f"the early-bird threshold must lie in [0, 1), got {self.threshold}")
+            raise UserError(f"--eb_threshold must lie in [0, 1), got {self.threshold}")
         if self.window < 2:
-            raise UserError(f"the early-bird window must hold at least 2 masks, got {self.window}")
+            raise UserError(f"--eb_window must be at least 2 (masks compared), got {self.window}")
         if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
-            raise UserError(f"the early-bird sparsity must lie strictly between 0 and 1, got {self.sparsity}")
+            raise UserError(f"--early_bird_sparsity must lie strictly between 0 and 1, got {self.sparsity}")
 
     def applies_to(self, stage: int) -> bool:
         """Whether round ``stage`` stops when its ticket emerges."""
@@ -61,7 +61,7 @@ def rate_to(sparsity: float, remaining_percent: float) -> float:
     """The share of the surviving weights to prune so that ``sparsity`` of all of them are pruned."""
     keep, remaining = 1.0 - sparsity, remaining_percent / 100.0
     if keep >= remaining:
-        raise UserError(f"the early-bird sparsity {sparsity:g} keeps {100 * keep:.4g} % of the weights, but only "
+        raise UserError(f"--early_bird_sparsity {sparsity:g} keeps {100 * keep:.4g} % of the weights, but only "
                         f"{remaining_percent:.4g} % remain: choose a higher sparsity")
     return 1.0 - keep / remaining
 
