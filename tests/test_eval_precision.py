@@ -89,6 +89,7 @@ def test_run_json_and_summary_rows_record_the_precisions(tmp_path):
     assert record["train_precision"] == "bf16" and record["eval_precision"] == "fp32"
     assert run.summary()[0]["train_precision"] == "bf16"
     run.start({"seed": 0}, True)  # a resume records the precision it continues with
+    run.accept_resume()  # the entry is written once the resume passed its checks
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["resumed"][0]["train_precision"] == "bf16"
     # the session resolves --precision auto (fp32 on a CPU) and stamps the run

@@ -129,9 +129,12 @@ def test_every_optimizer_steps_a_masked_model_as_the_original(tmp_path, one_thre
         if key.endswith("num_batches_tracked"):
             continue
         moved = (value - start[key]).norm()
-        # The update itself must agree (not only the weights, which barely move at 1.8 %).
+        # The update itself must agree (not only the weights, which barely move at 1.8 %). Both
+        # updates are differences of float32 weights, so they cannot agree closer than a few ulps of
+        # the weights (CPUs with other vector widths sum the norms in another order).
+        ulps = 4 * torch.finfo(torch.float32).eps * float(start[key].abs().max()) if start[key].is_floating_point() else 0.0
         assert torch.allclose(ours[key] - start[key], value - start[key], rtol=1e-4,
-                              atol=1e-6 * float(moved) + 1e-9), (name, keep, key)
+                              atol=1e-6 * float(moved) + 1e-9 + ulps), (name, keep, key)
 
 
 # --------------------------------------------------------------------------------------------

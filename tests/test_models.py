@@ -377,8 +377,10 @@ def test_atomic_save_writes_and_replaces(tmp_path):
     assert os.listdir(path.parent) == ["ckpt.pt"]
 
 
-@pytest.mark.parametrize("error", [OSError("No space left on device"), KeyboardInterrupt()])
-def test_atomic_save_keeps_the_old_file_when_the_save_fails(tmp_path, monkeypatch, error):
+@pytest.mark.parametrize("error, raised", [(OSError(28, "No space left on device"), UserError),
+                                           (KeyboardInterrupt(), KeyboardInterrupt)])
+def test_atomic_save_keeps_the_old_file_when_the_save_fails(tmp_path, monkeypatch, error, raised):
+    """A failed write leaves the old file; a full disk is one line (UserError), an interrupt stays one."""
     path = tmp_path / "ckpt.pt"
     atomic_save({"round": torch.tensor(1)}, str(path))
     before = path.read_bytes()
@@ -389,7 +391,7 @@ def test_atomic_save_keeps_the_old_file_when_the_save_fails(tmp_path, monkeypatc
         raise error
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(type(error)):
+    with pytest.raises(raised):
         atomic_save({"round": torch.tensor(2)}, str(path))
     monkeypatch.setattr(torch, "save", real_save)
 

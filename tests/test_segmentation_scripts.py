@@ -326,43 +326,6 @@ def test_missing_or_mismatching_weights_are_one_line_errors(tmp_path, capsys):
     assert err.startswith("error: ") and "shape" in err and "\n" not in err
 
 
-def sweep(tmp_path, script, *args):
-    """Run a sweep script with a ``python`` that only records its command lines."""
-    bin_dir, record = tmp_path / "bin", tmp_path / "calls.txt"
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$PWD $*" >> {record}\n')
-    (bin_dir / "python").chmod(0o755)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    subprocess.run(["bash", os.path.join(root, "Segmentation", "sh", script), *args], check=True, env=env)
-    calls = record.read_text().splitlines()
-    record.unlink()
-    return root, calls
-
-
-@pytest.mark.parametrize("source", ["imagenet", "moco", "simclr"])
-def test_the_sweep_scripts_run_the_original_command_lines(tmp_path, source):
-    root, calls = sweep(tmp_path, f"imp_{source}.sh", "3")
-    assert len(calls) == 19
-    for i, call in enumerate(calls):
-        where, *words = call.split()
-        assert where == os.path.join(root, "Segmentation")
-        assert words[:2] == ["-u", f"main_imp_{source}.py"] and words[-1] == f"seed10_imp_{source}_{i}"
-        line = " ".join(words)
-        assert f"--imp_num {i}" in line and "--gpu_id 3" in line and "--random_seed 10" in line
-        assert "--batch_size 4 " in line and "--crop_val" in line and "--model deeplabv3plus_resnet50" in line
-    masks = tmp_path / "masks"
-    masks.mkdir()
-    for i in range(1, 19):
-        (masks / f"ticket_{i:02d}.pt").write_text("")
-    (masks / "mask-1.pt").write_text("")
-    _, calls = sweep(tmp_path, f"transfer_{source}.sh", "0", str(masks), "--lr", "0.02")
-    assert len(calls) == 19 and "--mask_dir" not in calls[0] and calls[0].endswith(f"seed10_{source}_00")
-    assert f"--mask_dir {masks}/ticket_05.pt --lr 0.02 seed10_{source}_05" in calls[5]
-    _, calls = sweep(tmp_path, f"transfer_{source}.sh", "0", str(masks / "mask-1.pt"))
-    assert len(calls) == 1 and f"--mask_dir {masks}/mask-1.pt seed10_{source}_01" in calls[0]
-
-
 def test_round_files_as_masks_a_pruned_ckpt_and_the_originals_flags(three_rounds, tmp_path, capsys):
     """seg_backbone_imp{n}.pth transferred gives ticket_round n; --ckpt of a pruned model is not
     labelled dense; the original's --mask_dir (IMP) and --imp_num (transfer) are accepted and said
