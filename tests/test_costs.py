@@ -114,14 +114,15 @@ TRAIN, BATCH = 48, 16  # 3 full batches per epoch (the train loader drops a part
 
 
 def run_imp(path, resume=False, rounds=2, epochs=3, lr=0.05, prune_type="lt", early_bird=None, rate=0.5,
-            warmup=0, milestones=(2,)):
+            warmup=0, milestones=(2,), total_itrs=None):
     torch.manual_seed(0)
     model = TinyNet()
     loaders = Loaders(train=DeviceLoader(Squares(TRAIN, 1), BATCH, train=True, seed=0, ctx=CPU, workers=0),
                       val=DeviceLoader(Squares(24, 2), 12, train=False, seed=0, ctx=CPU, workers=0),
                       num_classes=3)
     cfg = TrainConfig(epochs=epochs, lr=lr, momentum=0.9, weight_decay=1e-4, warmup=warmup,
-                      milestones=list(milestones), print_freq=0)
+                      milestones=list(milestones), print_freq=0, total_itrs=total_itrs,
+                      val_interval=1 if total_itrs else None)
     imp_cfg = ImpConfig(rounds=rounds, rate=rate, prune_type=prune_type, random_prune=False, conv1=False, seed=0,
                         meta={"arch": "tiny", "dataset": "squares"}, early_bird=early_bird)
     run = RunDir(str(path))
@@ -284,6 +285,15 @@ def test_constant_weights_stop_the_round_when_the_window_is_full(tmp_path):
     assert first["trained_epochs"] == 4 and second["trained_epochs"] == 4
     assert first["early_bird"]["emerged_at"] == 4 and first["early_bird"]["draws"][-1] == [4, 0.0]
     assert second["cost_epochs"] == 8
+
+
+def test_a_stage_counted_in_iterations_draws_at_each_evaluation(tmp_path):
+    # Evaluated every iteration: draws after 0, 1, 2, 3 and 4 iterations fill the window.
+    run_imp(tmp_path, rounds=1, lr=1e-30, total_itrs=7, early_bird=EarlyBirdConfig(0.1, 5, every_round=True))
+    (row,) = rows(tmp_path, "summary.jsonl")
+    assert row["trained_itrs"] == 4 and row["cost_itrs"] == 4 and row["early_stopped"] is True
+    assert row["early_bird"]["unit"] == "itrs" and [d[0] for d in row["early_bird"]["draws"]] == [0, 1, 2, 3, 4]
+    assert row["cost_images"] == 4 * BATCH
 
 
 def test_one_shot_search_prunes_straight_to_the_sparsity_and_trains_the_ticket_fully(tmp_path):
