@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo demo-pretrain demo-det demo-seg test bench bench-seg
+.PHONY: demo demo-pretrain demo-det demo-seg demo-cost test bench bench-seg
 
 # The editable install (pyproject.toml) makes lth, pruning_utils and the task folders importable from
 # any folder, so that every script runs from the repository root or from its own folder.
@@ -30,6 +30,9 @@ demo-det: $(VENV)/.installed
 
 demo-seg: $(VENV)/.installed
 	$(PY) -u demo/segmentation.py
+
+demo-cost: $(VENV)/.installed
+	$(PY) -u demo/cost.py
 
 bench-seg: $(VENV)/.installed
 	$(PY) -u bench/segmentation_throughput.py

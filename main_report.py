@@ -13,12 +13,13 @@ import os
 import shlex
 import sys
 
-from lth import cli, report, ticket_analysis
+from lth import cli, cost_report, report, ticket_analysis
 from lth.errors import UserError
 from lth.plots import plot_groups
 from lth.runs import RUN_RECORD, RunDir
 
-OUTPUTS = ("report.md", "levels.csv", "runs.csv", "metric_vs_remaining.png", "final_vs_remaining.png")
+OUTPUTS = ("report.md", "levels.csv", "runs.csv", "metric_vs_remaining.png", "final_vs_remaining.png",
+           cost_report.TABLE, cost_report.FIGURE)
 # More sections of report.md (after the controls): callables (results, out folder) -> markdown lines,
 # which may write their own tables and figures into the out folder.
 EXTRA_SECTIONS: list = []
@@ -36,6 +37,9 @@ def get_args_parser():
                         help="judge every curve against the 100 %% level of this group (its label in the "
                              "report); default: each curve against the dense model of its own experiment")
     parser.add_argument("--title", default=None, help="title of the figures (default: the task)")
+    parser.add_argument("--cost_reference", default=None, metavar="METHOD",
+                        help="label of the method whose training cost the cost section's fractions are of "
+                             "(default: the first magnitude IMP without early-bird or LRR)")
     group = parser.add_argument_group("ticket analysis")
     group.add_argument("--tickets", nargs="+", default=[], metavar="T",
                        help="ticket files, globs or run folders (all their ticket_XX.pt), each optionally "
@@ -86,7 +90,9 @@ def main(args) -> str:
             handle.write("\n".join(["# Ticket analysis", "", f"Command: `{command}`", "", *ticket_lines]))
     else:
         figures = _figures(results, args.out, args.title)
-        extra = [line for section in EXTRA_SECTIONS for line in section(results, args.out)]
+        cost = cost_report.write([run for group in results.groups for run in group.runs], args.out,
+                                 args.title or results.groups[0].runs[0].task, args.cost_reference)
+        extra = cost + [line for section in EXTRA_SECTIONS for line in section(results, args.out)]
         path = report.write_report(results, args.out, figures, command, ticket_lines, extra)
         for note in results.notes:
             print(f"notice: {note}", file=sys.stderr)

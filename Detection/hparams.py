@@ -14,7 +14,7 @@ from Detection import config
 from Detection.model import BACKBONE_CHANNELS, CONV_TYPES
 from Detection.task import DATASETS, DIGITS_COUNTS
 from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS
-from lth.hparams import BATCH_HELP, PATH_WHY, RUN, RUNTIME, Run, hparam, like, workers_field
+from lth.hparams import BATCH_HELP, EARLY_BIRD, PATH_WHY, RUN, RUNTIME, EarlyBird, Run, hparam, like, lrr_field, workers_field
 
 PRETRAINED_TYPES = ("imagenet", "moco", "simclr")
 ORIGINAL = "the original's flags (accepted; see each)"
@@ -176,11 +176,11 @@ class DetectionTraining(DetectionCommon):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DetectionImp(DetectionTraining):
+class DetectionImp(DetectionTraining, EarlyBird):
     """Detection/train_imp.py: IMP of YOLOv4's backbone, one round (or --rounds) per command."""
     TASK = "Detection/train_imp"
     IMP = "IMP (the original's flags)"
-    GROUPS = (IMP, *DetectionTraining.GROUPS)
+    GROUPS = (IMP, EARLY_BIRD, *DetectionTraining.GROUPS)
     imp_type: str = hparam("imagenet", "which pre-trained backbone the tickets start from (and rewind to)",
                            choices=PRETRAINED_TYPES, group=IMP, source="original --imp_type")
     imp_num: int = hparam(0, "the round to train: 0 starts from the pre-trained backbone, k > 0 from "
@@ -192,6 +192,8 @@ class DetectionImp(DetectionTraining):
                          source="ours: the original ran one round per command")
     rate: float = hparam(D["prune_rate"], "fraction of the remaining backbone conv weights pruned after each round",
                          group=IMP, source="original: 20% per round (imp_pruning_yolo_resnet50)")
+    prune_type: str | None = lrr_field("the pre-trained backbone (its pruned convs; conv1, BN, neck and heads keep "
+                                       "their trained values)", IMP)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -133,6 +133,26 @@ def start_round_from(model: YOLOv4, checkpoint: Mapping) -> dict:
 
 
 @torch.no_grad()
+def keep_trained_pruned_convs(model: YOLOv4, checkpoint: Mapping) -> list[str]:
+    """Learning-rate rewinding (``--prune_type lrr``) of round k+1 started from ``backbone_imp{k+1}.pth``:
+    after ``start_round_from``, the pruned backbone convs take back their trained weights (the
+    file's ``backbone`` ``weight_orig``) instead of the pre-trained ones. Returns their names."""
+    checkpoint = read_backbone_imp(checkpoint) if "masks" not in checkpoint else checkpoint
+    kept = []
+    for key in checkpoint["masks"]:
+        name = key[: -len(pruning.MASK_SUFFIX)]
+        trained = checkpoint["backbone"].get(name + pruning.ORIG_SUFFIX)
+        if trained is None:
+            raise UserError(f"backbone_imp checkpoint has no trained weight '{name}{pruning.ORIG_SUFFIX}': "
+                            f"it cannot continue with --prune_type lrr")
+        module = model.backbone.get_submodule(name)
+        module.weight_orig.copy_(trained)
+        module.weight = module.weight_orig * module.weight_mask
+        kept.append(name)
+    return kept
+
+
+@torch.no_grad()
 def rewind_pruned_convs(model: YOLOv4, pretrained_backbone: Mapping[str, torch.Tensor]) -> list[str]:
     """The same rewind on a model kept in memory across rounds: every pruned backbone conv gets
     its pre-trained weight back (masks kept); all else keeps its trained value.

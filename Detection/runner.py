@@ -16,7 +16,7 @@ import torch.nn as nn
 from Detection import config, task
 from Detection.data import (DetectionEvalSet, DetectionTrainSet, eval_collate, train_collate)
 from Detection.evaluate import DetectionEvaluator
-from Detection.imp_files import read_backbone_imp, save_backbone_imp, start_round_from
+from Detection.imp_files import keep_trained_pruned_convs, read_backbone_imp, save_backbone_imp, start_round_from
 from Detection.model import YOLOv4
 from Detection.task import DetectionPruning
 from lth import validate
@@ -25,7 +25,7 @@ from lth.distributed import Context, per_process_batch, per_process_eval_batch
 from lth.engine import Precision, StepResult, unwrap
 from lth.errors import UserError
 from lth.imp import CHECKPOINT_FORMAT as IMP_FORMAT
-from lth.imp import ImpConfig
+from lth.imp import LRR, ImpConfig
 from lth.loaders import DeviceLoader, Loaders
 from lth.plots import plot_accuracy_vs_remaining
 from lth.runs import SUMMARY
@@ -253,7 +253,8 @@ class DetectionTask(Task):
         self.setup = build(self.hparams, session.ctx, session.precision, self.kind, self.result_base)
         self.loaders, self.model, self.cfg = self.setup.loaders, self.setup.model, self.setup.train_cfg
         rate = self.hparams.rate if self.imp else config.DEFAULTS["prune_rate"]
-        self.strategy = DetectionPruning(rate, pretrained=self.setup.pretrained_backbone)
+        self.strategy = DetectionPruning(rate, pretrained=self.setup.pretrained_backbone,
+                                         prune_type=getattr(self.hparams, "prune_type", None) or "pt_trans")
 
     def step(self, model: nn.Module, batch) -> StepResult:
         return detection_step(model, batch)
@@ -305,10 +306,15 @@ class DetectionTask(Task):
 
     def load_round(self, model: nn.Module, round_index: int) -> bool:
         """Round k of its own command: backbone_imp{k}.pth's trained tensors and masks (the original's
-        overlap load, which leaves the pruned convs at their pre-trained weights)."""
+        overlap load, which leaves the pruned convs at their pre-trained weights; with --prune_type lrr they
+        keep their trained weights, and ImpRun does not rewind)."""
         if round_index == 0:
             return False
-        report = start_round_from(model, read_backbone_imp(self.run.file(f"backbone_imp{round_index}.pth")))
+        previous = read_backbone_imp(self.run.file(f"backbone_imp{round_index}.pth"))
+        report = start_round_from(model, previous)
+        if self.strategy.prune_type == LRR:  # the pruned convs too continue from their trained weights
+            keep_trained_pruned_convs(model, previous)
+            report["rewound"] = []
         if self.session.ctx.is_main:
             print(f"round {round_index}: {report['loaded']} tensors continue from round {round_index - 1}; "
                   f"{len(report['rewound'])} pruned backbone convs rewound to the pre-trained weights",

@@ -105,8 +105,8 @@ class DetectionPruning(BackbonePruning):
     taken before any training.
     """
 
-    def __init__(self, rate: float, random: bool = False, pretrained: dict | None = None):
-        super().__init__(rate, random=random, prune_type="pt_trans")
+    def __init__(self, rate: float, random: bool = False, pretrained: dict | None = None, prune_type: str = "pt_trans"):
+        super().__init__(rate, random=random, prune_type=prune_type)
         self.pretrained = pretrained
 
     def rewind_point(self, imp, moment) -> dict | None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lth.hparams import (BATCH_HELP, PATH_WHY, PRINT_FREQ_EXAMPLES, RUN, RUNTIME, Run, hparam, like, resume_path,
-                         workers_field)
+from lth.hparams import (BATCH_HELP, EARLY_BIRD, PATH_WHY, PRINT_FREQ_EXAMPLES, RUN, RUNTIME, EarlyBird, Run, hparam, like,
+                         lrr_field, resume_path, workers_field)
 from lth.models import ARCHS
 
 EXPORT_NAME = "moco_pretrain.pth.tar"
@@ -19,10 +19,10 @@ LAYOUT_WHY = "how the processes are laid out (their number is recorded in run.js
 
 
 @dataclass(frozen=True, kw_only=True)
-class MocoImp(Run):
+class MocoImp(EarlyBird, Run):
     """MoCo/main_moco_imp.py: IMP of MoCo v2's encoders, rewound to the pre-trained weights each round."""
     TASK = "MoCo/main_moco_imp"
-    GROUPS = (None, MOCO, "pruning", DISTRIBUTED, RUN)
+    GROUPS = (None, MOCO, "pruning", EARLY_BIRD, DISTRIBUTED, RUN)
     data: str = hparam(help="ImageFolder root: DIR/train/<class>/<images> (training) and DIR/val/<class>/<images> "
                             "(the contrastive top-1/5 test)", positional=True, metavar="DIR", role=RUNTIME,
                        why=PATH_WHY, source="original data")
@@ -72,6 +72,8 @@ class MocoImp(Run):
                                   source="original: 0.2 hard-coded in pruning_rewind")
     image_size: int = hparam(224, "side of the random crops both views are made of", group="pruning",
                              source="original: RandomResizedCrop(224)")
+    prune_type: str | None = lrr_field("encoder_q's starting weights (--pretrained_path, else the random init)",
+                                       "pruning")
     world_size: int = hparam(-1, "number of nodes with --multiprocessing-distributed (-1: one); under torchrun its "
                                  "WORLD_SIZE is used", flags=("--world-size",), group=DISTRIBUTED, role=RUNTIME,
                              why=LAYOUT_WHY, source="original --world-size -1")

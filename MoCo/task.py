@@ -196,7 +196,8 @@ class MocoTask(Task):
                                         objective=ACCURACY)
 
     def make_strategy(self) -> PruneStrategy:
-        return MocoPruning(self.hparams.prune_percent, prune_type="pt_trans" if self.weights else "lt")
+        return MocoPruning(self.hparams.prune_percent,
+                           prune_type=self.hparams.prune_type or ("pt_trans" if self.weights else "lt"))
 
     def step(self, model: nn.Module, batch) -> StepResult:
         return self._step(model, batch)

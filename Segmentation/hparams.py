@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from lth.hparams import (BATCH_HELP, PATH_WHY, POSITION, RUN, RUNTIME, Iterations, Run, hparam, like,
-                         workers_field)
+from lth.hparams import (BATCH_HELP, EARLY_BIRD, PATH_WHY, POSITION, RUN, RUNTIME, EarlyBird, Iterations, Run, hparam,
+                         like, lrr_field, workers_field)
 from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS
 from Segmentation.data import DATASETS, LABEL_PADS, ORIGINAL_LABEL_PAD, VOC_YEARS
 from Segmentation.loss import LOSS_TYPES
@@ -157,9 +157,9 @@ class Segmentation(Iterations, Run):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SegmentationImp(Segmentation):
+class SegmentationImp(Segmentation, EarlyBird):
     """main_imp_*.py: IMP of DeepLabV3+'s backbone, one round per command (--imp_num) or all rounds."""
-    GROUPS = (None, "IMP", "data", "model", TRAINING, "iterations", RUN, VISDOM)
+    GROUPS = (None, "IMP", EARLY_BIRD, "data", "model", TRAINING, "iterations", RUN, VISDOM)
     imp_num: int | None = hparam(
         None, "the round to run: 0 saves the starting state (seg_backbone_imp0.pth) and trains; k loads "
               "seg_backbone_imp{k}.pth's mask, rewinds to round 0, trains; each round prunes --rate of the remaining "
@@ -181,6 +181,8 @@ class SegmentationImp(Segmentation):
                                         "seg_backbone_imp{k}.pth in --save_dir (transfer a mask with main_transfer_*.py)",
                                   group="IMP", role=RUNTIME, why="accepted as the original's and ignored",
                                   source="original --mask_dir (unused by its IMP scripts)")
+    prune_type: str | None = lrr_field("round 0's seg_backbone_imp0.pth (the pre-trained backbone, the head at its "
+                                       "init)", "IMP")
 
 
 @dataclass(frozen=True, kw_only=True)

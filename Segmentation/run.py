@@ -26,7 +26,7 @@ from lth.checkpoint import atomic_write_text, jsonl_text, load_file, locked, rea
 from lth.engine import StepResult
 from lth.errors import UserError
 from lth.hparams import controls_record, ticket_kind
-from lth.imp import BackbonePruning, ImpConfig, ImpRun, Moment
+from lth.imp import LRR, BackbonePruning, ImpConfig, ImpRun, Moment
 from lth.loaders import DeviceLoader, Loaders
 from lth.models import load_pretrained
 from lth.once import train_once
@@ -134,8 +134,8 @@ class SegmentationPruning(BackbonePruning):
     its init) under the round's mask: that file is the rewind point, read whenever a run starts
     or resumes (it is never copied into the round folders)."""
 
-    def __init__(self, rate: float, start_file: str):
-        super().__init__(rate, prune_type="pt_trans")
+    def __init__(self, rate: float, start_file: str, prune_type: str = "pt_trans"):
+        super().__init__(rate, prune_type=prune_type)
         self.start_file = start_file
 
     def rewind_point(self, imp, moment: Moment) -> dict | None:
@@ -236,7 +236,7 @@ class SegmentationTask(Task):
 
     def make_strategy(self) -> BackbonePruning:
         if self.mode == "imp":
-            return SegmentationPruning(self.hparams.rate, self.start_file)
+            return SegmentationPruning(self.hparams.rate, self.start_file, prune_type=self.hparams.prune_type or "pt_trans")
         return BackbonePruning(PRUNE_RATE)
 
     def step(self, model: nn.Module, batch) -> StepResult:
@@ -314,10 +314,14 @@ class SegmentationTask(Task):
                   file=sys.stderr)
 
     def load_round(self, model: nn.Module, round_index: int) -> bool:
-        """Round k's mask from seg_backbone_imp{k}.pth (round 0: none); ImpRun then rewinds to round 0's file."""
+        """Round k's mask from seg_backbone_imp{k}.pth (round 0: none); ImpRun then rewinds to round 0's file.
+        With --prune_type lrr round k > 0 takes the file's trained weights too (ImpRun does not rewind)."""
         if round_index > 0:
-            masks, _ = backbone_masks(imp_file_path(self.hparams.save_dir, round_index))
+            path = imp_file_path(self.hparams.save_dir, round_index)
+            masks, _ = backbone_masks(path)
             self.strategy.apply_ticket(model, masks)
+            if self.strategy.prune_type == LRR:
+                self.strategy.rewind(model, start_weights(path, model))
         return True
 
     def save_round(self, model: nn.Module, next_round: int) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lth.hparams import BATCH_HELP, PATH_WHY, RUN, RUNTIME, SEED, Run, hparam, like
+from lth.hparams import BATCH_HELP, EARLY_BIRD, PATH_WHY, RUN, RUNTIME, SEED, EarlyBird, Run, hparam, like, lrr_field
 from lth.models import ARCHS
 from SimCLR.simclr import LOSS_FORMS
 
@@ -19,10 +19,10 @@ OPTIM = "optimisation (the original's defaults)"
 
 
 @dataclass(frozen=True, kw_only=True)
-class SimclrImp(Run):
+class SimclrImp(EarlyBird, Run):
     """SimCLR/main.py: IMP of a SimCLR ResNet retrained with NT-Xent (--prun_percent 0: dense SimCLR)."""
     TASK = "SimCLR/main"
-    GROUPS = (None, DATA_MODEL, OPTIM, "pruning", RUN)
+    GROUPS = (None, DATA_MODEL, OPTIM, "pruning", EARLY_BIRD, RUN)
     ORDER = {RUN: ("save_dir", "resume", "seed", "gpu", "cpu", "workers", "sync_bn", "print_freq", "precision",
                    "eval_precision", "channels_last", "compile", "deterministic", "trust_checkpoint")}
     experiment: str = hparam(help="name of this run; everything is written to SAVE_DIR/EXPERIMENT", positional=True,
@@ -64,6 +64,7 @@ class SimclrImp(Run):
                                  source="original --prun_percent 0.2")
     prun_epoch: int = hparam(10, "epochs of training between two prunings (must divide --epochs)", group="pruning",
                              source="original --prun_epoch 10")
+    prune_type: str | None = lrr_field("the --sim_model weights", "pruning")
     save_dir: str = like(Run, "save_dir", default="./output", required=False,
                          help="parent folder of the experiment's folder", source="original --save_dir ./output")
     resume: str = like(Run, "resume", default="", action=None, nargs="?", const=LATEST,

@@ -299,8 +299,8 @@ class CheckpointRewind(PruneStrategy):
     the released checkpoint, keeps its trained values across rounds.
     """
 
-    def __init__(self, rate: float, provided: dict | None = None):
-        super().__init__(rate, random=False, conv1=False, prune_type="pt_trans")
+    def __init__(self, rate: float, provided: dict | None = None, prune_type: str = "pt_trans"):
+        super().__init__(rate, random=False, conv1=False, prune_type=prune_type)
         self.provided = provided
 
     def rewind_point(self, imp, moment) -> dict | None:

@@ -105,7 +105,8 @@ class SimCLRTask(Task):
     def make_strategy(self) -> PruneStrategy:
         if not self.imp:
             return PruneStrategy(0.2)
-        return simclr.CheckpointRewind(self.hparams.prun_percent, provided=self.loaded)
+        return simclr.CheckpointRewind(self.hparams.prun_percent, provided=self.loaded,
+                                       prune_type=self.hparams.prune_type or "pt_trans")
 
     def step(self, model: nn.Module, batch) -> StepResult:
         return self._step(model, batch)

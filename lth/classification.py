@@ -307,8 +307,10 @@ class ImageNetTask(ImageFolderTask):
         load_pretrained(model, args.pretrained, args.dict_key, fc=load_fc, conv1=True, quiet=not is_main)
 
     def make_strategy(self) -> PruneStrategy:
-        # Both rewind to the weights the run starts from: pre-trained (pt_trans) or random init (lt).
-        return PruneStrategy(self.hparams.percent, prune_type="pt_trans" if self.hparams.pretrained else "lt")
+        # Both rewind to the weights the run starts from: pre-trained (pt_trans) or random init (lt);
+        # --prune_type lrr keeps the trained weights instead.
+        return PruneStrategy(self.hparams.percent,
+                             prune_type=self.hparams.prune_type or ("pt_trans" if self.hparams.pretrained else "lt"))
 
     def imp_config(self) -> ImpConfig:
         args = self.hparams
@@ -338,7 +340,7 @@ class VisdaTask(ImageFolderTask):
 
     def load_start_weights(self, model: nn.Module) -> None:
         args = self.hparams
-        if args.prune_type == "pt_trans":
+        if args.prune_type == "pt_trans" or (args.prune_type == "lrr" and args.pre_weight):
             load_pretrained(model, args.pre_weight, args.dict_key, fc=False, conv1=True,
                             quiet=not self.session.ctx.is_main)
 

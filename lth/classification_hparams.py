@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from lth.cli import milestones
 from lth.data import DATASETS
-from lth.hparams import (BATCH_HELP, PATH_WHY, PRINT_FREQ_EXAMPLES, RUN, RUNTIME, Hparams, Run, hparam, like, resume_path,
-                         workers_field)
+from lth.hparams import (BATCH_HELP, EARLY_BIRD, LRR_HELP, PATH_WHY, PRINT_FREQ_EXAMPLES, RUN, RUNTIME, EarlyBird, Hparams,
+                         Run, hparam, like, lrr_field, resume_path, workers_field)
 from lth.imp import PRUNE_TYPES, REWIND_TARGETS
 from lth.models import ARCHS
 
@@ -97,10 +97,10 @@ class Ticket(Hparams):
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True)
-class DownstreamImp(Data, Model, Optim, Run):
+class DownstreamImp(Data, Model, Optim, EarlyBird, Run):
     """main_imp_downstream.py: IMP on a small data set (task-specific tickets)."""
     TASK = "main_imp_downstream"
-    GROUPS = (None, "data", "model", OPTIM, "pruning", RUN)
+    GROUPS = (None, "data", "model", OPTIM, "pruning", EARLY_BIRD, RUN)
     pruning_times: int = hparam(19, "IMP rounds; round k trains with 0.8^k of the conv weights (at --rate 0.2)",
                                 group="pruning", source="original --pruning_times 19 (the 0.8^k grid, k = 0..18)")
     rate: float = hparam(0.2, "fraction of the remaining conv weights pruned after each round, in (0, 1)",
@@ -149,7 +149,8 @@ START_STATE_HELP = ("accepted for compatibility: a fresh run starts at round 0 a
                     "refused without --resume")
 IMAGE_SIZE_VISDA = "training crop size and validation resize (size x size)"
 VISDA_REWIND = {"lt": "the random init (saved as random_init.pt)",
-                "pt_trans": "the --pre_weight weights (fc dropped, conv1 loaded) with the new fc"}
+                "pt_trans": "the --pre_weight weights (fc dropped, conv1 loaded) with the new fc",
+                "lrr": "none: " + LRR_HELP.split(": ", 1)[1] + " (starting from --pre_weight when given)"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,10 +162,10 @@ class ImagenetRun(Run):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ImagenetImp(Optim, ImagenetRun):
+class ImagenetImp(Optim, EarlyBird, ImagenetRun):
     """main_imp_imagenet.py: supervised ImageNet tickets (IMP from the pre-trained weights)."""
     TASK = "main_imp_imagenet"
-    GROUPS = (None, "model", OPTIM, "pruning", RUN)
+    GROUPS = (None, "model", OPTIM, "pruning", EARLY_BIRD, RUN)
     data: str = hparam(help=IMAGE_FOLDER_HELP,
                        positional=True, metavar="DIR", role=RUNTIME, why=PATH_WHY, source="original data")
     arch: str = like(Model, "arch", flags=("-a", "--arch"), group="model",
@@ -197,6 +198,8 @@ class ImagenetImp(Optim, ImagenetRun):
     start_state: int = hparam(0, START_STATE_HELP, group="pruning", role=RUNTIME,
                               why="accepted for compatibility: where a run continues comes from its checkpoint",
                               source="original --start_state 0")
+    prune_type: str | None = lrr_field("the weights the run starts from (--pretrained, else the random init)",
+                                       "pruning")
     evaluate: bool = hparam(False, "evaluate the starting (or, with --resume, the resumed) model on DIR/val, print "
                                    "top-1/top-5 and exit; nothing is written", flags=("-e", "--evaluate"),
                             action="store_true", role=RUNTIME, why="evaluates and exits: no run is recorded",
@@ -204,10 +207,10 @@ class ImagenetImp(Optim, ImagenetRun):
 
 
 @dataclass(frozen=True, kw_only=True)
-class VisdaImp(Optim, ImagenetRun):
+class VisdaImp(Optim, EarlyBird, ImagenetRun):
     """main_imp_visda.py: VisDA-2017 tickets (IMP from random init or pre-trained weights)."""
     TASK = "main_imp_visda"
-    GROUPS = (None, "model", OPTIM, "pruning", RUN)
+    GROUPS = (None, "model", OPTIM, "pruning", EARLY_BIRD, RUN)
     data: str = hparam(help=VISDA_HELP, positional=True, metavar="DIR", role=RUNTIME, why=PATH_WHY,
                        source="original data")
     dataset: str = hparam("visda17", "the data set (the original's flag; VisDA-2017 is the only one)",

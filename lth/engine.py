@@ -185,8 +185,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     step: Callable[[nn.Module, object], StepResult] | None = None,
                     total: int | None = None, step_after: Callable[[int], bool] | None = None) -> dict:
     """One pass over ``loader`` (an epoch, or ``total`` batches of a run counted in iterations);
-    returns mean loss, accuracy (%, NaN where the step reports none), images/s and the means of
-    the step's loss parts.
+    returns mean loss, accuracy (%, NaN where the step reports none), images/s, the samples seen
+    (``images``, summed over ranks) and the means of the step's loss parts.
 
     ``step`` computes the loss of a batch (the task's: ``lth.classification.step``, SimCLR's and
     MoCo's contrastive steps, ...). ``after_step`` runs after each optimizer step (MoCo's
@@ -250,4 +250,4 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     elapsed = time.perf_counter() - start
     accuracy = 100.0 * correct_total / max(count, 1) if counts_correct else math.nan
     return {"loss": loss_total / max(count, 1), "acc": accuracy, "images_per_s": image_total / max(elapsed, 1e-9),
-            **{name: value / max(count, 1) for name, value in zip(names, part_totals)}}
+            "images": int(image_total), **{name: value / max(count, 1) for name, value in zip(names, part_totals)}}

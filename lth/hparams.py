@@ -57,6 +57,9 @@ class Spec:
     # The script replaces a None given on the command line by a value it works out (a default weight
     # file); records written before the experiment key hold that value, so None is not compared.
     filled_in: bool = False
+    # A field added after runs were recorded: left out of the hash while it holds its default, so the
+    # ids of those runs (which computed exactly the default) stay valid and they still resume.
+    omit_default: bool = False
 
 
 def hparam(default: Any = dataclasses.MISSING, help: str = "", **spec) -> Any:
@@ -247,9 +250,16 @@ def canonical(value: Any, cls=None, name: str | None = None) -> Any:
 
 
 def experiment_fields(hparams: Hparams) -> dict:
-    """``{name: canonical value}`` of the experiment fields."""
+    """``{name: canonical value}`` of the experiment fields (an ``omit_default`` field only when it is
+    not at its default)."""
     cls = type(hparams)
-    return {name: canonical(getattr(hparams, name), cls, name) for name in fields_of_role(cls, EXPERIMENT)}
+    return {name: canonical(getattr(hparams, name), cls, name) for name in fields_of_role(cls, EXPERIMENT)
+            if not _omitted(cls, name, getattr(hparams, name))}
+
+
+def _omitted(cls, name: str, value: Any) -> bool:
+    field = _field(cls, name)
+    return spec_of(field).omit_default and canonical(value, cls, name) == canonical(field.default, cls, name)
 
 
 def identity_hash(task: str, fields: Mapping[str, Any]) -> str:
@@ -311,11 +321,16 @@ def resume_mismatch(hparams: Hparams, seed: int | None, record: Mapping, where: 
         old_fields, old_id = recorded.get("hparams") or {}, recorded.get("id")
         if old_id != experiment_id(hparams):
             for name, value in experiment_fields(hparams).items():
+                if name not in old_fields and spec_of(_field(cls, name)).omit_default:  # recorded at its default
+                    return _changed(cls, name, value, _field(cls, name).default, where, old_id)
                 if name not in old_fields:
                     return (f"{flag_name(cls, name)} ({value!r}) was not recorded by the run in {where}, another "
                             f"version of this script's experiment (id {old_id}); start a new run in another folder")
                 if canonical(old_fields[name]) != value:
                     return _changed(cls, name, value, old_fields[name], where, old_id)
+            for name in set(old_fields) - set(experiment_fields(hparams)):  # now at its omitted default
+                if name in {f.name for f in dataclasses.fields(cls)} and spec_of(_field(cls, name)).omit_default:
+                    return _changed(cls, name, canonical(getattr(hparams, name)), old_fields[name], where, old_id)
             return (f"the run in {where} is experiment {old_id}, not {experiment_id(hparams)} (its fields "
                     f"{sorted(set(old_fields) - set(experiment_fields(hparams)))} are no longer known); "
                     f"start a new run in another folder")
@@ -499,3 +514,45 @@ class Iterations(Hparams):
                                     "iteration; cosine: half a cosine to 0",
                             choices=("poly", "multistep", "cosine"), group="iterations",
                             source="DeepLabV3Plus-Pytorch --lr_policy poly")
+
+
+# --------------------------------------------------------------------------------------------
+# Early-bird tickets and learning-rate rewinding (issue 17), fields of every IMP script
+# --------------------------------------------------------------------------------------------
+
+EARLY_BIRD = "early-bird tickets (You et al., ICLR 2020)"
+LRR_HELP = ("lrr: learning-rate rewinding (Renda et al., ICLR 2020): after each prune keep the trained "
+            "weights and replay the learning-rate schedule from its start, instead of rewinding the weights")
+COSTS_SOURCE = "ours (issue 17; not in the original)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EarlyBird(Hparams):
+    """Early-bird stopping of IMP rounds (``lth.earlybird``); ``ImpRun`` reads these fields. Added after
+    runs were recorded, so each leaves the experiment id alone at its default (``omit_default``)."""
+    GROUPS = (EARLY_BIRD,)
+    early_bird: bool = hparam(
+        False, "early-bird stop in every round: a round trains only until the magnitude mask of its prune has "
+               "settled (see --eb_threshold, --eb_window), then prunes; its summary row reports the network as "
+               "trained so far (early_stopped: true)", action="store_true", group=EARLY_BIRD, omit_default=True,
+        source=COSTS_SOURCE)
+    early_bird_sparsity: float | None = hparam(
+        None, "find the ticket at sparsity S (share of the pruned convs' weights removed, e.g. 0.9) in one round: "
+              "round 0 trains only until its magnitude mask at S has settled, the first prune goes straight to S, "
+              "and the next round trains the ticket (from the rewind point); later rounds prune the usual rate",
+        metavar="S", group=EARLY_BIRD, omit_default=True, source=COSTS_SOURCE)
+    eb_threshold: float = hparam(
+        0.1, "early-bird: the ticket has emerged when the normalised Hamming distance between the newest mask and "
+             "each of the --eb_window - 1 masks before it is at most this; masks are drawn at the round's start "
+             "and at each evaluation", group=EARLY_BIRD, omit_default=True,
+        source="You et al., GATECH-EIC/Early-Bird-Tickets main.py (0.1)")
+    eb_window: int = hparam(
+        5, "early-bird: masks compared (5: the earliest stop is after 4 evaluations)", group=EARLY_BIRD,
+        omit_default=True, source="You et al., GATECH-EIC/Early-Bird-Tickets main.py (epoch_keep 5)")
+
+
+def lrr_field(rewind_rule: str, group: str) -> Any:
+    """``--prune_type lrr`` of an IMP script whose rewind target is fixed (``rewind_rule`` says which);
+    absent (None) keeps that rule."""
+    return hparam(None, f"{LRR_HELP}; by default every round rewinds to {rewind_rule}", choices=("lrr",),
+                  group=group, omit_default=True, source=COSTS_SOURCE)

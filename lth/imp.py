@@ -8,26 +8,31 @@ See docs/CORE.md.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 
 import torch.nn as nn
 
-from lth import pruning, tickets
+from lth import cost, pruning, tickets
 from lth import distributed
 from lth.checkpoint import atomic_save, load_file
+from lth.earlybird import EarlyBird, EarlyBirdConfig, config_of, draw_mask, rate_to
 from lth.errors import UserError
+from lth.hparams import LRR_HELP
 from lth.plots import plot_accuracy_vs_remaining
 from lth.runs import ticket_name
 from lth.session import Session, hparams_dict
 from lth.trainer import StageProgress, TrainConfig, apply_checkpoint_masks, restore_stage, stage_hooks, train_stage
 
-PRUNE_TYPES = ("lt", "pt", "rewind_lt", "pt_trans")
+PRUNE_TYPES = ("lt", "pt", "rewind_lt", "pt_trans", "lrr")
+LRR = "lrr"  # learning-rate rewinding: the prune type that keeps the trained weights (no rewind)
 REWIND_TARGETS = {
     "lt": "the weights the run started from (random init)",
     "rewind_lt": "the weights after the first --rewind_epoch epochs of round 0",
     "pt": "the best-validation dense model of round 0",
     "pt_trans": "the pre-trained weights (--pretrained)",
+    "lrr": "none: " + LRR_HELP.split(": ", 1)[1],
 }
 CHECKPOINT_FORMAT = "lth-imp"
 REWIND_FILE = "rewind_point.pth.tar"  # the rewind weights, written once (ImpConfig.rewind_store "file")
@@ -59,6 +64,9 @@ class ImpConfig:
     # checkpoint and best-model copy are deleted; a round's lasting record is then its ticket and
     # the task's own files (detection's backbone_imp{k+1}.pth). True keeps every file.
     keep_finished: bool = True
+    # Early-bird stopping (lth.earlybird); None: ImpRun takes it from the hparams' early-bird fields
+    # (lth.hparams.EarlyBird), and without them every round trains to the end of its schedule.
+    early_bird: EarlyBirdConfig | None = None
 
     def __post_init__(self) -> None:
         if self.rewind_store not in REWIND_STORES:
@@ -217,6 +225,21 @@ class ImpRun:
         self.rewind_weights: dict | None = None
         # The progress of the round the model is in (what checkpoint_extra reads, e.g. for best_acc1).
         self.progress = StageProgress()
+        if self.cfg.early_bird is None:
+            self.cfg.early_bird = config_of(hparams)
+        if self.cfg.early_bird is not None and self.strategy.random:
+            raise UserError("early-bird stopping waits for the magnitude mask to settle; random pruning draws "
+                            "masks that do not depend on training: drop one of the two")
+        # The training cost of the rounds before the current one (lth.cost), and the early-bird
+        # search of the current round when one applies (lth.earlybird); both in every checkpoint.
+        self.spent = cost.Cost()
+        self.early_bird: EarlyBird | None = None
+
+    @property
+    def lrr(self) -> bool:
+        """Learning-rate rewinding (Renda et al. 2020): after a prune the trained weights stay (no
+        rewind); every round builds a fresh optimizer and schedule, so the schedule replays."""
+        return self.strategy.prune_type == LRR
 
     # -- the rewind point --------------------------------------------------------------------
     def _take_rewind_point(self, moment: Moment) -> None:
@@ -231,13 +254,14 @@ class ImpRun:
             atomic_save({"format": REWIND_FORMAT, "init_weight": weights}, self.run.file(REWIND_FILE))
 
     def _require_rewind_point(self) -> None:
-        if self.rewind_weights is None:
+        if self.rewind_weights is None and not self.lrr:
             raise UserError("no rewind point was recorded (for rewind_lt, --rewind_epoch must lie "
                             "in [1, --epochs])")
 
     def _rewind(self) -> None:
         self._require_rewind_point()
-        self.strategy.rewind(self.model, self.rewind_weights)
+        if self.rewind_weights is not None:  # under LRR only the start of round 0, where a strategy gives one
+            self.strategy.rewind(self.model, self.rewind_weights)
 
     def _read_rewind_point(self, checkpoint: dict, checkpoint_path: str) -> dict | None:
         if "init_weight" in checkpoint:
@@ -265,16 +289,53 @@ class ImpRun:
             rewind = {}
         return {"format": self.task.checkpoint_format, **rewind, "args": self.args,
                 "seed": self.cfg.seed, "prune_type": self.strategy.prune_type, **self.cfg.meta,
+                "cost": self.spent.to_dict(),
+                "early_bird": self.early_bird.state_dict() if self.early_bird is not None else None,
                 **self._experiment(), **self.task.checkpoint_extra(self.progress)}
 
     def _experiment(self) -> dict:
         """``{"experiment": id}`` of the run (see lth.hparams), for its tickets and checkpoints."""
         return {"experiment": self.run.experiment["id"]} if self.run.experiment else {}
 
-    def _on_evaluated(self, stage: int):
+    def _on_evaluated(self, stage: int, cfg: TrainConfig):
         def after_evaluation(position: int) -> None:
             self._take_rewind_point(Moment("evaluated", stage, position + 1))
+            if self.early_bird is not None:  # position: epoch index, or iterations done
+                self._early_bird_draw(stage, position if cfg.by_iterations else position + 1, cfg)
         return after_evaluation
+
+    # -- early-bird stopping and the rate of each prune -----------------------------------------
+    def _prune_rate(self, stage: int) -> float:
+        """The share of the surviving weights the prune after round ``stage`` removes: the strategy's
+        rate, or for round 0 of a one-shot early-bird search what reaches its sparsity."""
+        eb = self.cfg.early_bird
+        if stage == 0 and eb is not None and eb.sparsity is not None:
+            return rate_to(eb.sparsity, self.strategy.remaining(self.model))
+        return self.strategy.rate
+
+    def _early_bird_start(self, stage: int, cfg: TrainConfig, progress: StageProgress) -> None:
+        """Before round ``stage`` trains: its search starts with the mask of its starting weights
+        (the authors draw one before the first epoch); a resumed round keeps its checkpointed search."""
+        eb = self.cfg.early_bird
+        if eb is None or not eb.applies_to(stage) or not cfg.trains:
+            self.early_bird = None
+            return
+        if self.early_bird is None or not self.early_bird.started:
+            self.early_bird = EarlyBird(eb.threshold, eb.window)
+            self._early_bird_draw(stage, (progress.next_itr or 0) if cfg.by_iterations else progress.next_epoch, cfg)
+
+    def _early_bird_draw(self, stage: int, position: int, cfg: TrainConfig) -> None:
+        mask = draw_mask(self.strategy.target(self.model), self._prune_rate(stage), self.strategy.conv1)
+        emerged = self.early_bird.observe(mask, position)
+        # rewind_lt's rewind point is taken after --rewind_epoch epochs of round 0: never stopped before it.
+        waiting = self.strategy.prune_type == "rewind_lt" and self.rewind_weights is None
+        if emerged and not waiting and not self.progress.finished(cfg):
+            self.progress.stopped = True
+            if self.ctx.is_main:
+                unit = "iterations" if cfg.by_iterations else "epochs"
+                print(f"round {stage}: early-bird ticket emerged after {position} {unit} (mask distances "
+                      f"<= {self.early_bird.threshold:g} over {self.early_bird.window} draws): the round stops "
+                      f"here", flush=True)
 
     def _stage_config(self, stage: int) -> TrainConfig:
         if stage == 0 and not self.cfg.train_round0:
@@ -286,11 +347,15 @@ class ImpRun:
         """A fresh run from round ``first_round``: the rule's ``start`` point is taken; a later
         round first gets what the previous one left (``task.load_round``) and is rewound."""
         self._take_rewind_point(Moment("start", first_round))
-        if self.task.load_round(self.model, first_round):
+        # Under LRR a later round continues from the weights its predecessor trained (load_round's).
+        if self.task.load_round(self.model, first_round) and not (self.lrr and first_round):
             self._rewind()
         if first_round:  # lines a killed earlier attempt at this round left before its first checkpoint
             self.run.rewind_logs(first_round, 0)
             self.run.rewind_logs(first_round, 1, key="itr")
+            # The earlier rounds ran in earlier processes: their cost is in their summary rows.
+            earlier = [row for row in self.outputs.summary() if row.get("round", 0) < first_round]
+            self.spent = cost.Cost.from_row(max(earlier, key=lambda row: row.get("round", 0))) if earlier else cost.Cost()
         if self.cfg.start_ticket:
             self._write_ticket(first_round)
         self._train_from(first_round, StageProgress())
@@ -302,6 +367,9 @@ class ImpRun:
         checkpoint, progress = restore_stage(self.model, self.run, self.task.checkpoint_format, self.args,
                                              self.strategy.conv1, checkpoint_path, apply_masks=self.strategy.restore)
         self.rewind_weights = self._read_rewind_point(checkpoint, checkpoint_path)
+        self.spent = cost.Cost.from_dict(checkpoint.get("cost"))
+        searched = checkpoint.get("early_bird")
+        self.early_bird = EarlyBird.from_state_dict(searched) if searched else None
         self._take_rewind_point(Moment("resume", int(checkpoint["state"])))
         self._train_from(int(checkpoint["state"]), progress)
 
@@ -312,9 +380,10 @@ class ImpRun:
             self.task.begin_round(stage)
             cfg = self._stage_config(stage)
             if not cfg.trains or not progress.finished(cfg):
+                self._early_bird_start(stage, cfg, progress)
                 hooks = stage_hooks(self.run, self.strategy.remaining(self.model), self.files,
                                     checkpoint_extra=self._extra, save_best=self.task.save_best,
-                                    after_evaluation=self._on_evaluated(stage))
+                                    after_evaluation=self._on_evaluated(stage, cfg))
                 progress = train_stage(self.model, self.task.work(), cfg, self.ctx, self.precision, stage=stage,
                                        progress=progress, hooks=hooks)
             self._finish_round(stage, progress)
@@ -324,15 +393,21 @@ class ImpRun:
         """Summarise the round, prune, write the next round's ticket, rewind, write its checkpoint."""
         remaining = self.strategy.remaining(self.model)
         if self.ctx.is_main:
-            self.task.record_summary(self.task.summary_row(progress, stage, remaining), progress)
+            row = {**self.task.summary_row(progress, stage, remaining), **cost.columns(self.spent, progress)}
+            if self.early_bird is not None:
+                row["early_bird"] = self.early_bird.summary("itrs" if progress.next_itr is not None else "epochs")
+            self.task.record_summary(row, progress)
             self.task.plot_curves(progress, stage, f"round {stage}: {self.task.curves_title(stage, remaining)}")
             self._plot_summary()
         self._take_rewind_point(Moment("trained", stage))
         self._require_rewind_point()
-        self.strategy.prune(self.model, seed=self.cfg.seed * 7919 + stage)
+        self.spent = self.spent + cost.of_stage(progress)
+        self.early_bird = None
+        self._prune(stage)
         self._write_ticket(stage + 1)
         self.task.save_round(self.model, stage + 1)
-        self._rewind()
+        if not self.lrr:
+            self._rewind()
         self.progress = StageProgress()
         if stage + 1 < self.cfg.rounds and self.ctx.is_main:
             atomic_save({"state": stage + 1, "state_dict": self.model.state_dict(),
@@ -343,6 +418,13 @@ class ImpRun:
             for name in (self.files.checkpoint_of(stage), self.files.best_of(stage)):
                 if os.path.isfile(self.run.file(name)):
                     os.remove(self.run.file(name))
+
+    def _prune(self, stage: int) -> None:
+        rate, strategy = self._prune_rate(stage), self.strategy
+        if rate != strategy.rate:  # the one-shot early-bird prune: the same strategy at another rate
+            strategy = copy.copy(strategy)
+            strategy.rate = rate
+        strategy.prune(self.model, seed=self.cfg.seed * 7919 + stage)
 
     def _write_ticket(self, stage: int) -> None:
         if not self.ctx.is_main:

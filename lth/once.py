@@ -2,12 +2,13 @@
 
 ``train_once(task, hparams, session)`` restores the run on ``--resume`` (weights, masks, optimizer,
 schedule and position), trains the stage to its end, then on rank 0 writes the task's summary row
-and training curves and lets the task write what is its own (``Task.finished``). The IMP driver
-is ``lth.imp.ImpRun``; both run any ``lth.task.Task``.
+(with its training cost, ``lth.cost``) and training curves and lets the task write what is its own
+(``Task.finished``). The IMP driver is ``lth.imp.ImpRun``; both run any ``lth.task.Task``.
 """
 
 from __future__ import annotations
 
+from lth import cost
 from lth.session import Session, hparams_dict
 from lth.trainer import StageProgress, stage_hooks, train_stage
 
@@ -25,7 +26,7 @@ def train_once(task, hparams, session: Session, *, stage: int = 0) -> StageProgr
     train_stage(model, task.work(), task.cfg, session.ctx, session.precision, stage=stage, progress=progress,
                 hooks=hooks)
     if session.ctx.is_main:
-        row = task.summary_row(progress, stage, remaining)
+        row = {**task.summary_row(progress, stage, remaining), **cost.columns(cost.Cost(), progress)}
         task.record_summary(row, progress)
         task.plot_curves(progress, stage, task.curves_title(stage, remaining))
         task.finished(progress, row)

@@ -367,7 +367,11 @@ def read_run(path: str) -> Run:
         if math.isnan(remaining):
             continue
         ticket = level_of(DENSE_LEVEL - remaining) if kind == "reversed" else None
-        points.append(Point(row.get("round"), remaining, level_of(remaining), _reported(row), _final(row),
+        # A dense round that an early-bird search stopped short is no dense model: the round is
+        # there (lth.cost_report counts its cost), its value is not.
+        searched = bool(row.get("early_stopped")) and remaining >= DENSE_LEVEL
+        points.append(Point(row.get("round"), remaining, level_of(remaining),
+                            math.nan if searched else _reported(row), math.nan if searched else _final(row),
                             ticket, os.path.normpath(path)))
     return Run(path=os.path.normpath(path), script=script, args=args, record=record,
                task=task_of(script, args, metric), metric=metric, higher_is_better=higher, points=points,

@@ -208,11 +208,19 @@ class StageProgress:
     # checkpoints save the live ones).
     optimizer_state: dict | None = None
     scheduler_state: dict | None = None
+    # The stage's cost so far (lth.cost, counted by CountCost): training samples seen and wall seconds
+    # of its trained and evaluated chunks; only chunks that reached a checkpoint count, so a resume
+    # counts each once.
+    images: int = 0
+    seconds: float = 0.0
+    # Ended before its schedule's end by the IMP driver (an early-bird ticket emerged, lth.earlybird).
+    stopped: bool = False
 
     def to_checkpoint(self) -> dict:
         state = {"epoch": self.next_epoch, "best_sa": self.best_val, "best_epoch": self.best_epoch,
                  "test_at_best": self.test_at_best, "result": self.history, "at_best": self.at_best,
-                 "rng_state": _rng_snapshot()}
+                 "rng_state": _rng_snapshot(), "images": self.images, "seconds": self.seconds,
+                 "stopped": self.stopped}
         if self.next_itr is not None:
             state["itr"] = self.next_itr
         return state
@@ -226,7 +234,9 @@ class StageProgress:
                    history={key: list(value) for key, value in checkpoint["result"].items()},
                    at_best=dict(checkpoint.get("at_best") or {}),
                    next_itr=None if itr is None else int(itr), rng_state=checkpoint.get("rng_state"),
-                   optimizer_state=checkpoint.get("optimizer"), scheduler_state=checkpoint.get("scheduler"))
+                   optimizer_state=checkpoint.get("optimizer"), scheduler_state=checkpoint.get("scheduler"),
+                   images=int(checkpoint.get("images", 0)), seconds=float(checkpoint.get("seconds", 0.0)),
+                   stopped=bool(checkpoint.get("stopped", False)))
 
     def record(self, epoch: int, train_acc: float, val_acc: float, test_acc: float,
                figures: dict | None, objective: Objective) -> bool:
@@ -249,6 +259,8 @@ class StageProgress:
         return improved
 
     def finished(self, cfg: TrainConfig) -> bool:
+        if self.stopped:
+            return True
         if cfg.by_iterations:
             return (self.next_itr or 0) >= (cfg.total_itrs or 0)
         return self.next_epoch >= cfg.epochs
@@ -417,7 +429,7 @@ class _StageLoop:
 class ChunkEnd:
     """What the hooks see after a chunk of a stage; ``train`` is None for the one chunk of a stage
     that only evaluates. ``evaluate``: the schedule evaluates this chunk (``Evaluation`` then fills
-    ``val``, ``test`` and ``improved``); ``seconds`` is set by the metrics line."""
+    ``val``, ``test`` and ``improved``); ``seconds`` is set by ``CountCost`` (else the metrics line)."""
     stage: int
     cfg: TrainConfig
     model: nn.Module
@@ -485,6 +497,19 @@ class AfterEvaluation:
             self.fn(event.position)
 
 
+class CountCost:
+    """Adds the chunk's training samples (the step's ``images``, summed over ranks) and wall seconds
+    (training and evaluation, up to here: best-model, log and checkpoint writes are not counted) to
+    the stage's progress, before the checkpoint saves it (``lth.cost``); the metrics line quotes the
+    same seconds."""
+
+    def __call__(self, event: ChunkEnd) -> None:
+        if event.train is not None:
+            event.progress.images += int(event.train["images"])
+        event.seconds = time.perf_counter() - event.started
+        event.progress.seconds += event.seconds
+
+
 class SaveBest:
     """Keeps the best-validation model in ``files.best_of(stage)`` (rank 0), with the checkpoint's
     small entries (not the rewind weights); none where the objective selects the last evaluation."""
@@ -526,7 +551,8 @@ class LogMetrics:
                         **_split_row("test_", event.test, objective)})
         if train is not None:
             row["train_images_per_s"] = round(train["images_per_s"], 1)
-        event.seconds = row["seconds"] = round(time.perf_counter() - event.started, 3)
+        seconds = event.seconds if event.seconds is not None else time.perf_counter() - event.started
+        event.seconds = row["seconds"] = round(seconds, 3)
         self.run.log_epoch(row)
 
 
@@ -578,9 +604,11 @@ def stage_hooks(run: RunDir, remaining: float, files: StageFiles = StageFiles(),
                 checkpoint_extra: Callable[[], dict] = dict, save_best: bool = True,
                 after_evaluation: Callable[[int], None] | None = None) -> list[Hook]:
     """The hooks of a stage that writes into ``run``, after the evaluation: ``after_evaluation``
-    (IMP's rewind rule), the best model (unless ``save_best`` is False), the metrics line, the
-    resumable checkpoint and the console line. ``remaining`` (%) is quoted in the lines."""
+    (IMP's rewind rule and early-bird draws), the cost count, the best model (unless ``save_best`` is
+    False), the metrics line, the resumable checkpoint and the console line. ``remaining`` (%) is
+    quoted in the lines."""
     hooks: list[Hook] = [AfterEvaluation(after_evaluation)] if after_evaluation else []
+    hooks.append(CountCost())
     if save_best:
         hooks.append(SaveBest(run, files, checkpoint_extra))
     return [*hooks, LogMetrics(run, remaining), Checkpoint(run, files, checkpoint_extra), Report(remaining)]
@@ -694,7 +722,7 @@ def _train_figures(train: dict) -> dict:
     """Train accuracy (where the step counts it) and the step's loss parts, for metrics.jsonl."""
     row = {} if math.isnan(train["acc"]) else {"train_acc": round(train["acc"], 4)}
     for key, value in train.items():
-        if key not in ("loss", "acc", "images_per_s"):
+        if key not in ("loss", "acc", "images_per_s", "images"):
             row[f"train_{key}"] = round(value, 5)
     return row
 

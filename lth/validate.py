@@ -106,6 +106,9 @@ def check_shared(args, skip: Iterable[str] = ()) -> None:
     for name, check in SHARED_CHECKS.items():
         if name not in skipped and hasattr(args, name):
             check(name, getattr(args, name))
+    if hasattr(args, "early_bird"):  # the IMP scripts' early-bird flags (lth.hparams.EarlyBird)
+        from lth.earlybird import config_of
+        config_of(args)
 
 
 def check_run_name(name: str, what: str = "the run name") -> str:

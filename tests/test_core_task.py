@@ -148,7 +148,7 @@ def rows(path, name):
 
 
 def numbers(row):
-    return {key: value for key, value in row.items() if key not in ("seconds", "train_images_per_s")}
+    return {key: value for key, value in row.items() if "seconds" not in key and key != "train_images_per_s"}
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +238,7 @@ def test_a_kill_mid_round_resumes_to_the_same_numbers(whole, tmp_path, monkeypat
     run_imp(tmp_path / "cut", resume=True)
     assert [numbers(row) for row in rows(tmp_path / "cut", "metrics.jsonl")] == \
         [numbers(row) for row in rows(path, "metrics.jsonl")]
-    assert rows(tmp_path / "cut", "summary.jsonl") == rows(path, "summary.jsonl")
+    assert [numbers(row) for row in rows(tmp_path / "cut", "summary.jsonl")] == [numbers(row) for row in rows(path, "summary.jsonl")]
     whole_masks, _ = pruning_utils.read_masks(str(path / "ticket_02.pt"))
     cut_masks, _ = pruning_utils.read_masks(str(tmp_path / "cut" / "ticket_02.pt"))
     assert all(torch.equal(whole_masks[key], cut_masks[key]) for key in whole_masks)

@@ -101,6 +101,9 @@ def test_backbone_masks_shrink_by_0_8_per_round_and_are_nested(three_rounds):
         assert row["best_miou"] == pytest.approx(max(m["miou"] for m in metrics), abs=1e-3)
         assert row["last_miou"] == pytest.approx(metrics[-1]["miou"], abs=1e-3)
         assert row["primary_metric"] == "miou" and "reported" in row and "final" in row
+    # training cost: each round (its own run) 4 iterations, cumulative over the rounds before it (lth.cost)
+    assert [row["cost_itrs"] for row in summary] == [4, 8, 12]
+    assert [row["cost_images"] for row in summary] == [sum(r["round_images"] for r in summary[:k + 1]) for k in range(3)]
     assert (save_dir / "miou_vs_remaining.png").exists() and (save_dir / "r1" / "net_train.png").exists()
     # a finished round keeps seg_backbone_imp{k+1}.pth, its ticket and its best model, not the resumable
     # checkpoint (model and optimizer) unless --keep_checkpoints
