@@ -622,3 +622,33 @@ def test_the_cost_demo_answers_with_the_share_of_imp_cost_and_the_rules_that_mat
     assert cells["20"]["early-bird one-shot, IMP (lt)"].startswith("cost 0.75; matches: 1 std, ≥ mean, Welch")
     assert cells["4"]["IMP (lt)"].startswith("cost 1.00; **no match**")
     assert cells["4"]["random pruning (lt)"].startswith("cost 0.33; **no match**; 70.0 ± 0.7")
+
+
+def test_segmentation_lrr_round_started_by_its_own_command_continues_from_the_trained_weights(tmp_path):
+    """Segmentation's --imp_num k (each round its own command) with --prune_type lrr: round 1 starts from
+    round 0's trained weights under round 1's mask (Renda et al.: no rewind), not from seg_backbone_imp0.pth,
+    and its cost columns continue round 0's."""
+    from test_segmentation_scripts import imp as segmentation_round
+
+    starts, ends = {}, {}
+    real = imp_module.train_stage
+
+    def record(model, *args, stage, **kwargs):
+        starts[stage] = pruning_utils.dense_state_dict(model)
+        progress = real(model, *args, stage=stage, **kwargs)
+        ends[stage] = pruning_utils.dense_state_dict(model)
+        return progress
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(imp_module, "train_stage", record)
+        for round_index in (0, 1):
+            segmentation_round(tmp_path, round_index, "--prune_type", "lrr")
+    masks = pruning_utils.read_masks(str(tmp_path / "ticket_01.pt"))[0]
+    pruned = {f"backbone.{key[:-len('_mask')]}": mask for key, mask in masks.items()}
+    assert pruned and set(pruned) <= set(starts[1])
+    for key, trained in ends[0].items():
+        expected = trained * pruned[key] if key in pruned else trained
+        assert torch.equal(starts[1][key], expected), key
+    assert any(not torch.equal(starts[1][key], starts[0][key]) for key in pruned)  # not rewound
+    summary = rows(tmp_path, "summary.jsonl")
+    assert [row["cost_itrs"] for row in summary] == [4, 8]
+    assert summary[1]["cost_images"] == summary[0]["round_images"] + summary[1]["round_images"]
