@@ -26,6 +26,7 @@ from lth.imp import ImpConfig, ImpRun, PruneStrategy
 from lth.loaders import DeviceLoader, Loaders
 from lth.runs import RunDir
 from lth.session import Session
+from lth.tickets import read_masks
 from lth.task import Task
 from lth.trainer import TrainConfig
 
@@ -642,7 +643,7 @@ def test_segmentation_lrr_round_started_by_its_own_command_continues_from_the_tr
         patch.setattr(imp_module, "train_stage", record)
         for round_index in (0, 1):
             segmentation_round(tmp_path, round_index, "--prune_type", "lrr")
-    masks = pruning_utils.read_masks(str(tmp_path / "ticket_01.pt"))[0]
+    masks = read_masks(str(tmp_path / "ticket_01.pt"))[0]
     pruned = {f"backbone.{key[:-len('_mask')]}": mask for key, mask in masks.items()}
     assert pruned and set(pruned) <= set(starts[1])
     for key, trained in ends[0].items():
