@@ -80,7 +80,9 @@ class CostSection:
 
 
 def method_key(run) -> str:
-    described = {"script": run.script}
+    # The sparsity of a one-shot search is not part of the method, but searching at all is: an IMP run and
+    # a search with as many rounds are two methods.
+    described = {"script": run.script, "one_shot_search": run.args.get("early_bird_sparsity") is not None}
     for name, value in sorted(run.args.items()):
         if name in run_report.NOT_EXPERIMENT_FLAGS or name in _SAME_METHOD:
             continue
