@@ -653,3 +653,14 @@ def test_segmentation_lrr_round_started_by_its_own_command_continues_from_the_tr
     summary = rows(tmp_path, "summary.jsonl")
     assert [row["cost_itrs"] for row in summary] == [4, 8]
     assert summary[1]["cost_images"] == summary[0]["round_images"] + summary[1]["round_images"]
+
+
+def test_an_imp_run_and_a_one_shot_search_with_as_many_rounds_are_two_methods(tmp_path):
+    from lth import cost_report, report
+    write_run(tmp_path / "imp", {"seed": 0, "pruning_times": 2},
+              [(0, 100.0, 90.0, 8, {}), (1, 20.0, 90.0, 8, {})])
+    write_run(tmp_path / "eb", {"seed": 0, "pruning_times": 2, "early_bird_sparsity": 0.8},
+              [(0, 100.0, 60.0, 4, {"early_stopped": True}), (1, 20.0, 89.0, 8, {})])
+    runs = [report.read_run(str(tmp_path / name)) for name in ("imp", "eb")]
+    section = cost_report.analyse(runs)
+    assert sorted(method.label for method in section.methods) == ["IMP (lt)", "early-bird one-shot, IMP (lt)"]
