@@ -65,6 +65,7 @@ def read_rows(path: str):
 
 def describe(folder: str, base: str = "") -> dict:
     """Hashes of everything under ``folder`` that a refactor must keep."""
+    from lth.runs import METRICS, ONE_OFF_SUMMARY, SUMMARY
     from lth.tickets import read_masks
 
     out: dict = {"files": [], "masks": {}, "metrics": {}, "state_dicts": {}}
@@ -76,9 +77,9 @@ def describe(folder: str, base: str = "") -> dict:
             if name.startswith("ticket_") and name.endswith(".pt"):
                 masks, _ = read_masks(path)
                 out["masks"][relative] = tensor_digest(masks)
-            elif name in ("metrics.jsonl", "summary.jsonl"):
+            elif name in (METRICS, SUMMARY):
                 out["metrics"][relative] = rows_digest(read_rows(path), base)
-            elif name == "summary.json":
+            elif name == ONE_OFF_SUMMARY:
                 with open(path) as handle:
                     out["metrics"][relative] = rows_digest([json.load(handle)], base)
             elif name.endswith((".pth.tar", ".pth")) or name.endswith("_rewind_weight.pt"):

@@ -9,6 +9,7 @@ import torch
 
 from Detection import runner as det_runner
 from Detection import train_imp
+from Detection.hparams import DetectionTransfer
 from Detection.model import YOLOv4
 from Detection.task import load_backbone_weights
 from lth.errors import UserError
@@ -85,7 +86,14 @@ def test_moco_encoder_flag_is_part_of_the_run_and_refuses_other_values():
     assert parser.parse_args(["exp", "--moco_encoder", "q"]).moco_encoder == "q"
     with pytest.raises(SystemExit):
         parser.parse_args(["exp", "--moco_encoder", "v"])
-    assert "moco_encoder" in seg_run.RUN_FLAGS and "moco_encoder" in det_runner.IDENTITY
+    # an experiment field: the choice changes the run's experiment id, so a resume cannot switch it
+    seg = seg_run.SEGMENTATION_HPARAMS["transfer", "moco"]
+    ids = {seg.from_args(parser.parse_args(["exp", "--moco_encoder", encoder])).experiment_id for encoder in "qk"}
+    assert len(ids) == 2
+    det = DetectionTransfer.parser()
+    ids = {DetectionTransfer.from_args(det.parse_args(["--mask_dir", "m", "--moco_encoder", encoder])).experiment_id
+           for encoder in "qk"}
+    assert len(ids) == 2
 
 
 def test_a_simclr_file_with_a_projection_head_loads_its_resnet(tmp_path, capsys):

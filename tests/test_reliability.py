@@ -546,13 +546,15 @@ def test_a_last_training_batch_of_one_image_is_left_out(capsys):
 
 
 def test_a_batch_of_one_reaching_batch_norm_is_one_line():
+    from lth.classification import step as classification_step
     from lth.engine import Precision, train_one_epoch
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
     batches = [(torch.randn(1, 4), torch.zeros(1, dtype=torch.long))]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(UserError, match="--batch_size"):
-        train_one_epoch(model, batches, optimizer, None, CPU, Precision.choose("fp32", CPU.device), print_freq=0)
+        train_one_epoch(model, batches, optimizer, None, CPU, Precision.choose("fp32", CPU.device), print_freq=0,
+                            step=classification_step)
 
 
 # ------------------------------------------------------------------------------------------------
