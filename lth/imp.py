@@ -3,6 +3,9 @@
 ``ImpRun(task, hparams, session)`` runs the rounds of any ``lth.task.Task``. What is pruned and
 the one rewind rule of the task are its ``PruneStrategy`` (``prune``/``rewind`` and
 ``rewind_point``; ``BackbonePruning`` for a network that holds a ResNet under ``model.backbone``).
+Issue 17: a strategy of prune type ``lrr`` (learning-rate rewinding) is never rewound after a prune;
+early-bird stopping (``lth.earlybird``) may end a round once its mask has settled; every summary row
+carries the training cost (``lth.cost``), cumulative over the rounds.
 See docs/CORE.md.
 """
 
