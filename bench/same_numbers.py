@@ -30,6 +30,9 @@ import torch
 from PIL import Image
 
 TIMING = ("seconds", "train_images_per_s", "images_per_s", "created", "time")
+# Keys a change adds to the logs on purpose, left out with --ignore_keys: every key a row, or a
+# dict inside it, holds under that name.
+IGNORED: set = set()
 
 
 def tensor_digest(tensors: dict) -> str:
@@ -49,7 +52,7 @@ def rows_digest(rows, base: str = "") -> str:
     """Timing columns and timestamps left out, the runs' base folder written as <base>."""
     def clean(value):
         if isinstance(value, dict):
-            return {key: clean(item) for key, item in value.items() if key not in TIMING}
+            return {key: clean(item) for key, item in value.items() if key not in TIMING and key not in IGNORED}
         if isinstance(value, list):
             return [clean(item) for item in value]
         if isinstance(value, str) and base:
@@ -297,7 +300,12 @@ def main() -> int:
     parser.add_argument("--compare", default=None, help="an earlier --out to compare with")
     parser.add_argument("--groups", default=",".join(GROUPS), help="comma-separated subset of " + ",".join(GROUPS))
     parser.add_argument("--keep", default=None, help="run in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--ignore_keys", default="",
+                        help="comma-separated log keys a change added on purpose (e.g. experiment,cost_epochs), "
+                             "left out of this run's metric hashes, to compare with a baseline taken before "
+                             "they existed")
     args = parser.parse_args()
+    IGNORED.update(key for key in args.ignore_keys.split(",") if key)
     torch.set_num_threads(1)
     result = {}
     with contextlib.ExitStack() as stack:
