@@ -371,7 +371,10 @@ def test_two_gloo_ranks_gather_every_detection_before_the_ap(tmp_path, weights):
     assert meta["remaining"] == pytest.approx(64, abs=0.01)
     alone = det_eval.main(det_eval.get_args_parser().parse_args(
         [*TINY, "--digits_counts", "24,8,9", "--save_dir", str(tmp_path / "ddp"), "--imp_num", "1"]))
-    assert alone["detections"] == logged[1]["test_detections"] and alone["detections"] > 0
+    # As many detections up to the few that float rounding moves across the confidence threshold
+    # (315 against 319 on an AVX2-only CPU); a rank's missing or doubled shard would halve or double them.
+    assert alone["detections"] > 0
+    assert abs(alone["detections"] - logged[1]["test_detections"]) <= 0.05 * alone["detections"]
     # The same boxes up to float rounding (the shards' batches differ in size from the single
     # process's, and near-equal scores of a barely trained model may then swap ranks, so the AP is
     # compared through the files): every image of every class file, scores and boxes within 1e-3.

@@ -255,7 +255,14 @@ def test_each_ticket_is_global_l1_over_the_end_of_round_weights(lt_run):
         expected[order[:count]] = False
         ticket = masks_of(lt_run / f"ticket_{round_index + 1:02d}.pt")
         got = torch.cat([ticket[f"{name}.weight_mask"].flatten() for name in names]).bool()
-        assert torch.equal(got, expected), round_index
+        # Weights of exactly the threshold's magnitude may go either way (the original's
+        # prune.global_unstructured takes torch.topk, whose order among equal values is unspecified:
+        # a tie of two trained float32 weights among millions was met on an AVX2-only CPU); the
+        # number pruned and every other weight's fate are the rule's.
+        threshold = magnitude[order[count - 1]]
+        differ = got != expected
+        assert int(got.sum()) == int(expected.sum()), round_index
+        assert bool((magnitude[differ] == threshold).all()), round_index
 
 
 # --------------------------------------------------------------------------------------------
