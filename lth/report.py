@@ -513,7 +513,11 @@ class _Keys:
         experiment = run.experiment
         described = {"task": run.task, "kind": run.kind}
         if experiment is not None and isinstance(experiment.get("hparams"), dict):
-            hparams = {name: value for name, value in experiment["hparams"].items()
+            # A file another run wrote (a control's --pretrained: the init of its seed's IMP run)
+            # stands for that run's curve, as in the flags rule, so the seeds of a control pool.
+            hparams = {name: (self.describe_file(value, strip_round=False)
+                              if name in PATH_FLAGS and isinstance(value, str) and value else value)
+                       for name, value in experiment["hparams"].items()
                        if name not in LEVEL_FLAGS and name not in CONTROL_FLAGS and name != "seed"
                        and name not in MASK_FLAGS}
             described["hparams"] = hparams

@@ -244,11 +244,14 @@ def test_runs_with_an_experiment_id_pool_by_it_and_controls_use_their_tickets_ex
                         workers=seed) for seed in range(2)]
     contract_run(tmp_path / "imp_lr_s0", [97.0, 96.0, 95.0], 0, "b" * 16, dict(hp, lr=0.1), lr=0.1)
     for seed in range(2):
-        contract_run(tmp_path / f"rev_s{seed}", None, seed, "c" * 16, dict(hp, reverse_mask=True),
-                     script="main_eval_downstream.py",
+        # As make demo's reversed masks: each seed's control starts from its own IMP run's init
+        # (--pretrained IMP_s{seed}/0checkpoint.pth.tar), so the recorded ids differ; they pool.
+        init = os.path.join(imp[seed], "0checkpoint.pth.tar")
+        contract_run(tmp_path / f"rev_s{seed}", None, seed, "cd"[seed] * 16,
+                     dict(hp, reverse_mask=True, pretrained=init), script="main_eval_downstream.py",
                      controls={"kind": "reverse_mask", "ticket": os.path.join(imp[seed], "ticket_02.pt"),
                                "ticket_experiment": "a" * 16, "ticket_seed": seed},
-                     mask_dir=os.path.join(imp[seed], "ticket_02.pt"), reverse_mask=True,
+                     mask_dir=os.path.join(imp[seed], "ticket_02.pt"), reverse_mask=True, pretrained=init,
                      one_off={"remaining": 36.0, "test_acc_at_best_val": 60.0 + seed, "final_test_acc": 60.0})
     fake_run(tmp_path / "legacy_s5", rows=rounds([94.0, 94.0, 94.0]), seed=5, prune_type="rewind_lt")
     out = make_report(tmp_path, str(tmp_path / "imp_*"), str(tmp_path / "rev_*"), str(tmp_path / "legacy_s5"))
@@ -259,6 +262,7 @@ def test_runs_with_an_experiment_id_pool_by_it_and_controls_use_their_tickets_ex
     assert len(main.runs) == 2 and main.rule == "experiment id"
     reversed_group = next(g for g in results.groups if g.kind == "reversed")
     assert reversed_group.rule == "experiment id" and reversed_group.reference is main
+    assert sorted(run.seed for run in reversed_group.runs) == [0, 1]
     assert reversed_group.dense.label == main.label
     assert reversed_group.dense.rule == "the dense model of the ticket's experiment"
     assert reversed_group.dense.experiments == ["a" * 16]
