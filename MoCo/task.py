@@ -78,22 +78,6 @@ def make_loaders(args, ctx, launch) -> Loaders:
     return loaders
 
 
-def make_model(args, ctx, precision, weights: str | None) -> MoCo:
-    torch.manual_seed(args.seed)  # encoders and queue start alike on every rank
-    model = MoCo(args.arch, args.moco_dim, args.moco_k, args.moco_m, args.moco_t, args.mlp)
-    if weights:
-        load_moco_weights(model, weights, quiet=not ctx.is_main)
-    model = model.to(ctx.device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if args.sync_bn:
-        if ctx.distributed and ctx.device.type == "cuda":
-            model.encoder_q = nn.SyncBatchNorm.convert_sync_batchnorm(model.encoder_q)
-        elif ctx.is_main:
-            print("notice: --sync_bn needs several CUDA processes; ignored", file=sys.stderr)
-    return model
-
-
 def _views(batch, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
     images = batch[0]  # (B, 2, C, H, W) from TwoViews; the class labels are not used
     views = images[:, 0], images[:, 1]
