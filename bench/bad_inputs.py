@@ -88,9 +88,11 @@ def run_case(case: Case, base: Path) -> tuple[str, str, bool]:
     if case.stop_at_training:
         def stop(*args, **kwargs):
             raise ReachedTraining()
-        for name in ("make_optimizer", "_evaluate_only"):
-            patches.append((trainer, name, getattr(trainer, name)))
-            setattr(trainer, name, stop)
+        # A stage that trains builds its optimizer first; one that only evaluates (round 0 of the
+        # ImageNet and pre-training IMPs) calls its Evaluation hook first.
+        for owner, name in ((trainer, "make_optimizer"), (trainer.Evaluation, "__call__")):
+            patches.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, stop)
     outcome, detail = "accepted", ""
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
