@@ -664,3 +664,16 @@ def test_a_run_name_cannot_write_outside_save_dir(tmp_path, capsys, script, name
     code, lines = run_main(main, argv, capsys, parser=parser)
     assert_one_line(code, lines, "inside --save_dir")
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_the_audit_itself_runs_and_its_resume_cases_end_as_expected():
+    """bench/bad_inputs.py stops an accepted case at the trainer's first step by patching the
+    trainer; a change there must break this test, not the audit silently (it once did)."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bad_inputs.py"), "--only", "resume"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600,
+                            env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    # 5 cases: 2 refused on one line, 3 accepted on purpose (a half-written metrics line, a
+    # truncated and an empty run.json), none a traceback, none leaving files
+    assert "| **all** | **5** | **2** | **0** | **3** | **0** |" in result.stdout, result.stdout
+    assert "cases ending otherwise than expected (or leaving files): 0" in result.stdout
