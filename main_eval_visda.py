@@ -9,13 +9,11 @@ metric, the mean of the per-class accuracies. Example:
         --save_dir eval_visda --pretrained imagenet_weight.pt --mask_dir imagenet_imp/ticket_05.pt
 """
 
-from lth import cli, distributed
+from lth import cli
 from lth.classification import VisdaTicketTask
 from lth.classification_hparams import VisdaEval
 from lth.errors import UserError
-from lth.hparams import controls_record, ticket_kind
-from lth.once import train_once
-from lth.session import check_save_dir, open_session
+from lth.once import transfer_ticket
 
 
 def get_args_parser():
@@ -24,18 +22,9 @@ def get_args_parser():
 
 def main(args) -> None:
     cli.check_common(args)
-    if args.reverse_mask and not args.mask_dir:
-        raise UserError("--reverse_mask needs a mask to reverse: give --mask_dir")
     if args.image_size < 1:
         raise UserError(f"--image_size must be positive, got {args.image_size}")
-    hparams = VisdaEval.from_args(args)
-    session = open_session(args, *check_save_dir(args.save_dir, args.resume), hparams=hparams)
-    task = VisdaTicketTask(args)
-    task.build(session)
-    kind = ticket_kind(args.mask_dir, args.reverse_mask, pretrained=bool(args.pretrained))
-    session.record(args, controls=controls_record(kind, args.mask_dir, task.mask_meta) if kind else None)
-    train_once(task, args, session)
-    distributed.teardown()
+    transfer_ticket(args, VisdaEval, VisdaTicketTask)
 
 
 if __name__ == "__main__":

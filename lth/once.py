@@ -8,8 +8,10 @@ schedule and position), trains the stage to its end, then on rank 0 writes the t
 
 from __future__ import annotations
 
-from lth import cost
-from lth.session import Session, hparams_dict
+from lth import cost, distributed
+from lth.errors import UserError
+from lth.hparams import controls_record, ticket_kind
+from lth.session import Session, check_save_dir, hparams_dict, open_session
 from lth.trainer import StageProgress, stage_hooks, train_stage
 
 
@@ -36,3 +38,18 @@ def train_once(task, hparams, session: Session, *, stage: int = 0) -> StageProgr
 def once_extra(task, hparams, progress: StageProgress) -> dict:
     """A one-off training's checkpoint entries: its format and hparams, then the task's own."""
     return {"format": task.checkpoint_format, "args": hparams_dict(hparams), **task.checkpoint_extra(progress)}
+
+
+def transfer_ticket(args, hparams_class, task_class) -> None:
+    """A ticket's transfer (``main_eval_downstream.py``, ``main_eval_visda.py``): the session of
+    ``hparams_class``'s experiment, the task built, run.json naming the control the mask makes of
+    the run (ticket, reversed, re-init), one training."""
+    if args.reverse_mask and not args.mask_dir:
+        raise UserError("--reverse_mask needs a mask to reverse: give --mask_dir")
+    session = open_session(args, *check_save_dir(args.save_dir, args.resume), hparams=hparams_class.from_args(args))
+    task = task_class(args)
+    task.build(session)
+    kind = ticket_kind(args.mask_dir, args.reverse_mask, pretrained=bool(args.pretrained))
+    session.record(args, controls=controls_record(kind, args.mask_dir, task.mask_meta) if kind else None)
+    train_once(task, args, session)
+    distributed.teardown()
