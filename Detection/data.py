@@ -351,18 +351,21 @@ def mixup(image: np.ndarray, boxes: np.ndarray, other: np.ndarray, other_boxes: 
 # ---------------------------------------------------------------------------------------------
 
 class DetectionTrainSet(torch.utils.data.Dataset):
-    """Augmented training images with YOLO targets, deterministic given (seed, epoch, index)."""
+    """Augmented training images with YOLO targets, deterministic given (seed, epoch, index).
+
+    The original's augmentation: horizontal flip (``flip``), crop, translation, then mixup with
+    another image with probability ``1 - mixup_p`` (its quirk, see ``mixup``); ``mixup_p=0`` never mixes."""
 
     def __init__(self, records: Sequence[DetectionRecord], num_classes: int, img_size: int = 416, seed: int = 0,
                  anchors: Sequence = VOC_ANCHORS, strides: Sequence[int] = STRIDES, augment: bool = True,
-                 mixup_p: float = 0.5, max_boxes: int = MAX_BOXES_PER_SCALE):
+                 mixup_p: float = 0.5, max_boxes: int = MAX_BOXES_PER_SCALE, flip: bool = True):
         if not records:
             raise UserError("the training set holds no image with a (non-difficult) box")
         if img_size % max(strides) != 0:
             raise UserError(f"--img_size {img_size} must be a multiple of {max(strides)}")
         self.records, self.num_classes, self.img_size = list(records), num_classes, img_size
         self.seed, self.anchors, self.strides, self.augment = seed, anchors, strides, augment
-        self.mixup_p, self.max_boxes, self.epoch = mixup_p, max_boxes, 0
+        self.mixup_p, self.max_boxes, self.flip, self.epoch = mixup_p, max_boxes, flip, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -375,7 +378,8 @@ class DetectionTrainSet(torch.utils.data.Dataset):
         image = record.load_image()
         boxes = np.hstack([record.boxes.astype(np.float64), record.labels[:, None].astype(np.float64)])
         if self.augment:
-            image, boxes = random_flip(image, boxes, rng)
+            if self.flip:
+                image, boxes = random_flip(image, boxes, rng)
             image, boxes = random_crop(image, boxes, rng)
             image, boxes = random_translate(image, boxes, rng)
         return letterbox(image, boxes, self.img_size)

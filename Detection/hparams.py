@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from Detection import config
 from Detection.model import BACKBONE_CHANNELS, CONV_TYPES
-from Detection.task import DATASETS, DIGITS_COUNTS
+from Detection.task import DATASETS, DIGITS_COUNTS, DIGITS_SCALES
 from lth.models import MOCO_ENCODER_HELP, MOCO_ENCODERS
 from lth.hparams import BATCH_HELP, EARLY_BIRD, PATH_WHY, RUN, RUNTIME, EarlyBird, Run, hparam, like, lrr_field, workers_field
 
@@ -32,6 +32,17 @@ def counts(text: str) -> list[int]:
         values = []
     if len(values) != 3 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected three positive counts train,val,test, got '{text}'")
+    return values
+
+
+def scales(text: str) -> list[int]:
+    """``--digits_scales 2,3``: the factors by which the 8x8 digits are enlarged."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers such as 2,3, got '{text}'")
     return values
 
 
@@ -73,6 +84,10 @@ class DetectionCommon(Run):
                                 source="ours: the CPU demo's set")
     digits_counts: tuple[int, ...] = hparam(tuple(DIGITS_COUNTS.values()), "--dataset digits: canvases in its "
                                                                            "train,val,test splits", type=counts,
+                                            group="data", source="ours: the CPU demo's set")
+    digits_scales: tuple[int, ...] = hparam(DIGITS_SCALES, "--dataset digits: each digit is enlarged by one of "
+                                                           "these factors, drawn at random (8x8 px each; 3 on a 32 "
+                                                           "px canvas: one 24 px digit per canvas)", type=scales,
                                             group="data", source="ours: the CPU demo's set")
     arch: str = hparam("resnet50", "backbone (the original's Resnet50-YOLOv4; resnet18 for CPU demos and tests)",
                        choices=tuple(sorted(BACKBONE_CHANNELS)), group="model",

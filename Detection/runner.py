@@ -155,7 +155,8 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
     args.pretrained = pretrained or "none"
     data = task.load_detection_data(args.dataset, args.data_root, seed=args.seed, canvas=args.digits_canvas,
                                     train_list=args.train_list, test_list=args.test_list,
-                                    digits_counts=dict(zip(task.DIGITS_COUNTS, args.digits_counts)))
+                                    digits_counts=dict(zip(task.DIGITS_COUNTS, args.digits_counts)),
+                                    digits_scales=args.digits_scales)
     if data.note and ctx.is_main:
         print(data.note, file=sys.stderr)
     torch.manual_seed(args.seed)
@@ -170,7 +171,8 @@ def build(args: argparse.Namespace, ctx: Context, precision: Precision, kind: st
         model = model.to(memory_format=torch.channels_last)
     workers = args.workers
     common = dict(seed=args.seed, ctx=ctx, workers=workers, channels_last=precision.channels_last)
-    train = DeviceLoader(DetectionTrainSet(data.train, len(data.class_names), args.img_size, seed=args.seed),
+    train = DeviceLoader(DetectionTrainSet(data.train, len(data.class_names), args.img_size, seed=args.seed,
+                                           flip=data.flip, mixup_p=0.5 if data.mixup else 0.0),
                          per_process_batch(args.batch_size, ctx), train=True, drop_last=False,
                          collate_fn=train_collate, **common)
     sizes = config.MULTI_SCALE_VAL_SIZES if args.multi_scale_val else None

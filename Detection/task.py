@@ -28,6 +28,7 @@ PRIMARY_METRIC = "ap"
 DATASETS = ("voc", "digits", "lists")
 # Sizes of the embedded digits set (canvases); small enough for a CPU demo.
 DIGITS_COUNTS = {"train": 600, "val": 100, "test": 200}
+DIGITS_SCALES = (2, 3)   # the 8x8 digits enlarged to 16 or 24 px
 
 
 @dataclass
@@ -37,15 +38,23 @@ class DetectionData:
     class_names: tuple[str, ...]
     val: list[DetectionRecord] | None = None     # only the digits set has one (VOC: the original had none)
     note: str | None = None                      # a line saying what is scored, where it is not VOC's XML
+    # The original's training augmentation, except on the digits set: a mirrored digit is another
+    # glyph (or none) that its test canvases never show, and mixing two canvases overlays their
+    # large digits into unreadable ones (docs/FIDELITY.md D27: with both, the demo's dense model
+    # reached 14 validation AP where it reached 25 without them).
+    flip: bool = True
+    mixup: bool = True
 
 
 def load_detection_data(dataset: str, data_root: str | None = None, seed: int = 0, canvas: int = 64,
                         train_list: str | None = None, test_list: str | None = None,
-                        digits_counts: Mapping[str, int] = DIGITS_COUNTS) -> DetectionData:
+                        digits_counts: Mapping[str, int] = DIGITS_COUNTS,
+                        digits_scales: Sequence[int] = DIGITS_SCALES) -> DetectionData:
     """``voc``: VOC07+12 trainval / VOC07 test under ``data_root``; ``lists``: the original's
     ``train_annotation.txt``/``test_annotation.txt`` (VOC classes; the test images scored against
     their VOC XML where the devkit is there, as the original's evaluator did); ``digits``: the embedded set
-    (its validation and test canvases are fixed, whatever ``seed``)."""
+    (its validation and test canvases are fixed, whatever ``seed``; each digit enlarged by one of
+    ``digits_scales``), trained without flip and mixup."""
     if dataset == "voc":
         if not data_root:
             raise UserError("--data_root is required for the VOC data set")
@@ -57,9 +66,11 @@ def load_detection_data(dataset: str, data_root: str | None = None, seed: int = 
         return DetectionData([r for r in read_annotation_list(train_list) if len(r.boxes)], test, VOC_CLASSES,
                              note=note)
     if dataset == "digits":
-        return DetectionData(digit_detection_records("train", digits_counts["train"], seed, canvas),
-                             digit_detection_records("test", digits_counts["test"], 0, canvas), DIGIT_CLASSES,
-                             val=digit_detection_records("val", digits_counts["val"], 0, canvas))
+        def split(name: str, split_seed: int) -> list[DetectionRecord]:
+            return digit_detection_records(name, digits_counts[name], split_seed, canvas, scales=tuple(digits_scales))
+
+        return DetectionData(split("train", seed), split("test", 0), DIGIT_CLASSES, val=split("val", 0),
+                             flip=False, mixup=False)
     raise UserError(f"unknown detection data set '{dataset}': choose one of {', '.join(DATASETS)}")
 
 

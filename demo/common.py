@@ -200,8 +200,9 @@ def convergence_table(metric: str, x_name: str, xs: list, trainings: dict[str, l
     common even on a plateau), the budget is too short for claims about trained networks, and the table
     ends with a sentence saying so (``longer``: the flag that trains longer)."""
     lines = [f"## Convergence: validation {metric} at each evaluation (mean over the trainings of a row)", "",
-             f"| trainings | n | " + " | ".join(f"{x_name} {x}" for x in xs) + " | best evaluation is the last |",
-             "|---|---:|" + "---:|" * (len(xs) + 1)]
+             f"| trainings | n | " + " | ".join(f"{x_name} {x}" for x in xs) +
+             " | gain over the last interval | best evaluation is the last |",
+             "|---|---:|" + "---:|" * (len(xs) + 2)]
     still_rising = []
     for label, curves in trainings.items():
         curves = [curve for curve in curves if len(curve) == len(xs)]
@@ -209,8 +210,9 @@ def convergence_table(metric: str, x_name: str, xs: list, trainings: dict[str, l
             continue
         means = [sum(values) / len(values) for values in zip(*curves)]
         last_best = sum(curve.index(max(curve)) == len(curve) - 1 for curve in curves)
+        gain = f"{means[-1] - means[-2]:+.2f}" if len(means) > 1 else "-"
         lines.append(f"| {label} | {len(curves)} | " + " | ".join(f"{m:.2f}" for m in means) +
-                     f" | {last_best} of {len(curves)} |")
+                     f" | {gain} | {last_best} of {len(curves)} |")
         if last_best == len(curves):
             still_rising.append(label)
     if still_rising:

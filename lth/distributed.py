@@ -94,6 +94,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(model: torch.nn.Module, src: int = 0) -> None:
+    """Every rank takes rank ``src``'s buffers (BN running statistics, masks). DDP broadcasts them at the
+    start of each forward, so after the last training step each rank holds the statistics of its own
+    last batch: without this, the ranks would evaluate their shards with models that differ from
+    the one rank 0 saves (a no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src)
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s copy of a picklable object, on every rank."""
     if not (dist.is_available() and dist.is_initialized()):

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from lth import pruning
+from lth import distributed, pruning
 from lth.checkpoint import atomic_save, load_file
 from lth.distributed import Context
 from lth.errors import TrainingDiverged, UserError
@@ -471,6 +471,7 @@ class Evaluation:
         if not event.evaluate:
             return
         objective, progress, loaders = self.objective, event.progress, self.work.loaders
+        distributed.broadcast_buffers(event.model)
         val = self.work.evaluator(event.model, loaders.val, "val")
         test = self.work.evaluator(event.model, loaders.test, "test") if loaders.test is not None else None
         name = objective.name

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import argparse
 import os
 import statistics
 import sys
@@ -52,7 +53,7 @@ def test_convergence_table_counts_trainings_whose_best_evaluation_is_the_last():
         "short": [[10.0, 20.0]],  # another length: left out, and so is its row
     })
     rows = [line for line in text.splitlines() if line.startswith("| dense")]
-    assert rows == ["| dense | 2 | 45.00 | 85.00 | 92.50 | 1 of 2 |"]
+    assert rows == ["| dense | 2 | 45.00 | 85.00 | 92.50 | +7.50 | 1 of 2 |"]
     assert "short" not in text
 
 
@@ -157,3 +158,11 @@ def test_convergence_table_says_when_every_training_of_a_row_was_still_improving
     assert text.rstrip().endswith("Every training of dense was still improving at its last evaluation: "
                                   "their figures are of networks trained for this budget, not of converged "
                                   "ones (a longer budget: --itrs).")
+
+
+def test_detection_demo_says_what_its_canvases_hold():
+    detection = load_demo("detection")
+    one = argparse.Namespace(train_canvases=60, canvas=32, scale=3)
+    assert detection.digits_per_canvas(one) == "one 24 px digit per canvas"
+    several = argparse.Namespace(train_canvases=60, canvas=64, scale=2)
+    assert detection.digits_per_canvas(several) == "1-3 16 px digits per canvas"

@@ -302,6 +302,30 @@ def test_digits_detection_set():
             assert matches >= 1
 
 
+def test_digits_are_trained_without_mirror_or_mixup_and_at_the_scales_asked(monkeypatch):
+    from Detection import task
+
+    data = task.load_detection_data("digits", canvas=32, digits_counts={"train": 40, "val": 4, "test": 4},
+                                    digits_scales=(3,))
+    assert (data.flip, data.mixup) == (False, False)
+    # One 24 px digit per 32 px canvas: a second one never fits beside it.
+    assert all(len(r.boxes) == 1 for r in data.train)
+    sides = np.concatenate([r.boxes[:, 2:] - r.boxes[:, :2] + 1 for r in data.train])
+    assert 16 < sides.max() <= 24
+    flips = []
+    monkeypatch.setattr(D, "random_flip", lambda image, boxes, rng: flips.append(1) or (image, boxes))
+    train = D.DetectionTrainSet(data.train, 10, img_size=32, seed=0, flip=data.flip, mixup_p=0.0)
+    for epoch in range(2):
+        train.set_epoch(epoch)
+        for index in range(len(data.train)):
+            item = train[index]
+            weights = [t[..., 5][t[..., 4] > 0] for t in item["labels"]]
+            assert float(torch.cat(weights).min()) == 1.0                    # never a mixup weight below 1
+    assert not flips
+    D.DetectionTrainSet(data.train, 10, img_size=32, seed=0)[0]               # the original's default flips
+    assert flips
+
+
 def test_annotation_lists_are_scored_against_the_voc_xml(voc_root, tmp_path):
     """The original's evaluator read VOC2007's XML (difficult flagged, then ignored), never the
     test_annotation.txt it trained beside, which lacks difficult objects: a list's test images are

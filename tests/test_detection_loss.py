@@ -232,6 +232,23 @@ def test_layer_loss_matches_the_original_with_its_gradient():
     assert torch.allclose(decoded.grad, dec_ref.grad, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("counts", [(1, 5), (0, 2), (0, 0), (150, 3)])
+def test_background_cells_match_the_original_for_any_number_of_boxes_per_image(counts):
+    # layer_loss takes the best CIoU over each list's filled rows and one padding row; the original
+    # took it over all 150 rows. Lists of different lengths in one batch, empty lists and a full one.
+    raw, decoded, label, _ = _layer_inputs(5)
+    g = torch.Generator().manual_seed(6)
+    boxes = torch.zeros(2, 150, 4, dtype=torch.float64)
+    for b, count in enumerate(counts):
+        if count:
+            boxes[b, :count] = random_xywh(g, count, scale=64.0)
+            decoded[b, 1, 1, :, :4] = boxes[b, count - 1]          # a background cell on the last box
+    ours = layer_loss(raw, decoded, label, boxes, stride=8)
+    ref = reference_layer_loss(raw, decoded, label, boxes, 8)
+    assert torch.allclose(ours["conf"], ref[2], rtol=1e-10)
+    assert torch.allclose(ours["loss"], ref[0], rtol=1e-10)
+
+
 def test_no_object_mask_uses_the_largest_ciou_with_any_box():
     raw, decoded, label, boxes = _layer_inputs(3)
     # Cell (0, 0, 0) of image 0 predicts exactly box 0: CIoU 1 >= 0.5, so it is not background

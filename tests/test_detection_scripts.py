@@ -387,8 +387,10 @@ def test_two_gloo_ranks_gather_every_detection_before_the_ap(tmp_path, weights):
                                 f"comp4_det_test_{name}.txt"))
         # Detections of the ranks meet the single process's on the same image (matched by the nearest
         # box, not by a sort order that rounding can swap). NMS and the class argmax among near-tied
-        # scores of this barely trained model may keep another box or class, so a few may differ; a
-        # rank's missing or doubled shard would leave about half unmatched.
+        # scores of this barely trained model may keep another box or class, so a rare one may differ;
+        # a rank's missing or doubled shard would leave about half unmatched, and rank 1 evaluating
+        # with its own BN statistics instead of the saved model's left a quarter of its shard's
+        # detections unmatched (11 % of all).
         matched = 0
         for i, image in enumerate(ranks[0]):
             gaps = [max(abs(ranks[1][i] - single[1][j]) * 10, abs(ranks[2][i] - single[2][j]).max())
@@ -396,7 +398,7 @@ def test_two_gloo_ranks_gather_every_detection_before_the_ap(tmp_path, weights):
             matched += bool(gaps) and min(gaps) < 1e-2
         counts[0] += matched
         counts[1] += len(ranks[0])
-    assert counts[1] > 0 and counts[0] >= 0.9 * counts[1], counts
+    assert counts[1] > 0 and counts[0] >= 0.97 * counts[1], counts
     assert alone["ap"] == pytest.approx(logged[1]["test_ap"], abs=0.05)
 
 
