@@ -6,6 +6,12 @@ import shutil
 import pytest
 import torch
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # make test runs two pytest-xdist workers on two cores: one thread each (and in the scripts they
+    # start) keeps them from oversubscribing the cores, which costs far more than it gains.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (sweep scripts end to end) keep the suite within its budget by running
