@@ -493,7 +493,7 @@ EPOCH_IMAGES = 1000
 def write_run(folder, args, rows_):
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"argv": ["main_imp_downstream.py"], "args": {
-        "dataset": "digits", "arch": "resnet18", "epochs": 8, "rate": 0.8, "prune_type": "lt", "random_prune": False,
+        "dataset": "digits", "arch": "resnet18_w16", "epochs": 8, "rate": 0.8, "prune_type": "lt", "random_prune": False,
         "early_bird": False, "early_bird_sparsity": None, **args}}))
     lines = []
     spent = 0
@@ -581,7 +581,7 @@ def test_detection_lrr_one_process_per_round_starts_round_one_where_one_process_
 
     torch.manual_seed(3)
     weights = str(tmp_path / "resnet18.pth")
-    torch.save(build_model("resnet18", 10, stem="imagenet").state_dict(), weights)
+    torch.save(build_model("resnet18_w16", 10, stem="imagenet").state_dict(), weights)
 
     def round_one_start(*argv):
         starts = {}

@@ -19,11 +19,11 @@ from Segmentation import run as segrun
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DET = ["--dataset", "digits", "--digits_canvas", "32", "--digits_counts", "24,8,8", "--arch", "resnet18",
+DET = ["--dataset", "digits", "--digits_canvas", "32", "--digits_counts", "24,8,8", "--arch", "resnet18_w16",
        "--img_size", "32", "--batch_size", "8", "--workers", "0", "--seed", "0", "--lr_schedule", "as_meant",
        "--warmup_epochs", "0", "--lr_init", "0.01", "--print_freq", "0", "--epochs", "1", "--pretrained", "none",
        "--imp_type", "moco"]
-SEG = ["--dataset", "digits", "--model", "deeplabv3plus_resnet18", "--pretrained", "none", "--total_itrs", "4",
+SEG = ["--dataset", "digits", "--model", "deeplabv3plus_resnet18_w16", "--pretrained", "none", "--total_itrs", "4",
        "--val_interval", "2", "--batch_size", "8", "--val_batch_size", "135", "--random_seed", "3", "--cpu",
        "--print_interval", "0"]
 

@@ -30,7 +30,7 @@ def free_disk(tmp_path):
     yield
     shutil.rmtree(tmp_path, ignore_errors=True)
 
-TINY = ["--dataset", "digits", "--digits_canvas", "32", "--digits_counts", "24,8,8", "--arch", "resnet18",
+TINY = ["--dataset", "digits", "--digits_canvas", "32", "--digits_counts", "24,8,8", "--arch", "resnet18_w16",
         "--img_size", "32", "--batch_size", "8", "--workers", "0", "--seed", "0", "--lr_schedule", "as_meant",
         "--warmup_epochs", "0", "--lr_init", "0.01", "--print_freq", "0", "--epochs", "2"]
 
@@ -44,7 +44,7 @@ def weights(module_tmp):
     """A 'pre-trained' backbone file: a classification ResNet-18 state_dict (fc of 10 classes)."""
     torch.manual_seed(3)
     path = module_tmp("weights") / "resnet18.pth"
-    torch.save(build_model("resnet18", 10, stem="imagenet").state_dict(), path)
+    torch.save(build_model("resnet18_w16", 10, stem="imagenet").state_dict(), path)
     return str(path)
 
 
@@ -87,7 +87,7 @@ def numbers(row):
 def test_masks_shrink_by_0_8_per_round_nested_on_backbone_convs_only(whole):
     path, _ = whole
     masks = [masks_of(path / f"ticket_{k:02d}.pt") for k in range(4)]
-    classifier = build_model("resnet18", 10, stem="imagenet")
+    classifier = build_model("resnet18_w16", 10, stem="imagenet")
     expected = {name + ".weight_mask" for name, _ in pruning_utils.prunable_convs(classifier)}
     assert len(expected) == 19 and "conv1.weight_mask" not in expected
     for k in (1, 2, 3):
@@ -210,7 +210,7 @@ def test_random_pruning_one_shot_to_0_8_power_k(weights, tmp_path):
     assert trained.keys() == saved_state.keys()
     assert all(torch.equal(trained[key], saved_state[key]) for key in trained)
     neck = [key for key in trained if key.startswith("panet.")]
-    fresh = YOLOv4(10, "resnet18").state_dict()
+    fresh = YOLOv4(10, "resnet18_w16").state_dict()
     assert any(not torch.equal(fresh[key], saved_state[key]) for key in neck)  # not the untrained model
     # evaluation of the saved trained model reproduces the run's last figures
     metrics = det_eval.main(det_eval.get_args_parser().parse_args(
@@ -223,7 +223,7 @@ def test_random_pruning_one_shot_to_0_8_power_k(weights, tmp_path):
 def test_transfer_of_a_classification_ticket_and_of_detection_masks(whole, weights, tmp_path):
     path, _ = whole
     torch.manual_seed(0)
-    classifier = build_model("resnet18", 10, stem="cifar")  # the downstream scripts' network
+    classifier = build_model("resnet18_w16", 10, stem="cifar")  # the downstream scripts' network
     pruning_utils.global_prune(classifier, 0.5)
     masks = pruning_utils.current_masks(classifier)
     pruning_utils.save_ticket(str(tmp_path / "ticket_05.pt"), masks, round=5)
@@ -257,7 +257,7 @@ def one_line_error(capsys, module, *argv) -> str:
 
 
 def test_bad_input_is_one_line_and_overwrites_nothing(tmp_path, capsys, weights, whole):
-    base = ["--arch", "resnet18", "--img_size", "32", "--pretrained", "none", "--workers", "0"]
+    base = ["--arch", "resnet18_w16", "--img_size", "32", "--pretrained", "none", "--workers", "0"]
     saved = tmp_path / "out"
     saved.mkdir()
     (saved / "keep.txt").write_text("mine")

@@ -23,7 +23,7 @@ def free_port() -> int:
 @pytest.mark.parametrize("random_prune", [False, True])
 def test_two_gloo_ranks_hold_the_same_masks(tmp_path, random_prune):
     save_dir = tmp_path / "run"
-    flags = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "1", "--batch_size", "128",
+    flags = ["--dataset", "digits", "--arch", "resnet18_w16", "--epochs", "1", "--batch_size", "128",
              "--pruning_times", "2", "--seed", "0", "--cpu", "--print_freq", "0", "--save_dir", str(save_dir)]
     if random_prune:
         flags.append("--random_prune")

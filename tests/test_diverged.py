@@ -76,7 +76,7 @@ def run_main(main, parser, argv, capsys) -> tuple[int, str, str]:
 # Classification
 # --------------------------------------------------------------------------------------------
 
-CLASSIFICATION = ["--dataset", "digits", "--arch", "resnet18", "--batch_size", "256", "--decreasing_lr", "1",
+CLASSIFICATION = ["--dataset", "digits", "--arch", "resnet18_w16", "--batch_size", "256", "--decreasing_lr", "1",
                   "--seed", "0", "--print_freq", "0"]
 
 
@@ -84,7 +84,7 @@ def test_the_issues_command_stops_at_once_and_writes_no_ticket(tmp_path):
     """main_imp_downstream.py --dataset digits --epochs 1 --pruning_times 2 --lr 1e8 (issue 14)."""
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "main_imp_downstream.py"), "--dataset", "digits",
-                             "--arch", "resnet18", "--epochs", "1", "--pruning_times", "2", "--lr", "1e8",
+                             "--arch", "resnet18_w16", "--epochs", "1", "--pruning_times", "2", "--lr", "1e8",
                              "--seed", "0", "--print_freq", "0", "--save_dir", str(out)],
                             capture_output=True, text=True, cwd=ROOT, timeout=600,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -127,7 +127,7 @@ def test_classification_keeps_every_file_of_before_and_refuses_a_resume_with_ano
 # Detection
 # --------------------------------------------------------------------------------------------
 
-DETECTION = ["--dataset", "digits", "--digits_canvas", "32", "--digits_counts", "24,8,8", "--arch", "resnet18",
+DETECTION = ["--dataset", "digits", "--digits_canvas", "32", "--digits_counts", "24,8,8", "--arch", "resnet18_w16",
              "--img_size", "32", "--batch_size", "8", "--workers", "0", "--seed", "0", "--lr_schedule", "as_meant",
              "--warmup_epochs", "0", "--print_freq", "0", "--epochs", "2", "--cpu"]
 
@@ -136,7 +136,7 @@ DETECTION = ["--dataset", "digits", "--digits_canvas", "32", "--digits_counts", 
 def backbone(module_tmp):
     torch.manual_seed(3)
     path = module_tmp("backbone") / "resnet18.pth"
-    torch.save(build_model("resnet18", 10, stem="imagenet").state_dict(), path)
+    torch.save(build_model("resnet18_w16", 10, stem="imagenet").state_dict(), path)
     return str(path)
 
 
@@ -168,7 +168,7 @@ def test_detection_keeps_every_file_of_before(tmp_path, monkeypatch, capsys, bac
 # Segmentation (counted in iterations: a chunk is --val_interval iterations)
 # --------------------------------------------------------------------------------------------
 
-SEGMENTATION = ["--dataset", "digits", "--model", "deeplabv3plus_resnet18", "--pretrained", "none",
+SEGMENTATION = ["--dataset", "digits", "--model", "deeplabv3plus_resnet18_w16", "--pretrained", "none",
                 "--total_itrs", "4", "--val_interval", "2", "--batch_size", "8", "--val_batch_size", "135",
                 "--random_seed", "3", "--cpu", "--print_interval", "0"]
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def train_a_little(inplace_masks: bool, foreach: bool, steps: int = 4):
     torch.manual_seed(0)
-    model = build_model("resnet18", 10, 1, "cifar")
+    model = build_model("resnet18_w16", 10, 1, "cifar")
     pruning_utils.global_prune(model, 0.5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, foreach=foreach)
     generator = torch.Generator().manual_seed(1)
@@ -57,7 +57,7 @@ def test_in_place_masks_restore_the_hooks_and_the_checkpoint_format():
 
 def test_in_place_masks_keep_pruned_weights_at_zero_during_training():
     torch.manual_seed(0)
-    model = build_model("resnet18", 10, 1, "cifar")
+    model = build_model("resnet18_w16", 10, 1, "cifar")
     pruning_utils.global_prune(model, 0.5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     with pruning_utils.masks_in_place(model) as reapply:
@@ -79,7 +79,7 @@ def test_imp_gives_the_same_masks_and_metrics_with_and_without_the_fast_paths(tm
     import main_imp_downstream
     from lth import trainer
 
-    flags = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "1", "--batch_size", "256",
+    flags = ["--dataset", "digits", "--arch", "resnet18_w16", "--epochs", "1", "--batch_size", "256",
              "--pruning_times", "2", "--seed", "0", "--print_freq", "0"]
 
     def run(name):
@@ -127,7 +127,7 @@ def test_compile_happens_once_per_round_and_survives_re_pruning(tmp_path, monkey
     monkeypatch.setattr(trainer.torch, "compile", eager_compile)
     monkeypatch.setattr(trainer, "train_one_epoch", counting_epoch)
     torch._dynamo.reset()
-    flags = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "2", "--batch_size", "256",
+    flags = ["--dataset", "digits", "--arch", "resnet18_w16", "--epochs", "2", "--batch_size", "256",
              "--pruning_times", "2", "--seed", "0", "--print_freq", "0", "--compile",
              "--save_dir", str(tmp_path / "run")]
     main_imp_downstream.main(main_imp_downstream.get_args_parser().parse_args(flags))
@@ -140,7 +140,7 @@ def test_compile_happens_once_per_round_and_survives_re_pruning(tmp_path, monkey
 
 def test_a_model_training_with_masks_in_place_still_reads_as_pruned():
     torch.manual_seed(0)
-    model = build_model("resnet18", 10, 1, "cifar")
+    model = build_model("resnet18_w16", 10, 1, "cifar")
     pruning_utils.global_prune(model, 0.5)
     before = pruning_utils.current_masks(model)
     with pruning_utils.masks_in_place(model):

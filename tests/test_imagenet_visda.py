@@ -21,7 +21,7 @@ from lth.checkpoint import load_file
 from lth.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["-a", "resnet18", "--image_size", "32", "-b", "4", "--epochs", "1", "-j", "0", "--seed", "0", "-p", "0"]
+FAST = ["-a", "resnet18_w16", "--image_size", "32", "-b", "4", "--epochs", "1", "-j", "0", "--seed", "0", "-p", "0"]
 ORIGINAL_KEYS = {"epoch", "state", "arch", "state_dict", "mask", "best_acc1", "optimizer", "if_pruned",
                  "init_weight"}
 
@@ -95,7 +95,7 @@ def data(module_tmp):
 def imagenet_run(data, module_tmp):
     base = module_tmp("imagenet")
     torch.manual_seed(123)
-    pretrained = build_model("resnet18", 3, stem="imagenet").state_dict()  # fc fits the 3 class folders
+    pretrained = build_model("resnet18_w16", 3, stem="imagenet").state_dict()  # fc fits the 3 class folders
     torch.save(pretrained, base / "imagenet_weight.pt")
     with pytest.MonkeyPatch.context() as monkeypatch:
         starts = record_round_starts(monkeypatch)
@@ -127,7 +127,7 @@ def test_imagenet_writes_the_original_files_and_tickets(imagenet_run):
     assert [remaining_of(out / f"ticket_{r:02d}.pt") for r in range(3)] == pytest.approx([100, 80, 64], abs=1e-3)
     checkpoint = load_file(str(out / "checkpoint.pth.tar"))
     assert ORIGINAL_KEYS <= set(checkpoint)
-    assert checkpoint["state"] == 1 and checkpoint["epoch"] == 1 and checkpoint["arch"] == "resnet18"
+    assert checkpoint["state"] == 1 and checkpoint["epoch"] == 1 and checkpoint["arch"] == "resnet18_w16"
     assert checkpoint["if_pruned"] is True and 0 <= checkpoint["best_acc1"] <= 100
     assert set(checkpoint["mask"]) == set(pruning_utils.extract_mask(checkpoint["state_dict"]))
 
@@ -175,7 +175,7 @@ def test_imagenet_states_zero_trains_dense_and_evaluate_flag(data, tmp_path, cap
 
 
 def test_imagenet_pretrained_with_another_class_count_loads_without_fc(data, tmp_path, capsys):
-    torch.save(build_model("resnet18", 1000, stem="imagenet").state_dict(), tmp_path / "w1000.pt")
+    torch.save(build_model("resnet18_w16", 1000, stem="imagenet").state_dict(), tmp_path / "w1000.pt")
     run_script(main_imp_imagenet, data["imagenet"], *FAST, "--pretrained", tmp_path / "w1000.pt",
                "--save_dir", tmp_path / "eval", "-e")
     captured = capsys.readouterr()
@@ -197,7 +197,7 @@ def test_visda_lt_run_files_metrics_and_rewind(visda_run):
     init = load_file(str(visda_run / "random_init.pt"))["state_dict"]
     assert checkpoint["init_weight"].keys() == init.keys()
     assert all(torch.equal(checkpoint["init_weight"][key], value) for key, value in init.items())
-    assert init["fc.weight"].shape == (12, 512)
+    assert init["fc.weight"].shape == (12, 128)
     metrics = rows(visda_run / "metrics.jsonl")
     assert [(row["round"], row["epoch"]) for row in metrics] == [(0, 0), (1, 0)]
     assert all("val_mean_class_acc" in row and "val_top5" in row for row in metrics)
@@ -208,7 +208,7 @@ def test_visda_lt_run_files_metrics_and_rewind(visda_run):
 
 def test_visda_pt_trans_rewinds_to_the_pre_weight(data, tmp_path):
     torch.manual_seed(7)
-    source = build_model("resnet18", 1000, stem="imagenet").state_dict()
+    source = build_model("resnet18_w16", 1000, stem="imagenet").state_dict()
     torch.save({"state_dict": {"module." + key: value for key, value in source.items()}}, tmp_path / "pre.pt")
     out = tmp_path / "ptt"
     run_script(main_imp_visda, data["visda"], *FAST, "--states", "1", "--prune_type", "pt_trans",
@@ -217,7 +217,7 @@ def test_visda_pt_trans_rewinds_to_the_pre_weight(data, tmp_path):
     for key, value in source.items():
         if not key.startswith("fc."):
             assert torch.equal(init[key], value), key  # conv1 and batch norms too
-    assert init["fc.weight"].shape == (12, 512)
+    assert init["fc.weight"].shape == (12, 128)
     assert not (out / "random_init.pt").exists()
     assert remaining_of(out / "ticket_01.pt") == pytest.approx(80, abs=1e-3)
 
@@ -287,7 +287,7 @@ def test_imagenet_ticket_trains_on_visda(data, imagenet_run, tmp_path, assert_st
 
 def test_imagenet_ticket_trains_on_a_cifar_stem_model(imagenet_run, tmp_path):
     out = tmp_path / "digits"
-    run_script(main_eval_downstream, "--dataset", "digits", "--arch", "resnet18", "--epochs", "1",
+    run_script(main_eval_downstream, "--dataset", "digits", "--arch", "resnet18_w16", "--epochs", "1",
                "--batch_size", "512", "--seed", "0", "--print_freq", "0",
                "--mask_dir", imagenet_run["dir"] / "ticket_01.pt", "--save_dir", out)
     assert json.loads((out / "summary.json").read_text())["remaining"] == pytest.approx(80, abs=1e-3)

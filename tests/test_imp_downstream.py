@@ -13,7 +13,7 @@ from lth import trainer
 from lth.checkpoint import load_file
 from lth.models import build_model
 
-FAST = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "2", "--batch_size", "256",
+FAST = ["--dataset", "digits", "--arch", "resnet18_w16", "--epochs", "2", "--batch_size", "256",
         "--lr", "0.05", "--decreasing_lr", "1", "--seed", "0", "--print_freq", "0"]
 
 
@@ -56,7 +56,7 @@ def test_lt_run_prunes_twenty_percent_of_what_remains_each_round(lt_run):
     counts = []
     for round_index in range(4):
         masks, meta = pruning_utils.read_masks(str(lt_run / f"ticket_{round_index:02d}.pt"))
-        assert meta["round"] == round_index and meta["arch"] == "resnet18" and meta["dataset"] == "digits"
+        assert meta["round"] == round_index and meta["arch"] == "resnet18_w16" and meta["dataset"] == "digits"
         assert meta["remaining"] == pytest.approx(100 * 0.8 ** round_index, abs=1e-3)
         counts.append(kept(masks))
     for before, after in zip(counts, counts[1:]):
@@ -76,7 +76,7 @@ def test_every_json_file_of_the_run_is_strict(lt_run, assert_strict_json):
 
 def test_lt_rewinds_to_the_initial_weights(lt_run):
     torch.manual_seed(0)
-    init = build_model("resnet18", 10, 1, "cifar").state_dict()
+    init = build_model("resnet18_w16", 10, 1, "cifar").state_dict()
     checkpoint = load_file(str(lt_run / "2checkpoint.pth.tar"))
     for key, value in init.items():
         assert torch.equal(checkpoint["init_weight"][key], value), key
@@ -106,7 +106,7 @@ def test_rewind_lt_rewinds_to_the_chosen_epoch(tmp_path):
 
 
 def test_pt_trans_rewinds_to_the_pretrained_weights_and_random_prune_works(tmp_path):
-    source = build_model("resnet18", 1000, 3, "imagenet").state_dict()
+    source = build_model("resnet18_w16", 1000, 3, "imagenet").state_dict()
     torch.save(source, tmp_path / "imagenet_weight.pt")
     imp(tmp_path / "ptt", "--pruning_times", "2", "--prune_type", "pt_trans", "--random_prune",
         "--pretrained", str(tmp_path / "imagenet_weight.pt"))
@@ -188,7 +188,7 @@ def test_each_round_starts_from_the_rewind_point_with_the_new_mask(tmp_path, mon
     monkeypatch.setattr(imp_module, "train_stage", record_start)
     imp(tmp_path / "lt", "--pruning_times", "2", "--epochs", "1")
     torch.manual_seed(0)
-    init = build_model("resnet18", 10, 1, "cifar").state_dict()
+    init = build_model("resnet18_w16", 10, 1, "cifar").state_dict()
     weights, masks = starts[1]
     ticket, _ = pruning_utils.read_masks(str(tmp_path / "lt" / "ticket_01.pt"))
     for key, value in init.items():

@@ -24,7 +24,7 @@ from MoCo.weights import load_moco_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "MoCo", "main_moco_imp.py")
-TINY = ["-a", "resnet18", "--image_size", "32", "-b", "4", "--moco-k", "16", "--moco-dim", "16",
+TINY = ["-a", "resnet18_w16", "--image_size", "32", "-b", "4", "--moco-k", "16", "--moco-dim", "16",
         "--epochs", "2", "--retrain_epoch", "1", "-j", "0", "--cpu", "--mlp", "--aug-plus", "--seed", "0",
         "--moco-t", "0.2"]
 
@@ -45,9 +45,9 @@ def files(module_tmp):
     root = module_tmp("moco")
     write_image_folder(root / "data", {"train": 4, "val": 2})
     torch.manual_seed(1)
-    query = make_encoder("resnet18", 16, mlp=True).state_dict()
+    query = make_encoder("resnet18_w16", 16, mlp=True).state_dict()
     torch.manual_seed(2)
-    key = make_encoder("resnet18", 16, mlp=True).state_dict()
+    key = make_encoder("resnet18_w16", 16, mlp=True).state_dict()
     state = {f"module.encoder_q.{name}": value for name, value in query.items()}
     state.update({f"module.encoder_k.{name}": value for name, value in key.items()})
     state["module.queue"] = torch.nn.functional.normalize(torch.randn(16, 16), dim=0)
@@ -106,7 +106,7 @@ def test_three_rounds_write_tickets_of_100_80_64_and_51_percent(imp_run):
     counts = []
     for round_index in range(4):
         masks, meta = pruning_utils.read_masks(str(out / f"ticket_{round_index:02d}.pt"))
-        assert meta["round"] == round_index and meta["arch"] == "resnet18" and meta["pretraining"] == "moco"
+        assert meta["round"] == round_index and meta["arch"] == "resnet18_w16" and meta["pretraining"] == "moco"
         assert meta["remaining"] == pytest.approx(100 * 0.8 ** round_index, abs=1e-3)
         counts.append(kept(masks))
     for before, after in zip(counts, counts[1:]):
@@ -164,7 +164,7 @@ def test_ticket_and_checkpoint_load_as_mask_dir_downstream(imp_run):
     wrapped, _ = pruning_utils.read_masks({"state_dict": {f"module.{key}": value for key, value in state.items()}})
     assert same_masks(from_ticket, wrapped)
     for masks in (from_ticket, from_checkpoint):
-        model = build_model("resnet18", 10, 3, stem="cifar")
+        model = build_model("resnet18_w16", 10, 3, stem="cifar")
         pruning_utils.apply_mask(model, masks)
         assert pruning_utils.sparsity(model)["remaining"] == pytest.approx(64, abs=1e-3)
 
@@ -191,7 +191,7 @@ def test_resuming_a_pruned_checkpoint_gives_the_same_next_ticket(imp_run, files)
 
 def test_restoring_a_checkpoint_masks_both_encoders_and_keeps_k_frozen(imp_run):
     state = load_file(str(imp_run["dir"] / "2checkpoint.pth.tar"))["state_dict"]
-    model = MoCo("resnet18", 16, 16, mlp=True)
+    model = MoCo("resnet18_w16", 16, 16, mlp=True)
     moco_task.MocoPruning(0.2, random=False, conv1=False).restore(model, state)
     model.load_state_dict(state, strict=True)
     assert not any(param.requires_grad for param in model.encoder_k.parameters())
@@ -201,7 +201,7 @@ def test_restoring_a_checkpoint_masks_both_encoders_and_keeps_k_frozen(imp_run):
 
 
 def test_plain_moco_pt_and_an_imp_checkpoint_load_into_both_encoders(files, imp_run):
-    model = MoCo("resnet18", 16, 16, mlp=True)
+    model = MoCo("resnet18_w16", 16, 16, mlp=True)
     report = load_moco_weights(model, files["plain"], quiet=True)
     assert not report.left_at_init
     for encoder in (model.encoder_q, model.encoder_k):
@@ -221,14 +221,14 @@ def test_a_key_that_fits_neither_encoder_is_named(files, tmp_path):
     state["module.encoder_q.layer5.0.conv1.weight"] = torch.zeros(1)
     torch.save({"state_dict": state}, tmp_path / "odd.pth.tar")
     with pytest.raises(UserError, match="module.encoder_q.layer5.0.conv1.weight"):
-        load_moco_weights(MoCo("resnet18", 16, 16, mlp=True), str(tmp_path / "odd.pth.tar"), quiet=True)
+        load_moco_weights(MoCo("resnet18_w16", 16, 16, mlp=True), str(tmp_path / "odd.pth.tar"), quiet=True)
     with pytest.raises(UserError, match="fc.0.weight.*pass --mlp"):  # an MLP head where a linear fc is expected
-        load_moco_weights(MoCo("resnet18", 16, 16, mlp=False), files["plain"], quiet=True)
+        load_moco_weights(MoCo("resnet18_w16", 16, 16, mlp=False), files["plain"], quiet=True)
 
 
 def test_momentum_update_queue_and_evaluation(files):
     torch.manual_seed(0)
-    model = MoCo("resnet18", 8, 8, momentum=0.9, temperature=0.2, mlp=True)
+    model = MoCo("resnet18_w16", 8, 8, momentum=0.9, temperature=0.2, mlp=True)
     pruning_utils.global_prune(model.encoder_q, 0.2)
     pruning_utils.apply_mask(model.encoder_k, pruning_utils.extract_mask(model.encoder_q))
     model.freeze_key_encoder()
@@ -263,14 +263,14 @@ def test_dense_pretraining_writes_a_file_that_loads_as_pretrained(files):
     assert all(key.startswith(("module.encoder_q.", "module.encoder_k.", "module.queue"))
                for key in exported["state_dict"])
     assert not any(key.endswith("_mask") for key in exported["state_dict"])
-    model = MoCo("resnet18", 16, 16, mlp=True)
+    model = MoCo("resnet18_w16", 16, 16, mlp=True)
     report = load_moco_weights(model, str(out / main_moco_imp.EXPORT_NAME), quiet=True)
     assert not report.left_at_init
     trained = {key[len("module.encoder_q."):]: value for key, value in exported["state_dict"].items()
                if key.startswith("module.encoder_q.")}
     assert all(torch.equal(model.encoder_k.state_dict()[name], value) for name, value in trained.items())
     # main_eval_downstream.py --pretrained reads it too (fc and the ImageNet stem are left out there).
-    downstream = build_model("resnet18", 10, 3, stem="cifar")
+    downstream = build_model("resnet18_w16", 10, 3, stem="cifar")
     report = load_pretrained(downstream, str(out / main_moco_imp.EXPORT_NAME), quiet=True)
     assert "layer4.1.conv2.weight" in report.loaded
     assert torch.equal(downstream.state_dict()["layer4.1.conv2.weight"], trained["layer4.1.conv2.weight"])
@@ -303,7 +303,7 @@ def test_bad_input_is_one_line_and_writes_nothing(files, tmp_path):
         ([str(empty), "--pretrained_path", files["v2"]], [str(empty / "train")], ROOT),
         ([files["data"], "--pretrained_path", files["v2"], "--moco-k", "18"], ["--moco-k 18", "global batch 4"],
          os.path.join(ROOT, "MoCo")),
-        ([files["data"], "--pretrained_path", str(tmp_path / "r50.pth.tar")], ["r50.pth.tar", "layer1.0.conv1.weight"],
+        ([files["data"], "--pretrained_path", str(tmp_path / "r50.pth.tar")], ["r50.pth.tar", "conv1.weight", "resnet18_w16"],
          ROOT),
     ]
     for flags, needles, cwd in cases:

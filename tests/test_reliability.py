@@ -35,7 +35,7 @@ from lth.loaders import DeviceLoader
 from lth.models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DIGITS = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "1", "--batch_size", "256", "--seed", "0",
+DIGITS = ["--dataset", "digits", "--arch", "resnet18_w16", "--epochs", "1", "--batch_size", "256", "--seed", "0",
           "--print_freq", "0"]
 CPU = Context(device=torch.device("cpu"))
 
@@ -96,10 +96,10 @@ LAYER = "layer1.0.conv1.weight_mask"
 @pytest.fixture(scope="module")
 def good_ticket(tmp_path_factory):
     """A 50 % ticket of the digits ResNet-18 (conv weights alternately kept), as saved by save_ticket."""
-    masks = pruning.current_masks(build_model("resnet18", 10, 1, "cifar"))
+    masks = pruning.current_masks(build_model("resnet18_w16", 10, 1, "cifar"))
     masks = {key: (torch.arange(mask.numel()) % 2).float().reshape(mask.shape) for key, mask in masks.items()}
     path = tmp_path_factory.mktemp("ticket") / "ticket_03.pt"
-    tickets.save_ticket(str(path), masks, round=3, arch="resnet18", dataset="digits")
+    tickets.save_ticket(str(path), masks, round=3, arch="resnet18_w16", dataset="digits")
     return path
 
 
@@ -161,7 +161,7 @@ def test_a_malformed_ticket_is_one_line_naming_file_and_layer(good_ticket, tmp_p
 
 @pytest.mark.parametrize("value", [2.0, -1.0, 0.5, float("nan")])
 def test_a_mask_file_holding_values_other_than_0_and_1_is_refused(tmp_path, value):
-    masks = pruning.current_masks(build_model("resnet18", 10, 1, "cifar"))
+    masks = pruning.current_masks(build_model("resnet18_w16", 10, 1, "cifar"))
     masks[LAYER] = masks[LAYER].clone()
     masks[LAYER][0, 0, 0, 0] = value
     path = tmp_path / "mask-3.pt"
@@ -170,7 +170,7 @@ def test_a_mask_file_holding_values_other_than_0_and_1_is_refused(tmp_path, valu
         tickets.read_masks(str(path))
     message = str(caught.value)
     assert str(path) in message and LAYER in message and "0 and 1" in message
-    model = build_model("resnet18", 10, 1, "cifar")  # the backstop every mask passes through
+    model = build_model("resnet18_w16", 10, 1, "cifar")  # the backstop every mask passes through
     with pytest.raises(UserError, match=LAYER):
         pruning.apply_mask(model, masks)
 
@@ -178,7 +178,7 @@ def test_a_mask_file_holding_values_other_than_0_and_1_is_refused(tmp_path, valu
 @pytest.mark.parametrize("bad", [torch.empty(0), "a string", torch.zeros(3, dtype=torch.complex64)],
                          ids=["empty tensor", "not a tensor", "complex"])
 def test_a_mask_file_with_an_entry_that_is_no_mask_is_refused(tmp_path, bad):
-    masks = pruning.current_masks(build_model("resnet18", 10, 1, "cifar"))
+    masks = pruning.current_masks(build_model("resnet18_w16", 10, 1, "cifar"))
     masks[LAYER] = bad
     path = tmp_path / "mask.pt"
     torch.save(masks, path)
@@ -264,7 +264,7 @@ def test_a_cifar_batch_that_would_run_code_is_refused_and_nothing_runs(tmp_path,
                     handle, protocol=2)
     out = tmp_path / "run"
     code, lines = run_main(main_imp_downstream, ["--dataset", "cifar10", "--data", tmp_path / "data",
-                                                 "--arch", "resnet18", "--save_dir", out, "--seed", "0"], capsys)
+                                                 "--arch", "resnet18_w16", "--save_dir", out, "--seed", "0"], capsys)
     assert_one_line(code, lines, folder / "data_batch_1", "open")
     assert not marker.exists() and not out.exists()
 
@@ -304,7 +304,7 @@ class Interrupted(Exception):
     pass
 
 
-EVAL_FAST = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "2", "--batch_size", "256", "--seed", "0",
+EVAL_FAST = ["--dataset", "digits", "--arch", "resnet18_w16", "--epochs", "2", "--batch_size", "256", "--seed", "0",
              "--print_freq", "0", "--decreasing_lr", "1"]
 
 
@@ -428,7 +428,7 @@ def test_a_corrupt_image_found_by_a_loader_worker_is_one_line(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONPATH=ROOT)
     result = subprocess.run([sys.executable, os.path.join(ROOT, "main_imp_imagenet.py"), str(tmp_path / "data"),
-                             "-a", "resnet18", "--image_size", "32", "-b", "2", "--epochs", "1", "-j", "1",
+                             "-a", "resnet18_w16", "--image_size", "32", "-b", "2", "--epochs", "1", "-j", "1",
                              "--seed", "0", "--states", "1", "--random", "--save_dir", str(out)],
                             capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     line = assert_one_line(result.returncode, result.stderr.splitlines(), f"cannot read image '{bad}'",
@@ -612,7 +612,7 @@ def test_a_file_that_would_take_gigabytes_is_refused_on_one_line(tmp_path, capsy
 
 def test_ordinary_checkpoints_are_within_the_bound(tmp_path):
     path = tmp_path / "checkpoint.pth.tar"
-    model = build_model("resnet18", 10)
+    model = build_model("resnet18_w16", 10)
     state = model.state_dict()
     torch.save({"state_dict": state, "init_weight": state, "best": np.float64(0.5),
                 "optimizer": torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9).state_dict()}, path)

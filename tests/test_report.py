@@ -15,7 +15,7 @@ import pruning_utils
 from lth import cli, report, ticket_analysis
 from lth import plots
 
-IMP_ARGS = {"dataset": "digits", "arch": "resnet18", "epochs": 3, "lr": 0.05, "batch_size": 64,
+IMP_ARGS = {"dataset": "digits", "arch": "resnet18_w16", "epochs": 3, "lr": 0.05, "batch_size": 64,
             "prune_type": "lt", "random_prune": False, "rate": 0.2, "pruning_times": 3,
             "decreasing_lr": [2], "pretrained": None, "gpu": "0", "print_freq": 50}
 
@@ -238,7 +238,7 @@ def contract_run(folder, values, seed, experiment, hparams, script="main_imp_dow
 
 
 def test_runs_with_an_experiment_id_pool_by_it_and_controls_use_their_tickets_experiment(tmp_path):
-    hp = {"dataset": "digits", "arch": "resnet18", "lr": 0.05, "prune_type": "lt"}
+    hp = {"dataset": "digits", "arch": "resnet18_w16", "lr": 0.05, "prune_type": "lt"}
     # Flags that differ (workers, a renamed save_dir) do not matter: the id says it is one experiment.
     imp = [contract_run(tmp_path / f"imp_s{seed}", [96.0 + seed, 95.5 + seed, 90.0 + seed], seed, "a" * 16, hp,
                         workers=seed) for seed in range(2)]
@@ -287,7 +287,7 @@ def test_copied_runs_are_refused(tmp_path, capsys):
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
-DET_ARGS = {"dataset": "digits", "arch": "resnet18", "img_size": 32, "epochs": 2, "batch_size": 8, "lr_init": 0.01,
+DET_ARGS = {"dataset": "digits", "arch": "resnet18_w16", "img_size": 32, "epochs": 2, "batch_size": 8, "lr_init": 0.01,
             "imp_type": "moco", "rate": 0.2, "pretrained": "weight/moco.pth.tar", "seed": 10, "workers": 0}
 
 
@@ -574,7 +574,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
 
 # -- end to end on real runs -------------------------------------------------------------------------
 
-FAST = ["--dataset", "digits", "--arch", "resnet18", "--epochs", "1", "--batch_size", "256", "--lr", "0.05",
+FAST = ["--dataset", "digits", "--arch", "resnet18_w16", "--epochs", "1", "--batch_size", "256", "--lr", "0.05",
         "--decreasing_lr", "1", "--print_freq", "0", "--warmup", "0"]
 
 
@@ -602,7 +602,7 @@ def test_real_runs_and_tickets_end_to_end(tmp_path, one_thread):
     with open(out / "tickets" / "flops.csv") as handle:
         flops = list(csv.DictReader(handle))
     conv = [r for r in flops if r["ticket"] == "imp" and r["layer"] == "layer1.0.conv1"][0]
-    assert int(conv["dense_flops"]) == 8 * 8 * 64 * 64 * 9 and int(conv["nonzero_params"]) < int(conv["dense_params"])
+    assert int(conv["dense_flops"]) == 8 * 8 * 16 * 16 * 9 and int(conv["nonzero_params"]) < int(conv["dense_params"])
     make_report(tmp_path, str(tmp_path / "runs"))  # an earlier report in --out is replaced
 
 

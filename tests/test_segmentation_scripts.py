@@ -26,7 +26,7 @@ from test_segmentation_data import _label_png, _voc_labels, make_voc
 pytestmark = pytest.mark.usefixtures("one_thread", "digits_built_once")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-FAST = ["--dataset", "digits", "--model", "deeplabv3plus_resnet18", "--pretrained", "none", "--total_itrs", "4",
+FAST = ["--dataset", "digits", "--model", "deeplabv3plus_resnet18_w16", "--pretrained", "none", "--total_itrs", "4",
         "--val_interval", "2", "--batch_size", "8", "--val_batch_size", "135", "--random_seed", "3",
         "--cpu", "--print_interval", "0"]
 
@@ -84,7 +84,7 @@ def three_rounds(module_tmp, one_thread):
 def test_backbone_masks_shrink_by_0_8_per_round_and_are_nested(three_rounds):
     save_dir, _ = three_rounds
     tickets = [masks_of(save_dir / f"ticket_{k:02d}.pt") for k in (1, 2, 3)]
-    classifier = build_model("resnet18", 10, stem="imagenet")
+    classifier = build_model("resnet18_w16", 10, stem="imagenet")
     expected = {name + ".weight_mask" for name, _ in pruning_utils.prunable_convs(classifier)}
     for k, masks in enumerate(tickets, start=1):
         assert set(masks) == expected  # the backbone's 19 convs without conv1, named as classification's
@@ -107,8 +107,8 @@ def test_backbone_masks_shrink_by_0_8_per_round_and_are_nested(three_rounds):
     assert (save_dir / "miou_vs_remaining.png").exists() and (save_dir / "r1" / "net_train.png").exists()
     # a finished round keeps seg_backbone_imp{k+1}.pth, its ticket and its best model, not the resumable
     # checkpoint (model and optimizer) unless --keep_checkpoints
-    assert not (save_dir / "r2" / "latest_deeplabv3plus_resnet18_digits_os16.pth").exists()
-    assert (save_dir / "r2" / "best_deeplabv3plus_resnet18_digits_os16.pth").exists()
+    assert not (save_dir / "r2" / "latest_deeplabv3plus_resnet18_w16_digits_os16.pth").exists()
+    assert (save_dir / "r2" / "best_deeplabv3plus_resnet18_w16_digits_os16.pth").exists()
 
 
 def test_imp_files_have_the_original_keys_and_the_head_is_never_pruned(three_rounds):
@@ -168,7 +168,7 @@ def test_a_kill_mid_round_resumes_to_the_same_masks(three_rounds, tmp_path, monk
     monkeypatch.setattr(trainer, "train_one_epoch", real)
     assert not (tmp_path / "seg_backbone_imp1.pth").exists()
     imp(tmp_path, 0, "--resume", "--keep_checkpoints")
-    assert (tmp_path / "r0" / "latest_deeplabv3plus_resnet18_digits_os16.pth").exists()  # kept, as asked
+    assert (tmp_path / "r0" / "latest_deeplabv3plus_resnet18_w16_digits_os16.pth").exists()  # kept, as asked
     whole, cut = masks_of(save_dir / "ticket_01.pt"), masks_of(tmp_path / "ticket_01.pt")
     assert all(torch.equal(whole[key], cut[key]) for key in whole)
 
@@ -230,10 +230,10 @@ def test_moco_and_simclr_imp_validate_only_in_the_second_half(tmp_path):
 
 def test_transfer_of_a_classification_ticket_and_its_controls(tmp_path):
     torch.manual_seed(0)
-    classifier = build_model("resnet18", 10, stem="cifar")
+    classifier = build_model("resnet18_w16", 10, stem="cifar")
     pruning_utils.global_prune(classifier, 0.3)
     ticket = tmp_path / "ticket_01.pt"
-    save_ticket(str(ticket), pruning_utils.current_masks(classifier), round=1, arch="resnet18")
+    save_ticket(str(ticket), pruning_utils.current_masks(classifier), round=1, arch="resnet18_w16")
     expected = masks_of(ticket)
     out = tmp_path / "out"
     transfer(out, "ticket", "--mask_dir", str(ticket))
@@ -244,7 +244,7 @@ def test_transfer_of_a_classification_ticket_and_its_controls(tmp_path):
     assert summary["reverse"]["remaining"] == pytest.approx(30, abs=0.01)
     assert summary["random"]["remaining"] == pytest.approx(70, abs=0.01)
     assert {row["kind"] for row in summary.values()} == {"ticket", "reversed ticket", "random pruning"}
-    latest = "latest_deeplabv3plus_resnet18_digits_os16.pth"
+    latest = "latest_deeplabv3plus_resnet18_w16_digits_os16.pth"
     trained = {key[len("backbone."):]: value for key, value in
                torch.load(out / "ticket" / latest, weights_only=False)["state_dict"].items()
                if key.startswith("backbone.") and key.endswith("_mask")}
@@ -259,7 +259,7 @@ def test_transfer_of_a_classification_ticket_and_its_controls(tmp_path):
 def test_step_policy_and_the_backbone_at_a_tenth_of_the_head_rate(tmp_path):
     transfer(tmp_path, "step", "--lr_policy", "step", "--step_size", "1", "--total_itrs", "2", "--val_interval", "1")
     assert [row["lr"] for row in rows(tmp_path / "step" / "metrics.jsonl")] == pytest.approx([0.01, 0.001])
-    checkpoint = torch.load(tmp_path / "step" / "latest_deeplabv3plus_resnet18_digits_os16.pth", weights_only=False)
+    checkpoint = torch.load(tmp_path / "step" / "latest_deeplabv3plus_resnet18_w16_digits_os16.pth", weights_only=False)
     groups = checkpoint["optimizer"]["param_groups"]
     assert [group["lr"] for group in groups] == pytest.approx([1e-4, 1e-5])  # head, backbone after 2 steps
     assert checkpoint["cur_itrs"] == 2 and 0 <= checkpoint["best_score"] <= 1  # the original's keys
@@ -306,7 +306,7 @@ def test_bad_voc_input_is_one_line_and_overwrites_nothing(tmp_path, capsys, case
     assert "holds no checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         segrun.imp_entry("imagenet", ["r1", "--imp_num", "0", "--save_dir", str(save_dir), "--dataset", "voc",
-                                      "--data_root", str(root), "--model", "deeplabv3plus_resnet18",
+                                      "--data_root", str(root), "--model", "deeplabv3plus_resnet18_w16",
                                       "--pretrained", "none", "--crop_size", "16", "--batch_size", "2",
                                       "--total_itrs", "2", "--workers", "0", "--cpu"])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
@@ -335,7 +335,7 @@ def test_round_files_as_masks_a_pruned_ckpt_and_the_originals_flags(three_rounds
     out = tmp_path / "out"
     transfer(out, "from_round", "--mask_dir", str(save_dir / "seg_backbone_imp2.pth"), "--imp_num", "7")
     assert "--imp_num is ignored" in capsys.readouterr().err
-    best = save_dir / "r2" / "best_deeplabv3plus_resnet18_digits_os16.pth"
+    best = save_dir / "r2" / "best_deeplabv3plus_resnet18_w16_digits_os16.pth"
     transfer(out, "from_ckpt", "--ckpt", str(best))
     summary = {row["exp"]: row for row in rows(out / "summary.jsonl")}
     assert summary["from_round"]["ticket_round"] == 2 and summary["from_round"]["kind"] == "ticket"

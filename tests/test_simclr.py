@@ -28,7 +28,7 @@ from SimCLR import simclr
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "SimCLR", "main.py")
-FAST = ["--arch", "resnet18", "--image_size", "32", "--batch_size", "4", "-j", "0", "--cpu",
+FAST = ["--arch", "resnet18_w16", "--image_size", "32", "--batch_size", "4", "-j", "0", "--cpu",
         "--print_freq", "0"]
 CPU = Context(device=torch.device("cpu"))
 FP32 = Precision(dtype=None, channels_last=False)
@@ -50,7 +50,7 @@ def files(module_tmp):
     root = module_tmp("simclr")
     write_image_folder(root / "data")
     torch.manual_seed(1)
-    sim = build_model("resnet18", 1000, 3, "imagenet").state_dict()  # 1000-way fc, num_batches_tracked
+    sim = build_model("resnet18_w16", 1000, 3, "imagenet").state_dict()  # 1000-way fc, num_batches_tracked
     torch.save({"state_dict": sim}, root / "simclr_weight.pt")
     moco = {f"module.encoder_{which}.{key}": value for which in "qk" for key, value in sim.items()}
     torch.save({"state_dict": {**moco, "module.queue": torch.zeros(128, 8)}}, root / "moco.pt")
@@ -109,7 +109,7 @@ def test_tickets_prune_twenty_percent_of_the_backbone_convs_each_round(imp_run):
     for round_index in range(4):
         masks, meta = pruning_utils.read_masks(str(out / f"ticket_{round_index:02d}.pt"))
         assert meta["remaining"] == pytest.approx(100 * 0.8 ** round_index, abs=1e-3)
-        assert meta["arch"] == "resnet18" and meta["round"] == round_index
+        assert meta["arch"] == "resnet18_w16" and meta["round"] == round_index
         # Every conv but the stem; never the Linear head.
         assert "conv1.weight_mask" not in masks and not any(key.startswith("fc") for key in masks)
         assert len(masks) == 19
@@ -141,7 +141,7 @@ def test_each_round_starts_from_the_simclr_weights_and_keeps_the_head(imp_run, f
 def test_the_ticket_trains_downstream(imp_run, tmp_path):
     out, _ = imp_run
     args = main_eval_downstream.get_args_parser().parse_args(
-        ["--dataset", "digits", "--arch", "resnet18", "--epochs", "1", "--batch_size", "256", "--seed", "0",
+        ["--dataset", "digits", "--arch", "resnet18_w16", "--epochs", "1", "--batch_size", "256", "--seed", "0",
          "--print_freq", "0", "--mask_dir", str(out / "ticket_02.pt"), "--save_dir", str(tmp_path / "eval")])
     main_eval_downstream.main(args)
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
@@ -216,7 +216,7 @@ def test_default_nt_xent_is_the_originals_value_and_gradient(temperature):
 
 def test_training_step_minimises_the_original_loss_unless_told_otherwise():
     torch.manual_seed(0)
-    model = simclr.build_simclr_model("resnet18", 8)
+    model = simclr.build_simclr_model("resnet18_w16", 8)
     views = torch.rand(3, 2, 3, 32, 32)
     batch = (views, torch.zeros(3, dtype=torch.long))
     z = model(simclr.stack_views(views))
@@ -228,20 +228,20 @@ def test_training_step_minimises_the_original_loss_unless_told_otherwise():
 
 
 def test_model_keeps_torchvision_names_and_the_head_is_optional():
-    model = simclr.build_simclr_model("resnet18", 16)
+    model = simclr.build_simclr_model("resnet18_w16", 16)
     assert {"layer1.0.conv1.weight", "fc.fc1.weight", "fc.fc2.bias"} <= set(model.state_dict())
-    assert model.fc.fc1.in_features == 512 and model.fc.fc2.out_features == 16
+    assert model.fc.fc1.in_features == 128 and model.fc.fc2.out_features == 16
     images = torch.rand(2, 3, 32, 32)
     assert model(images).shape == (2, 16)
-    assert simclr.backbone_features(model.eval(), images).shape == (2, 512)
-    assert simclr.build_simclr_model("resnet18", 16, head=False)(images).shape == (2, 512)
+    assert simclr.backbone_features(model.eval(), images).shape == (2, 128)
+    assert simclr.build_simclr_model("resnet18_w16", 16, head=False)(images).shape == (2, 128)
     parser = simclr_main.get_args_parser()
     assert parser.parse_args(["x"]).phead and not parser.parse_args(["x", "--phead"]).phead
 
 
 def test_contrastive_accuracy_is_perfect_for_identical_views():
     torch.manual_seed(0)
-    model = simclr.build_simclr_model("resnet18", 16)
+    model = simclr.build_simclr_model("resnet18_w16", 16)
     batches = []
     for _ in range(2):
         images = torch.rand(3, 3, 32, 32)
@@ -358,7 +358,7 @@ def test_dense_pretraining_writes_a_sim_model(files, tmp_path, monkeypatch, caps
     saved = load_file(str(out / "simclr_weight.pt"))
     trained = load_file(str(out / "0checkpoint.pth.tar"))["state_dict"]
     assert all(torch.equal(saved["state_dict"][key], trained[key]) for key in trained)
-    model = simclr.build_simclr_model("resnet18", 128)
+    model = simclr.build_simclr_model("resnet18_w16", 128)
     loaded = simclr.load_sim_weights(model, simclr.read_sim_weights(str(out / "simclr_weight.pt")), "x")
     assert "fc.fc1.weight" in loaded and "layer4.1.conv2.weight" in loaded
     assert not pruning_utils.extract_mask(trained)
