@@ -89,7 +89,8 @@ class DetectionCommon(Run):
                                                            "these factors, drawn at random (8x8 px each; 3 on a 32 "
                                                            "px canvas: one 24 px digit per canvas)", type=scales,
                                             group="data", source="ours: the CPU demo's set")
-    arch: str = hparam("resnet50", "backbone (the original's Resnet50-YOLOv4; resnet18 for CPU demos and tests)",
+    arch: str = hparam("resnet50", "backbone (the original's Resnet50-YOLOv4; resnet18_w16 and resnet18 for CPU "
+                                   "demos and tests)",
                        choices=tuple(sorted(BACKBONE_CHANNELS)), group="model",
                        source="original MODEL_TYPE Resnet50-YOLOv4")
     conv_type: str = hparam(D["conv_type"], "neck/head convs: general (what the original's ResNet-50 model really "

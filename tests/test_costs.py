@@ -664,3 +664,19 @@ def test_an_imp_run_and_a_one_shot_search_with_as_many_rounds_are_two_methods(tm
     runs = [report.read_run(str(tmp_path / name)) for name in ("imp", "eb")]
     section = cost_report.analyse(runs)
     assert sorted(method.label for method in section.methods) == ["IMP (lt)", "early-bird one-shot, IMP (lt)"]
+
+
+def test_segmentation_early_bird_search_stops_round_zero_and_prunes_straight_to_its_sparsity(tmp_path):
+    """Segmentation IMP with --early_bird_sparsity: round 0 stops at the evaluation where its mask at the
+    asked sparsity has settled (window 2, threshold 0.99: the first comparison), and its prune goes straight
+    to that sparsity of the backbone's pruned convs."""
+    from test_segmentation_scripts import imp as segmentation_round
+
+    segmentation_round(tmp_path, 0, "--early_bird_sparsity", "0.5", "--eb_window", "2", "--eb_threshold", "0.99")
+    first = rows(tmp_path, "summary.jsonl")[0]
+    assert first["early_stopped"] is True and first["early_bird"]["unit"] == "itrs"
+    assert [draw[0] for draw in first["early_bird"]["draws"]] == [0, 2] and first["early_bird"]["emerged_at"] == 2
+    assert first["cost_itrs"] == 2                                # of --total_itrs 4
+    masks, meta = read_masks(str(tmp_path / "ticket_01.pt"))
+    kept = sum(int(mask.sum()) for mask in masks.values()) / sum(mask.numel() for mask in masks.values())
+    assert kept == pytest.approx(0.5, abs=1e-3) and meta["remaining"] == pytest.approx(50, abs=0.1)
