@@ -9,7 +9,8 @@ task. Runs the real entry scripts, two at a time (one thread each), into results
      backbone, with the same epochs, batch and learning rate: the dense pre-trained backbone
      (Detection/train_transfer.py with the IMP run's round-0 mask, ticket_00.pt, which keeps every weight);
      the IMP ticket (train_transfer.py, ticket_02.pt on the pre-trained weights); random pruning at the
-     ticket's sparsity (Detection/train_random.py, a new random mask per seed);
+     ticket's sparsity (Detection/train_random.py, a new random mask per seed; it needs only the dense
+     pre-trained weights, so the first one starts beside the pre-training's IMP);
   3. main_report.py over the nine runs (mean +- std per arm, matching verdicts against the dense arm), and
      detection_report.md: the same numbers as a table, and whether each training's validation AP had
      plateaued.
@@ -102,7 +103,8 @@ def main(args) -> None:
             imp_done.set()
 
     def detect(arm: str, seed: int) -> None:
-        imp_done.wait()
+        # Random pruning needs only the dense pre-trained weights: it starts while the pre-training's IMP runs.
+        (pre.dense_ready if arm == "random" else imp_done).wait()
         name = f"{arm}_s{seed}"
         flags = ["--seed", str(seed), "--save_dir", os.path.join(runs, name), *common]
         log = os.path.join(args.out, "logs", f"{name}.log")
@@ -115,7 +117,8 @@ def main(args) -> None:
                 "--mask_num", number, *flags, log=log)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        jobs = [pool.submit(pretrain)] + [pool.submit(detect, arm, seed) for seed in seeds for arm in ARMS]
+        first = ("random", "dense", "ticket")  # the arm that can start early first
+        jobs = [pool.submit(pretrain)] + [pool.submit(detect, arm, seed) for seed in seeds for arm in first]
         for job in jobs:
             job.result()
     results = read_results(runs, seeds)
