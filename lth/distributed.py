@@ -79,6 +79,10 @@ def _gpu_index(gpu: int | str | None) -> int:
 
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Every rank reaches this point before any closes its connections: a rank that tore the gloo
+        # group down while another still had work on it made that one abort at exit (seen once in CI:
+        # "terminate called without an active exception", exit -6, after both had saved their files).
+        dist.barrier()
         dist.destroy_process_group()
 
 
