@@ -24,12 +24,17 @@ TRAINING = "training (the original's config/yolov4_config.py values)"
 ORIGINAL_CONFIG = "original config/yolov4_config.py"
 
 
+def _integers(text: str) -> list[int]:
+    """``"600,100,200"`` as integers; ``[]`` where a part is not one."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        return []
+
+
 def counts(text: str) -> list[int]:
     """``--digits_counts 600,100,200``: canvases in the train, val and test splits."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        values = []
+    values = _integers(text)
     if len(values) != 3 or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected three positive counts train,val,test, got '{text}'")
     return values
@@ -37,10 +42,7 @@ def counts(text: str) -> list[int]:
 
 def scales(text: str) -> list[int]:
     """``--digits_scales 2,3``: the factors by which the 8x8 digits are enlarged."""
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        values = []
+    values = _integers(text)
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers such as 2,3, got '{text}'")
     return values

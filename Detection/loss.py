@@ -82,8 +82,11 @@ def layer_loss(raw: torch.Tensor, decoded: torch.Tensor, label: torch.Tensor, bo
     with torch.no_grad():  # only compared with a threshold: no gradient in the original either
         # The boxes fill each list from its first row and zeros pad the rest, so every padding row
         # gives the same CIoU: the max over the filled rows and one padding row is the original's max
-        # over all of them, at a fraction of the cost (1-3 boxes of 150 rows on the digits set).
-        used = min(boxes.shape[1], int((boxes != 0).any(-1).sum(-1).max()) + 1)
+        # over all of them, at a fraction of the cost (1-3 boxes of 150 rows on the digits set). Only
+        # on a CPU, where that cost is a fifth of a step: on a GPU, reading the count would stall it.
+        used = boxes.shape[1]
+        if boxes.device.type == "cpu":
+            used = min(used, int((boxes != 0).any(-1).sum(-1).max()) + 1)
         best = ciou_xywh(pred_xywh.unsqueeze(4), boxes[:, None, None, None, :used]).max(-1, keepdim=True).values
     noobj = (1.0 - obj) * (best < iou_threshold).float()
     focal = focal_bce(raw[..., 4:5], obj)

@@ -201,7 +201,8 @@ def write_report(args, pre: Pretraining, results: dict, report_status: str, cloc
         f"{' '.join(f'{value:.1f}' for value in curve)} %.", "",
         f"Detection: YOLOv4-{args.arch}, {args.epochs} epochs on {args.train_canvases} canvases of {args.canvas} px "
         f"({digits_per_canvas(args)}; no mirroring or mixup: a mirrored digit is another glyph), "
-        f"batch {args.batch_size}, lr {args.lr:g} (cosine, no warm-up), seeds {', '.join(map(str, seeds))}; every arm starts from the same pre-trained backbone "
+        f"batch {args.batch_size}, lr {args.lr:g} (cosine, no warm-up), seeds {', '.join(map(str, seeds))}; "
+        f"every arm starts from the same pre-trained backbone "
         f"(neck and heads from their initialisation). AP (IoU 0.50:0.95) and AP50 in % on the 200 test canvases, "
         f"at the best of {args.evaluations} validation evaluations (on 100 validation canvases).", "",
         "| arm | backbone conv weights remaining (%) | test AP, mean ± std | test AP50, mean ± std | AP per seed |",
